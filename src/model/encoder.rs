@@ -1,0 +1,294 @@
+//! The encoder stack: embeddings, then N transformer layers (post-LayerNorm, as BERT, RoBERTa
+//! and DistilBERT all are), over a packed batch of variable-length sequences. No padding is
+//! ever materialised: the GEMMs see all tokens of the batch as one matrix, attention runs per
+//! sequence.
+
+use crate::error::{Result, SampError};
+use crate::model::config::{Arch, ModelConfig};
+use crate::model::kernels;
+use crate::model::linear::Linear;
+use crate::model::weights::Weights;
+
+/// Token ids of several sequences laid end to end.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+    /// Cumulative starts: sequence `i` is tokens `starts[i]..starts[i + 1]`.
+    pub starts: Vec<usize>,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Batch {
+            starts: vec![0],
+            ..Default::default()
+        }
+    }
+
+    pub fn push(&mut self, ids: &[u32], type_ids: &[u32]) {
+        self.ids.extend_from_slice(ids);
+        self.type_ids.extend_from_slice(type_ids);
+        self.starts.push(self.ids.len());
+    }
+
+    pub fn len(&self) -> usize {
+        self.starts.len() - 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn seq(&self, i: usize) -> std::ops::Range<usize> {
+        self.starts[i]..self.starts[i + 1]
+    }
+}
+
+struct Embeddings {
+    word: Vec<f32>,
+    position: Vec<f32>,
+    token_type: Option<Vec<f32>>,
+    ln_gamma: Vec<f32>,
+    ln_beta: Vec<f32>,
+}
+
+impl Embeddings {
+    fn load(w: &Weights, cfg: &ModelConfig) -> Result<Self> {
+        let h = cfg.hidden;
+        let token_type = if cfg.type_vocab_size > 0 {
+            Some(w.get(
+                "embeddings.token_type_embeddings.weight",
+                &[cfg.type_vocab_size, h],
+            )?)
+        } else {
+            None
+        };
+        Ok(Embeddings {
+            word: w.get("embeddings.word_embeddings.weight", &[cfg.vocab_size, h])?,
+            position: w.get(
+                "embeddings.position_embeddings.weight",
+                &[cfg.max_position_embeddings, h],
+            )?,
+            token_type,
+            ln_gamma: w.get("embeddings.LayerNorm.weight", &[h])?,
+            ln_beta: w.get("embeddings.LayerNorm.bias", &[h])?,
+        })
+    }
+
+    fn forward(&self, cfg: &ModelConfig, batch: &Batch) -> Result<Vec<f32>> {
+        let h = cfg.hidden;
+        let mut x = vec![0.0f32; batch.tokens() * h];
+        for s in 0..batch.len() {
+            let range = batch.seq(s);
+            if range.len() > cfg.position_limit() {
+                return Err(SampError::invalid(
+                    format!("texts[{s}]"),
+                    format!(
+                        "{} tokens, over the model's limit of {}",
+                        range.len(),
+                        cfg.position_limit()
+                    ),
+                ));
+            }
+            for (p, t) in range.enumerate() {
+                let id = batch.ids[t] as usize;
+                if id >= cfg.vocab_size {
+                    return Err(SampError::invalid(
+                        "token id",
+                        format!("{id} is outside the vocabulary of {}", cfg.vocab_size),
+                    ));
+                }
+                let row = &mut x[t * h..(t + 1) * h];
+                let pos = (p + cfg.position_offset()) * h;
+                row.copy_from_slice(&self.word[id * h..(id + 1) * h]);
+                row.iter_mut()
+                    .zip(&self.position[pos..pos + h])
+                    .for_each(|(v, &e)| *v += e);
+                if let Some(tt) = &self.token_type {
+                    let ty = (batch.type_ids[t] as usize).min(cfg.type_vocab_size - 1);
+                    row.iter_mut()
+                        .zip(&tt[ty * h..(ty + 1) * h])
+                        .for_each(|(v, &e)| *v += e);
+                }
+            }
+        }
+        kernels::layer_norm(
+            &mut x,
+            None,
+            &self.ln_gamma,
+            &self.ln_beta,
+            cfg.layer_norm_eps,
+        );
+        Ok(x)
+    }
+}
+
+/// Tensor names of one layer's parts, per architecture.
+struct LayerNames {
+    q: String,
+    k: String,
+    v: String,
+    out: String,
+    ln1: String,
+    up: String,
+    down: String,
+    ln2: String,
+}
+
+impl LayerNames {
+    fn new(arch: Arch, i: usize) -> Self {
+        let (p, parts) = match arch {
+            Arch::Bert | Arch::Roberta => (
+                format!("encoder.layer.{i}."),
+                [
+                    "attention.self.query",
+                    "attention.self.key",
+                    "attention.self.value",
+                    "attention.output.dense",
+                    "attention.output.LayerNorm",
+                    "intermediate.dense",
+                    "output.dense",
+                    "output.LayerNorm",
+                ],
+            ),
+            Arch::DistilBert => (
+                format!("transformer.layer.{i}."),
+                [
+                    "attention.q_lin",
+                    "attention.k_lin",
+                    "attention.v_lin",
+                    "attention.out_lin",
+                    "sa_layer_norm",
+                    "ffn.lin1",
+                    "ffn.lin2",
+                    "output_layer_norm",
+                ],
+            ),
+        };
+        let n = |s: &str| format!("{p}{s}");
+        LayerNames {
+            q: n(parts[0]),
+            k: n(parts[1]),
+            v: n(parts[2]),
+            out: n(parts[3]),
+            ln1: n(parts[4]),
+            up: n(parts[5]),
+            down: n(parts[6]),
+            ln2: n(parts[7]),
+        }
+    }
+}
+
+struct LayerNorm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+}
+
+impl LayerNorm {
+    fn load(w: &Weights, name: &str, h: usize) -> Result<Self> {
+        Ok(LayerNorm {
+            gamma: w.get(&format!("{name}.weight"), &[h])?,
+            beta: w.get(&format!("{name}.bias"), &[h])?,
+        })
+    }
+}
+
+/// One transformer layer: fused QKV projection, attention, output projection + residual +
+/// LayerNorm, FFN up + activation, FFN down + residual + LayerNorm.
+pub struct Layer {
+    qkv: Linear,
+    out: Linear,
+    ln1: LayerNorm,
+    up: Linear,
+    down: Linear,
+    ln2: LayerNorm,
+}
+
+impl Layer {
+    fn load(w: &Weights, cfg: &ModelConfig, i: usize) -> Result<Self> {
+        let n = LayerNames::new(cfg.arch, i);
+        let (h, f) = (cfg.hidden, cfg.intermediate);
+        Ok(Layer {
+            qkv: Linear::concat(w, &[&n.q, &n.k, &n.v], h, h)?,
+            out: Linear::load(w, &n.out, h, h)?,
+            ln1: LayerNorm::load(w, &n.ln1, h)?,
+            up: Linear::load(w, &n.up, h, f)?,
+            down: Linear::load(w, &n.down, f, h)?,
+            ln2: LayerNorm::load(w, &n.ln2, h)?,
+        })
+    }
+
+    /// `x` `[T, H]` in, replaced by the layer's output.
+    fn forward(&self, cfg: &ModelConfig, x: &mut Vec<f32>, starts: &[usize]) {
+        let t = *starts.last().unwrap_or(&0);
+        let (h, f, eps) = (cfg.hidden, cfg.intermediate, cfg.layer_norm_eps);
+
+        let mut qkv = vec![0.0f32; t * 3 * h];
+        self.qkv.matmul(x, t, &mut qkv, false);
+        kernels::bias_act(&mut qkv, &self.qkv.bias, None);
+        let mut ctx = vec![0.0f32; t * h];
+        kernels::attention(&qkv, &mut ctx, starts, cfg.heads, cfg.head_dim());
+        drop(qkv);
+
+        // Attention output: residual + ctx · Wo, then bias and LayerNorm.
+        let mut x1 = x.clone();
+        self.out.matmul(&ctx, t, &mut x1, true);
+        kernels::layer_norm(
+            &mut x1,
+            Some(&self.out.bias),
+            &self.ln1.gamma,
+            &self.ln1.beta,
+            eps,
+        );
+
+        let mut up = vec![0.0f32; t * f];
+        self.up.matmul(&x1, t, &mut up, false);
+        kernels::bias_act(&mut up, &self.up.bias, Some(cfg.activation));
+
+        self.down.matmul(&up, t, &mut x1, true);
+        kernels::layer_norm(
+            &mut x1,
+            Some(&self.down.bias),
+            &self.ln2.gamma,
+            &self.ln2.beta,
+            eps,
+        );
+        *x = x1;
+    }
+}
+
+/// Embeddings plus the layer stack of one checkpoint.
+pub struct Encoder {
+    pub cfg: ModelConfig,
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+}
+
+impl Encoder {
+    pub fn load(w: &Weights, cfg: &ModelConfig) -> Result<Self> {
+        let embeddings = Embeddings::load(w, cfg)?;
+        let layers = (0..cfg.layers)
+            .map(|i| Layer::load(w, cfg, i))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Encoder {
+            cfg: cfg.clone(),
+            embeddings,
+            layers,
+        })
+    }
+
+    /// Hidden states `[T, H]` of the last layer for every token of the batch.
+    pub fn forward(&self, batch: &Batch) -> Result<Vec<f32>> {
+        let mut x = self.embeddings.forward(&self.cfg, batch)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let _span = tracing::trace_span!("layer", i).entered();
+            layer.forward(&self.cfg, &mut x, &batch.starts);
+        }
+        Ok(x)
+    }
+}

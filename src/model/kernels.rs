@@ -1,0 +1,372 @@
+//! Float kernels of the encoder: the f32 GEMM (the `gemm` crate, AVX-512 when the CPU has it,
+//! chosen at run time), LayerNorm, GELU and softmax. Pure functions over slices; no model
+//! knowledge. `unsafe` lives only here.
+
+use rayon::prelude::*;
+
+/// A strided 2-D view for the GEMM: element (r, c) lives at `ptr[r * rs + c * cs]`.
+#[derive(Clone, Copy)]
+pub struct View {
+    pub offset: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl View {
+    pub const fn row_major(cols: usize) -> Self {
+        View {
+            offset: 0,
+            rs: cols,
+            cs: 1,
+        }
+    }
+    /// The transpose of a row-major matrix with `cols` columns.
+    pub const fn transposed(cols: usize) -> Self {
+        View {
+            offset: 0,
+            rs: 1,
+            cs: cols,
+        }
+    }
+    pub const fn at(self, offset: usize) -> Self {
+        View { offset, ..self }
+    }
+    fn last(self, rows: usize, cols: usize) -> usize {
+        self.offset + (rows.max(1) - 1) * self.rs + (cols.max(1) - 1) * self.cs
+    }
+}
+
+/// `c[m×n] (+)= a[m×k] · b[k×n]` over strided views, `threads` > 1 to split the work.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    av: View,
+    b: &[f32],
+    bv: View,
+    c: &mut [f32],
+    cv: View,
+    accumulate: bool,
+    threads: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(av.last(m, k) < a.len() || k == 0, "gemm: a out of bounds");
+    assert!(bv.last(k, n) < b.len() || k == 0, "gemm: b out of bounds");
+    assert!(cv.last(m, n) < c.len(), "gemm: c out of bounds");
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above bound every element the views address inside the slices; `c`
+    // is borrowed mutably and does not alias `a` or `b` (Rust's borrow rules guarantee it).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr().add(cv.offset),
+            cv.cs as isize,
+            cv.rs as isize,
+            accumulate,
+            a.as_ptr().add(av.offset),
+            av.cs as isize,
+            av.rs as isize,
+            b.as_ptr().add(bv.offset),
+            bv.cs as isize,
+            bv.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// Rows per parallel chunk for the element-wise kernels: small inputs stay on one thread.
+fn chunk_rows(rows: usize, cols: usize) -> usize {
+    const MIN_ELEMS: usize = 16 * 1024;
+    let threads = rayon::current_num_threads().max(1);
+    let per_thread = rows.div_ceil(threads);
+    per_thread.max(MIN_ELEMS.div_ceil(cols.max(1))).max(1)
+}
+
+/// In place, row by row: `x = LayerNorm(x + bias) * gamma + beta` (`bias` optional). A residual
+/// is added before this by accumulating the GEMM into a copy of it.
+pub fn layer_norm(x: &mut [f32], bias: Option<&[f32]>, gamma: &[f32], beta: &[f32], eps: f32) {
+    let cols = gamma.len();
+    let rows = x.len() / cols;
+    let chunk = chunk_rows(rows, cols) * cols;
+    let body = |xs: &mut [f32]| {
+        for row in xs.chunks_exact_mut(cols) {
+            if let Some(b) = bias {
+                row.iter_mut().zip(b).for_each(|(v, &b)| *v += b);
+            }
+            let mean = row.iter().sum::<f32>() / cols as f32;
+            let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / cols as f32;
+            let inv = 1.0 / (var + eps).sqrt();
+            for ((v, &g), &b) in row.iter_mut().zip(gamma).zip(beta) {
+                *v = (*v - mean) * inv * g + b;
+            }
+        }
+    };
+    if chunk >= x.len() {
+        body(x);
+    } else {
+        x.par_chunks_mut(chunk).for_each(body);
+    }
+}
+
+/// A raw pointer that tasks writing disjoint parts of one buffer may share.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: only used by `attention`, whose tasks write disjoint (rows of one sequence) x
+// (columns of one head) blocks of the output.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    // A method, not a field access, so closures capture the whole (Sync) wrapper.
+    fn ptr(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Multi-head self-attention over packed sequences, no padding: `qkv` is `[T, 3H]` (Q, K, V
+/// blocks side by side), `seqs` the cumulative sequence starts (`[0, l0, l0+l1, ..., T]`);
+/// writes `ctx` `[T, H]`. Each token attends to its own sequence only.
+pub fn attention(qkv: &[f32], ctx: &mut [f32], seqs: &[usize], heads: usize, head_dim: usize) {
+    let h = heads * head_dim;
+    let t = *seqs.last().unwrap_or(&0);
+    assert!(
+        qkv.len() >= t * 3 * h && ctx.len() >= t * h,
+        "attention: buffers too small"
+    );
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let out = SharedOut(ctx.as_mut_ptr());
+    let tasks = (seqs.len().saturating_sub(1)) * heads;
+    (0..tasks)
+        .into_par_iter()
+        .for_each_init(Vec::new, |scores, task| {
+            let (s, hd) = (task / heads, task % heads);
+            let (start, len) = (seqs[s], seqs[s + 1] - seqs[s]);
+            if len == 0 {
+                return;
+            }
+            scores.clear();
+            scores.resize(len * len, 0.0);
+            let q = View {
+                offset: start * 3 * h + hd * head_dim,
+                rs: 3 * h,
+                cs: 1,
+            };
+            let k_t = View {
+                offset: start * 3 * h + h + hd * head_dim,
+                rs: 1,
+                cs: 3 * h,
+            };
+            let v = View {
+                offset: start * 3 * h + 2 * h + hd * head_dim,
+                rs: 3 * h,
+                cs: 1,
+            };
+            gemm(
+                len,
+                len,
+                head_dim,
+                qkv,
+                q,
+                qkv,
+                k_t,
+                scores,
+                View::row_major(len),
+                false,
+                1,
+            );
+            scores
+                .chunks_exact_mut(len)
+                .for_each(|r| softmax_scaled(r, scale));
+            // SAFETY: rows start..start+len and columns hd*d..(hd+1)*d of ctx belong to this task
+            // alone (asserted sizes above bound them); `scores` and `qkv` are not aliased by ctx.
+            unsafe {
+                gemm::gemm(
+                    len,
+                    head_dim,
+                    len,
+                    out.ptr().add(start * h + hd * head_dim),
+                    1,
+                    h as isize,
+                    false,
+                    scores.as_ptr(),
+                    1,
+                    len as isize,
+                    qkv.as_ptr().add(v.offset),
+                    1,
+                    v.rs as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                )
+            }
+        });
+}
+
+/// Adds `bias` to every row of `x` and applies `act` (None = identity).
+pub fn bias_act(x: &mut [f32], bias: &[f32], act: Option<crate::model::config::Activation>) {
+    use crate::model::config::Activation;
+    let cols = bias.len();
+    let rows = x.len() / cols;
+    let chunk = chunk_rows(rows, cols) * cols;
+    let body = |xs: &mut [f32]| {
+        for row in xs.chunks_exact_mut(cols) {
+            for (v, &b) in row.iter_mut().zip(bias) {
+                *v += b;
+            }
+            match act {
+                None => {}
+                Some(Activation::Gelu) => row.iter_mut().for_each(|v| *v = gelu_erf(*v)),
+                Some(Activation::GeluTanh) => row.iter_mut().for_each(|v| *v = gelu_tanh(*v)),
+                Some(Activation::Relu) => row.iter_mut().for_each(|v| *v = v.max(0.0)),
+            }
+        }
+    };
+    if chunk >= x.len() {
+        body(x);
+    } else {
+        x.par_chunks_mut(chunk).for_each(body);
+    }
+}
+
+/// erf for f32 as a rational function of x (odd numerator, even denominator) on [-4, 4]; beyond
+/// that erf is ±1 in single precision. Branch-free, so the loops above vectorise.
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = x2.mul_add(-2.726_142_3e-10, 2.770_681_4e-8);
+    p = x2.mul_add(p, -2.101_024e-6);
+    p = x2.mul_add(p, -5.692_506_4e-5);
+    p = x2.mul_add(p, -7.349_906e-4);
+    p = x2.mul_add(p, -2.954_600_1e-3);
+    p = x2.mul_add(p, -1.609_603_3e-2);
+    p *= x;
+    let mut q = x2.mul_add(-1.456_607_2e-5, -2.133_740_6e-4);
+    q = x2.mul_add(q, -1.682_827e-3);
+    q = x2.mul_add(q, -7.373_329e-3);
+    q = x2.mul_add(q, -1.426_474e-2);
+    p / q
+}
+
+#[inline(always)]
+pub fn gelu_erf(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+#[inline(always)]
+pub fn gelu_tanh(x: f32) -> f32 {
+    const C: f32 = 0.797_884_6; // sqrt(2/pi)
+    0.5 * x * (1.0 + (C * (x + 0.044_715 * x * x * x)).tanh())
+}
+
+/// Softmax of one row, in place, after multiplying by `scale`.
+#[inline]
+pub fn softmax_scaled(row: &mut [f32], scale: f32) {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0.0;
+    for v in row.iter_mut() {
+        *v = ((*v - max) * scale).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// erf from its Taylor/continued expansions in f64, as the independent reference.
+    fn erf_f64(x: f64) -> f64 {
+        // Abramowitz & Stegun 7.1.5 series converges fast for |x| < 3; beyond, erfc asymptotics.
+        if x.abs() < 3.0 {
+            let mut sum = 0.0;
+            let mut term = x;
+            let mut n = 0.0;
+            while term.abs() > 1e-17 {
+                sum += term / (2.0 * n + 1.0);
+                n += 1.0;
+                term *= -x * x / n;
+            }
+            sum * 2.0 / std::f64::consts::PI.sqrt()
+        } else {
+            x.signum() * (1.0 - (-x * x).exp() / (x.abs() * std::f64::consts::PI.sqrt()))
+        }
+    }
+
+    #[test]
+    fn erf_is_accurate() {
+        let mut worst = 0.0f64;
+        for i in -6000..=6000 {
+            let x = i as f64 / 1000.0;
+            let err = (erf(x as f32) as f64 - erf_f64(x)).abs();
+            worst = worst.max(err);
+        }
+        assert!(worst < 2e-6, "worst erf error {worst}");
+    }
+
+    #[test]
+    fn gemm_matches_naive_on_strided_views() {
+        let (m, n, k) = (5, 7, 9);
+        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect();
+        let mut c = vec![1.0f32; m * n];
+        // c += a · wᵀ, w stored [n, k] row-major
+        gemm(
+            m,
+            n,
+            k,
+            &a,
+            View::row_major(k),
+            &w,
+            View::transposed(k),
+            &mut c,
+            View::row_major(n),
+            true,
+            2,
+        );
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 = 1.0 + (0..k).map(|p| a[i * k + p] * w[j * k + p]).sum::<f32>();
+                assert!((c[i * n + j] - want).abs() < 1e-4);
+            }
+        }
+    }
+
+    #[test]
+    fn layer_norm_rows_are_standardised() {
+        let mut x: Vec<f32> = (0..4 * 8).map(|i| i as f32).collect();
+        layer_norm(&mut x, Some(&[3.0; 8]), &[1.0; 8], &[0.0; 8], 1e-12);
+        for row in x.chunks(8) {
+            let mean: f32 = row.iter().sum::<f32>() / 8.0;
+            let var: f32 = row.iter().map(|v| v * v).sum::<f32>() / 8.0;
+            assert!(mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_survives_large_inputs() {
+        let mut r = vec![1e30, 0.0, -1e30, 5.0];
+        softmax_scaled(&mut r, 1.0);
+        assert!((r.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(r.iter().all(|v| v.is_finite()));
+    }
+}

@@ -1,0 +1,372 @@
+//! A loaded model: config, tokenizer, encoder and task head, and the three pipeline entry
+//! points (`embed`, `classify`, `tag`). Loads a Hugging Face model directory; never imports
+//! tokio, tonic or proto types.
+
+pub mod config;
+pub mod encoder;
+pub mod heads;
+pub mod kernels;
+pub mod linear;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::{Result, SampError};
+use crate::tokenize::{Encoded, Input, Tokenizer, Truncation};
+use config::{ModelConfig, Pooling, SentenceConfig, Task};
+use encoder::{Batch, Encoder};
+use heads::classify::ClassifyHead;
+use heads::tag::{Aggregation, Entity, TokenScores};
+use linear::Linear;
+use weights::Weights;
+
+/// Choices made when loading a model directory.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Use this head instead of the one the config names (`embed` works on any model).
+    pub task: Option<Task>,
+    /// Override the pooling of sentence-transformers' files.
+    pub pooling: Option<Pooling>,
+    /// Most tokens per forward pass; larger batches are split. Bounds activation memory.
+    pub max_batch_tokens: Option<usize>,
+}
+
+enum Head {
+    Embed,
+    Classify(ClassifyHead),
+    Tag(Linear),
+}
+
+/// Per-call options for `embed`.
+#[derive(Debug, Clone, Default)]
+pub struct EmbedOptions {
+    /// Override the model's normalisation (sentence-transformers' `Normalize` module).
+    pub normalize: Option<bool>,
+    /// Keep only the first `dims` values.
+    pub dims: Option<usize>,
+    pub truncation: Truncation,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Embedding {
+    pub embedding: Vec<f32>,
+    pub tokens: usize,
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Classification {
+    pub label: String,
+    pub score: f32,
+    /// Probability per label, in id2label order.
+    pub scores: Vec<LabelScore>,
+    pub logits: Vec<f32>,
+    pub tokens: usize,
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LabelScore {
+    pub label: String,
+    pub score: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Tagging {
+    pub entities: Vec<Entity>,
+    pub tokens: usize,
+    pub truncated: bool,
+}
+
+const DEFAULT_MAX_BATCH_TOKENS: usize = 16 * 1024;
+
+pub struct Model {
+    pub name: String,
+    pub dir: PathBuf,
+    pub cfg: ModelConfig,
+    pub sentence: SentenceConfig,
+    pub task: Task,
+    pub labels: Vec<String>,
+    tokenizer: Tokenizer,
+    encoder: Encoder,
+    head: Head,
+    max_batch_tokens: usize,
+}
+
+impl Model {
+    /// Load a Hugging Face model directory.
+    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(SampError::MissingFile {
+                path: dir.to_path_buf(),
+                what: "model directory",
+            });
+        }
+        let cfg = ModelConfig::load(dir)?;
+        let mut sentence = SentenceConfig::load(dir)?;
+        if let Some(p) = opts.pooling {
+            sentence.pooling = p;
+        }
+        let max_len = sentence
+            .max_seq_length
+            .map_or(cfg.position_limit(), |m| m.min(cfg.position_limit()));
+        let tokenizer = Tokenizer::load(dir, max_len)?;
+        if tokenizer.max_token_id() as usize >= cfg.vocab_size {
+            return Err(SampError::Tokenizer {
+                path: tokenizer.path().to_path_buf(),
+                reason: format!(
+                    "produces token ids up to {} but config.json has vocab_size {}: \
+                     the tokenizer does not belong to this model",
+                    tokenizer.max_token_id(),
+                    cfg.vocab_size
+                ),
+            });
+        }
+        let weights = Weights::open(dir, cfg.arch.prefix())?;
+        let encoder = Encoder::load(&weights, &cfg)?;
+        let task = opts.task.unwrap_or(cfg.task);
+        let labels = if task == Task::Embed {
+            Vec::new()
+        } else if cfg.id2label.is_empty() {
+            return Err(SampError::malformed(
+                dir.join("config.json"),
+                format!("a {} model needs \"id2label\"", task.name()),
+            ));
+        } else {
+            cfg.id2label.clone()
+        };
+        let head = match task {
+            Task::Embed => Head::Embed,
+            Task::Classify => Head::Classify(ClassifyHead::load(&weights, &cfg, labels.len())?),
+            Task::Tag => Head::Tag(Linear::load(
+                &weights,
+                "classifier",
+                cfg.hidden,
+                labels.len(),
+            )?),
+        };
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
+        Ok(Model {
+            name,
+            dir: dir.to_path_buf(),
+            cfg,
+            sentence,
+            task,
+            labels,
+            tokenizer,
+            encoder,
+            head,
+            max_batch_tokens: opts.max_batch_tokens.unwrap_or(DEFAULT_MAX_BATCH_TOKENS),
+        })
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Longest input in tokens (special tokens included).
+    pub fn max_len(&self) -> usize {
+        self.tokenizer.max_len()
+    }
+
+    fn require(&self, task: Task) -> Result<()> {
+        let ok = matches!(
+            (&self.head, task),
+            (_, Task::Embed) | (Head::Classify(_), Task::Classify) | (Head::Tag(_), Task::Tag)
+        );
+        if ok {
+            Ok(())
+        } else {
+            Err(SampError::WrongTask {
+                model: self.name.clone(),
+                task: task.name(),
+                has: self.task.name(),
+            })
+        }
+    }
+
+    /// Run the encoder over encoded inputs, splitting into passes of at most
+    /// `max_batch_tokens`, and hand each sequence's `[len, H]` states to `f` in order.
+    pub fn encode_states(
+        &self,
+        encoded: &[Encoded],
+        mut f: impl FnMut(usize, &[f32]) -> Result<()>,
+    ) -> Result<()> {
+        let h = self.cfg.hidden;
+        let mut i = 0;
+        while i < encoded.len() {
+            let mut batch = Batch::new();
+            let first = i;
+            while i < encoded.len()
+                && (batch.is_empty() || batch.tokens() + encoded[i].len() <= self.max_batch_tokens)
+            {
+                let e = &encoded[i].encoding;
+                batch.push(e.get_ids(), e.get_type_ids());
+                i += 1;
+            }
+            let states = self.encoder.forward(&batch)?;
+            for s in 0..batch.len() {
+                let r = batch.seq(s);
+                f(first + s, &states[r.start * h..r.end * h])?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn embed(&self, inputs: &[Input], opts: &EmbedOptions) -> Result<Vec<Embedding>> {
+        if let Some(d) = opts.dims {
+            if d == 0 || d > self.cfg.hidden {
+                return Err(SampError::invalid(
+                    "dimensions",
+                    format!("{d} is not in 1..={}", self.cfg.hidden),
+                ));
+            }
+        }
+        let encoded = self.tokenizer.encode_all(inputs, opts.truncation)?;
+        let normalize = opts.normalize.unwrap_or(self.sentence.normalize);
+        let mut out = Vec::with_capacity(inputs.len());
+        self.encode_states(&encoded, |i, states| {
+            let pooled = heads::embed::pool(states, self.cfg.hidden, self.sentence.pooling);
+            out.push(Embedding {
+                embedding: heads::embed::finish(pooled, opts.dims, normalize),
+                tokens: encoded[i].len(),
+                truncated: encoded[i].truncated,
+            });
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    pub fn classify(
+        &self,
+        inputs: &[Input],
+        truncation: Truncation,
+    ) -> Result<Vec<Classification>> {
+        self.require(Task::Classify)?;
+        let Head::Classify(head) = &self.head else {
+            unreachable!("require checked the head")
+        };
+        let encoded = self.tokenizer.encode_all(inputs, truncation)?;
+        let mut out = Vec::with_capacity(inputs.len());
+        self.encode_states(&encoded, |i, states| {
+            let (logits, probs) = head.forward(&states[..self.cfg.hidden]);
+            let best = (0..probs.len()).fold(0, |b, j| if probs[j] > probs[b] { j } else { b });
+            out.push(Classification {
+                label: self.labels[best].clone(),
+                score: probs[best],
+                scores: self
+                    .labels
+                    .iter()
+                    .zip(&probs)
+                    .map(|(l, &s)| LabelScore {
+                        label: l.clone(),
+                        score: s,
+                    })
+                    .collect(),
+                logits,
+                tokens: encoded[i].len(),
+                truncated: encoded[i].truncated,
+            });
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    pub fn tag(
+        &self,
+        texts: &[String],
+        aggregation: Aggregation,
+        truncation: Truncation,
+    ) -> Result<Vec<Tagging>> {
+        self.require(Task::Tag)?;
+        let Head::Tag(classifier) = &self.head else {
+            unreachable!("require checked the head")
+        };
+        let inputs: Vec<Input> = texts.iter().map(|t| Input::Single(t.clone())).collect();
+        let encoded = self.tokenizer.encode_all(&inputs, truncation)?;
+        let n_labels = self.labels.len();
+        let prefix = self.tokenizer.subword_prefix();
+        let unk = self.tokenizer.unk_id();
+        let mut out = Vec::with_capacity(texts.len());
+        self.encode_states(&encoded, |i, states| {
+            let len = encoded[i].len();
+            let mut logits: Vec<f32> = classifier
+                .bias
+                .iter()
+                .copied()
+                .cycle()
+                .take(len * n_labels)
+                .collect();
+            classifier.matmul(states, len, &mut logits, true);
+            let probs: Vec<f32> = logits
+                .chunks_exact(n_labels)
+                .flat_map(heads::classify::softmax)
+                .collect();
+            let tokens = token_scores(
+                &encoded[i],
+                &probs,
+                n_labels,
+                &texts[i],
+                &self.tokenizer,
+                prefix.is_some(),
+                unk,
+            );
+            out.push(Tagging {
+                entities: heads::tag::entities(&tokens, &self.labels, &texts[i], aggregation),
+                tokens: len,
+                truncated: encoded[i].truncated,
+            });
+            Ok(())
+        })?;
+        Ok(out)
+    }
+}
+
+/// Per-token scores of the non-special tokens, with the pipeline's sub-word rule: with a
+/// sub-word prefix (`##`), a token is a sub-word when its text is longer than the span it
+/// covers; otherwise when it does not follow a space.
+fn token_scores<'a>(
+    enc: &Encoded,
+    probs: &'a [f32],
+    n_labels: usize,
+    text: &str,
+    tokenizer: &Tokenizer,
+    has_prefix: bool,
+    unk: Option<u32>,
+) -> Vec<TokenScores<'a>> {
+    let e = &enc.encoding;
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = Vec::with_capacity(e.len());
+    for (t, ((&id, &(start, end)), &special)) in e
+        .get_ids()
+        .iter()
+        .zip(e.get_offsets())
+        .zip(e.get_special_tokens_mask())
+        .enumerate()
+    {
+        if special == 1 {
+            continue;
+        }
+        let (start, end) = (start.min(chars.len()), end.min(chars.len()));
+        let is_subword = if Some(id) == unk {
+            false
+        } else if has_prefix {
+            let word_len = tokenizer.id_to_token(id).map_or(0, |w| w.chars().count());
+            word_len != end.saturating_sub(start)
+        } else {
+            start > 0 && !chars[start - 1..(start + 1).min(chars.len())].contains(&' ')
+        };
+        out.push(TokenScores {
+            scores: &probs[t * n_labels..(t + 1) * n_labels],
+            start,
+            end,
+            is_subword,
+        });
+    }
+    out
+}
