@@ -80,8 +80,20 @@ def main():
     tmp = Path(tempfile.mkdtemp())
     onnx_path = tmp / "minilm.onnx"
     dummy = tok(["hello world"], return_tensors="pt")
+
+    class Wrapped(torch.nn.Module):  # keyword arguments: BertModel's positional order varies by version
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask,
+                          token_type_ids=token_type_ids).last_hidden_state
+
     with torch.no_grad():
-        torch.onnx.export(model, (dummy["input_ids"], dummy["attention_mask"], dummy["token_type_ids"]),
+        # Export a separate instance: exporting can leave the module in another state.
+        export_model = BertModel.from_pretrained(MODEL).eval()
+        torch.onnx.export(Wrapped(export_model), (dummy["input_ids"], dummy["attention_mask"], dummy["token_type_ids"]),
                           str(onnx_path), input_names=["input_ids", "attention_mask", "token_type_ids"],
                           output_names=["last_hidden_state"], opset_version=17, dynamo=False,
                           dynamic_axes={k: {0: "b", 1: "s"} for k in ["input_ids", "attention_mask", "token_type_ids", "last_hidden_state"]})

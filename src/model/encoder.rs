@@ -229,35 +229,22 @@ impl Layer {
         let (h, f, eps) = (cfg.hidden, cfg.intermediate, cfg.layer_norm_eps);
 
         let mut qkv = vec![0.0f32; t * 3 * h];
-        self.qkv.matmul(x, t, &mut qkv, false);
-        kernels::bias_act(&mut qkv, &self.qkv.bias, None);
+        self.qkv.forward(x, t, &mut qkv, false, None);
         let mut ctx = vec![0.0f32; t * h];
         kernels::attention(&qkv, &mut ctx, starts, cfg.heads, cfg.head_dim());
         drop(qkv);
 
-        // Attention output: residual + ctx · Wo, then bias and LayerNorm.
+        // Attention output: residual + ctx · Wo + b, then LayerNorm.
         let mut x1 = x.clone();
-        self.out.matmul(&ctx, t, &mut x1, true);
-        kernels::layer_norm(
-            &mut x1,
-            Some(&self.out.bias),
-            &self.ln1.gamma,
-            &self.ln1.beta,
-            eps,
-        );
+        self.out.forward(&ctx, t, &mut x1, true, None);
+        kernels::layer_norm(&mut x1, None, &self.ln1.gamma, &self.ln1.beta, eps);
 
         let mut up = vec![0.0f32; t * f];
-        self.up.matmul(&x1, t, &mut up, false);
-        kernels::bias_act(&mut up, &self.up.bias, Some(cfg.activation));
+        self.up
+            .forward(&x1, t, &mut up, false, Some(cfg.activation));
 
-        self.down.matmul(&up, t, &mut x1, true);
-        kernels::layer_norm(
-            &mut x1,
-            Some(&self.down.bias),
-            &self.ln2.gamma,
-            &self.ln2.beta,
-            eps,
-        );
+        self.down.forward(&up, t, &mut x1, true, None);
+        kernels::layer_norm(&mut x1, None, &self.ln2.gamma, &self.ln2.beta, eps);
         *x = x1;
     }
 }

@@ -295,14 +295,8 @@ impl Model {
         let mut out = Vec::with_capacity(texts.len());
         self.encode_states(&encoded, |i, states| {
             let len = encoded[i].len();
-            let mut logits: Vec<f32> = classifier
-                .bias
-                .iter()
-                .copied()
-                .cycle()
-                .take(len * n_labels)
-                .collect();
-            classifier.matmul(states, len, &mut logits, true);
+            let mut logits = vec![0.0f32; len * n_labels];
+            classifier.forward(states, len, &mut logits, false, None);
             let probs: Vec<f32> = logits
                 .chunks_exact(n_labels)
                 .flat_map(heads::classify::softmax)
