@@ -1,5 +1,6 @@
 //! Float forward pass of all-MiniLM-L6-v2 (tokenize → encoder → mean pooling) on real movie-review
-//! sentences, at batch 1, 8 and 32: texts/s. Needs scripts/fetch_models.sh to have run.
+//! sentences, at batch 1, 8 and 32: tokens/s (criterion's elements are tokens, special tokens
+//! included). Needs scripts/fetch_models.sh to have run.
 //! Run: `cargo bench --bench forward`.
 
 use std::path::PathBuf;
@@ -30,10 +31,17 @@ fn forward(c: &mut Criterion) {
     )
     .unwrap();
     let texts = sentences(256);
+    let tokens: usize = model
+        .tokenizer()
+        .encode_all(&texts, samp::tokenize::Truncation::Truncate)
+        .unwrap()
+        .iter()
+        .map(|e| e.len())
+        .sum();
     let mut g = c.benchmark_group("minilm_f32_forward");
     g.sample_size(10);
     for batch in [1usize, 8, 32] {
-        g.throughput(Throughput::Elements(texts.len() as u64));
+        g.throughput(Throughput::Elements(tokens as u64));
         g.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |b, &batch| {
             b.iter(|| {
                 for chunk in texts.chunks(batch) {
