@@ -277,6 +277,24 @@ impl Model {
         Ok(out)
     }
 
+    /// Raw per-token logits of the tag head, `[tokens × labels]` per input (special tokens
+    /// included), for evaluation and fidelity checks.
+    pub fn token_logits(&self, inputs: &[Input], truncation: Truncation) -> Result<Vec<Vec<f32>>> {
+        self.require(Task::Tag)?;
+        let Head::Tag(classifier) = &self.head else {
+            unreachable!("require checked the head")
+        };
+        let encoded = self.tokenizer.encode_all(inputs, truncation)?;
+        let mut out = Vec::with_capacity(inputs.len());
+        self.encode_states(&encoded, |i, states| {
+            let mut logits = vec![0.0f32; encoded[i].len() * self.labels.len()];
+            classifier.forward(states, encoded[i].len(), &mut logits, false, None);
+            out.push(logits);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
     pub fn tag(
         &self,
         texts: &[String],

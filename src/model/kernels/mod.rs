@@ -402,6 +402,44 @@ mod tests {
     }
 
     #[test]
+    fn attention_over_packed_sequences_matches_naive() {
+        let (heads, d) = (3, 4);
+        let h = heads * d;
+        let starts = [0usize, 1, 6, 6, 13]; // lengths 1, 5, 0, 7
+        let t = *starts.last().unwrap();
+        let qkv: Vec<f32> = (0..t * 3 * h)
+            .map(|i| ((i * 37 % 29) as f32 - 14.0) * 0.07)
+            .collect();
+        let mut ctx = vec![0.0f32; t * h];
+        attention(&qkv, &mut ctx, &starts, heads, d);
+        for s in 0..starts.len() - 1 {
+            for hd in 0..heads {
+                for i in starts[s]..starts[s + 1] {
+                    let q = |j: usize, c: usize| qkv[j * 3 * h + hd * d + c] as f64;
+                    let k = |j: usize, c: usize| qkv[j * 3 * h + h + hd * d + c] as f64;
+                    let v = |j: usize, c: usize| qkv[j * 3 * h + 2 * h + hd * d + c] as f64;
+                    let scores: Vec<f64> = (starts[s]..starts[s + 1])
+                        .map(|j| (0..d).map(|c| q(i, c) * k(j, c)).sum::<f64>() / (d as f64).sqrt())
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                    let z: f64 = scores.iter().map(|x| (x - max).exp()).sum();
+                    for c in 0..d {
+                        let want: f64 = (starts[s]..starts[s + 1])
+                            .zip(&scores)
+                            .map(|(j, x)| (x - max).exp() / z * v(j, c))
+                            .sum();
+                        let got = ctx[i * h + hd * d + c] as f64;
+                        assert!(
+                            (got - want).abs() < 1e-5,
+                            "seq {s} head {hd} token {i} dim {c}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn layer_norm_rows_are_standardised() {
         let mut x: Vec<f32> = (0..4 * 8).map(|i| i as f32).collect();
         layer_norm(&mut x, Some(&[3.0; 8]), &[1.0; 8], &[0.0; 8], 1e-12);
