@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch_models.sh
-cargo test --all-targets --locked
+cargo test --release --all-targets --locked

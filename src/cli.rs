@@ -42,6 +42,109 @@ pub enum Command {
     Tag(TagArgs),
     /// Measure in-process throughput on a file of texts; prints one JSON object.
     Bench(BenchArgs),
+    /// Serve models over gRPC (samp.v1, health, reflection) with Prometheus metrics.
+    Serve(ServeArgs),
+    /// Call a running server; prints one JSON object per input.
+    Client(ClientArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (models, batching, limits, ports); flags override it.
+    #[arg(long, env = "SAMP_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// gRPC address [default: 0.0.0.0:50051].
+    #[arg(long, env = "SAMP_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Prometheus metrics address (HTTP) [default: 0.0.0.0:9090].
+    #[arg(long, env = "SAMP_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Model to serve, NAME=DIR or DIR; repeatable [default: models/all-MiniLM-L6-v2].
+    #[arg(long = "model", env = "SAMP_MODELS", value_delimiter = ',', value_parser = crate::config::parse_model_arg)]
+    pub models: Vec<crate::config::ModelEntry>,
+    /// Most tokens in one forward pass.
+    #[arg(long, env = "SAMP_MAX_BATCH_TOKENS")]
+    pub max_batch_tokens: Option<usize>,
+    /// Most inputs in one forward pass.
+    #[arg(long, env = "SAMP_MAX_BATCH_SIZE")]
+    pub max_batch_size: Option<usize>,
+    /// How long a batch waits for more requests, in milliseconds.
+    #[arg(long, env = "SAMP_MAX_WAIT_MS")]
+    pub max_wait_ms: Option<u64>,
+    /// Queued requests per model before new ones get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "SAMP_QUEUE_CAPACITY")]
+    pub queue_capacity: Option<usize>,
+    /// Longest drain after SIGTERM/SIGINT, in seconds.
+    #[arg(long, env = "SAMP_SHUTDOWN_GRACE_SECONDS")]
+    pub shutdown_grace_seconds: Option<u64>,
+}
+
+impl ServeArgs {
+    /// The file (if any) with the flags on top, validated.
+    pub fn config(&self) -> anyhow::Result<crate::config::ServeConfig> {
+        let mut c = match &self.config {
+            Some(p) => crate::config::ServeConfig::from_file(p)?,
+            None => Default::default(),
+        };
+        if let Some(v) = self.listen {
+            c.listen = v;
+        }
+        if let Some(v) = self.metrics_listen {
+            c.metrics_listen = v;
+        }
+        if !self.models.is_empty() {
+            c.models = self.models.clone();
+        }
+        if let Some(v) = self.max_batch_tokens {
+            c.batching.max_batch_tokens = v;
+        }
+        if let Some(v) = self.max_batch_size {
+            c.batching.max_batch_size = v;
+        }
+        if let Some(v) = self.max_wait_ms {
+            c.batching.max_wait = std::time::Duration::from_millis(v);
+        }
+        if let Some(v) = self.queue_capacity {
+            c.batching.queue_capacity = v;
+        }
+        if let Some(v) = self.shutdown_grace_seconds {
+            c.shutdown_grace_seconds = v;
+        }
+        c.validate()
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Server address.
+    #[arg(long, env = "SAMP_ADDR", default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+    /// Model name (optional when one loaded model does the task).
+    #[arg(long, default_value = "")]
+    pub model: String,
+    #[command(subcommand)]
+    pub call: ClientCall,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCall {
+    /// Embed texts.
+    Embed {
+        texts: Vec<String>,
+        /// Keep only the first N dimensions.
+        #[arg(long, default_value_t = 0)]
+        dims: u32,
+    },
+    /// Classify texts (or pairs with --pairs).
+    Classify {
+        texts: Vec<String>,
+        #[arg(long)]
+        pairs: bool,
+    },
+    /// Tag entities.
+    Tag { texts: Vec<String> },
+    /// List the loaded models.
+    Models,
 }
 
 #[derive(Debug, Args)]
@@ -327,4 +430,40 @@ pub fn run_bench(a: &BenchArgs) -> anyhow::Result<()> {
     });
     println!("{report}");
     Ok(())
+}
+
+pub fn run_serve(a: &ServeArgs) -> anyhow::Result<()> {
+    let cfg = a.config()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("samp-io")
+        .build()?;
+    rt.block_on(async move {
+        let (workers, grpc, metrics) = crate::server::prepare(&cfg).await?;
+        tracing::info!(grpc = %grpc.local_addr()?, metrics = %metrics.local_addr()?, "serving");
+        crate::server::serve(cfg, workers, grpc, metrics, crate::server::signal()).await
+    })
+}
+
+pub fn run_client(a: &ClientArgs) -> anyhow::Result<()> {
+    use crate::server::client::Call;
+    let call = match &a.call {
+        ClientCall::Embed { texts, dims } => Call::Embed {
+            texts: texts.clone(),
+            dims: *dims,
+        },
+        ClientCall::Classify { texts, pairs } => Call::Classify {
+            texts: texts.clone(),
+            pairs: *pairs,
+        },
+        ClientCall::Tag { texts } => Call::Tag {
+            texts: texts.clone(),
+        },
+        ClientCall::Models => Call::Models,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let lines = rt.block_on(crate::server::client::call(&a.addr, &a.model, call))?;
+    print_lines(&lines)
 }

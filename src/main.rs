@@ -20,6 +20,8 @@ fn main() -> std::process::ExitCode {
         Command::Classify(a) => cli::run_classify(a),
         Command::Tag(a) => cli::run_tag(a),
         Command::Bench(a) => cli::run_bench(a),
+        Command::Serve(a) => cli::run_serve(a),
+        Command::Client(a) => cli::run_client(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

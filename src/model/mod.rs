@@ -174,7 +174,8 @@ impl Model {
         self.tokenizer.max_len()
     }
 
-    fn require(&self, task: Task) -> Result<()> {
+    /// Error unless this model's head can do `task` (embed works on every model).
+    pub fn require(&self, task: Task) -> Result<()> {
         let ok = matches!(
             (&self.head, task),
             (_, Task::Embed) | (Head::Classify(_), Task::Classify) | (Head::Tag(_), Task::Tag)
@@ -190,11 +191,17 @@ impl Model {
         }
     }
 
+    /// Tokenize inputs (in parallel, order kept). The first half of every pipeline call; the
+    /// server runs it on its tokenizer pool, away from the compute thread.
+    pub fn encode(&self, inputs: &[Input], truncation: Truncation) -> Result<Vec<Encoded>> {
+        self.tokenizer.encode_all(inputs, truncation)
+    }
+
     /// Run the encoder over encoded inputs, splitting into passes of at most
     /// `max_batch_tokens`, and hand each sequence's `[len, H]` states to `f` in order.
-    pub fn encode_states(
+    pub fn encode_states<E: std::borrow::Borrow<Encoded>>(
         &self,
-        encoded: &[Encoded],
+        encoded: &[E],
         mut f: impl FnMut(usize, &[f32]) -> Result<()>,
     ) -> Result<()> {
         let h = self.cfg.hidden;
@@ -203,9 +210,10 @@ impl Model {
             let mut batch = Batch::new();
             let first = i;
             while i < encoded.len()
-                && (batch.is_empty() || batch.tokens() + encoded[i].len() <= self.max_batch_tokens)
+                && (batch.is_empty()
+                    || batch.tokens() + encoded[i].borrow().len() <= self.max_batch_tokens)
             {
-                let e = &encoded[i].encoding;
+                let e = &encoded[i].borrow().encoding;
                 batch.push(e.get_ids(), e.get_type_ids());
                 i += 1;
             }
@@ -218,7 +226,8 @@ impl Model {
         Ok(())
     }
 
-    pub fn embed(&self, inputs: &[Input], opts: &EmbedOptions) -> Result<Vec<Embedding>> {
+    /// Check per-call embed options against this model.
+    pub fn check_embed(&self, opts: &EmbedOptions) -> Result<()> {
         if let Some(d) = opts.dims {
             if d == 0 || d > self.cfg.hidden {
                 return Err(SampError::invalid(
@@ -227,16 +236,92 @@ impl Model {
                 ));
             }
         }
-        let encoded = self.tokenizer.encode_all(inputs, opts.truncation)?;
+        Ok(())
+    }
+
+    /// Embed head on one sequence's states.
+    pub fn embed_one(&self, states: &[f32], enc: &Encoded, opts: &EmbedOptions) -> Embedding {
+        let pooled = heads::embed::pool(states, self.cfg.hidden, self.sentence.pooling);
         let normalize = opts.normalize.unwrap_or(self.sentence.normalize);
+        Embedding {
+            embedding: heads::embed::finish(pooled, opts.dims, normalize),
+            tokens: enc.len(),
+            truncated: enc.truncated,
+        }
+    }
+
+    /// Classify head on one sequence's states.
+    pub fn classify_one(&self, states: &[f32], enc: &Encoded) -> Result<Classification> {
+        self.require(Task::Classify)?;
+        let Head::Classify(head) = &self.head else {
+            unreachable!("require checked the head")
+        };
+        let (logits, probs) = head.forward(&states[..self.cfg.hidden]);
+        let best = (0..probs.len()).fold(0, |b, j| if probs[j] > probs[b] { j } else { b });
+        Ok(Classification {
+            label: self.labels[best].clone(),
+            score: probs[best],
+            scores: self
+                .labels
+                .iter()
+                .zip(&probs)
+                .map(|(l, &s)| LabelScore {
+                    label: l.clone(),
+                    score: s,
+                })
+                .collect(),
+            logits,
+            tokens: enc.len(),
+            truncated: enc.truncated,
+        })
+    }
+
+    fn token_logits_one(&self, states: &[f32], enc: &Encoded) -> Result<Vec<f32>> {
+        self.require(Task::Tag)?;
+        let Head::Tag(classifier) = &self.head else {
+            unreachable!("require checked the head")
+        };
+        let mut logits = vec![0.0f32; enc.len() * self.labels.len()];
+        classifier.forward(states, enc.len(), &mut logits, false, None);
+        Ok(logits)
+    }
+
+    /// Tag head on one sequence's states; `text` is the original input.
+    pub fn tag_one(
+        &self,
+        states: &[f32],
+        enc: &Encoded,
+        text: &str,
+        aggregation: Aggregation,
+    ) -> Result<Tagging> {
+        let n_labels = self.labels.len();
+        let logits = self.token_logits_one(states, enc)?;
+        let probs: Vec<f32> = logits
+            .chunks_exact(n_labels)
+            .flat_map(heads::classify::softmax)
+            .collect();
+        let tokens = token_scores(
+            enc,
+            &probs,
+            n_labels,
+            text,
+            &self.tokenizer,
+            self.tokenizer.subword_prefix().is_some(),
+            self.tokenizer.unk_id(),
+        );
+        Ok(Tagging {
+            entities: heads::tag::entities(&tokens, &self.labels, text, aggregation),
+            tokens: enc.len(),
+            truncated: enc.truncated,
+        })
+    }
+
+    pub fn embed(&self, inputs: &[Input], opts: &EmbedOptions) -> Result<Vec<Embedding>> {
+        self.check_embed(opts)?;
+        let encoded = self.encode(inputs, opts.truncation)?;
         let mut out = Vec::with_capacity(inputs.len());
         self.encode_states(&encoded, |i, states| {
-            let pooled = heads::embed::pool(states, self.cfg.hidden, self.sentence.pooling);
-            out.push(Embedding {
-                embedding: heads::embed::finish(pooled, opts.dims, normalize),
-                tokens: encoded[i].len(),
-                truncated: encoded[i].truncated,
-            });
+            out.push(self.embed_one(states, &encoded[i], opts));
             Ok(())
         })?;
         Ok(out)
@@ -248,30 +333,10 @@ impl Model {
         truncation: Truncation,
     ) -> Result<Vec<Classification>> {
         self.require(Task::Classify)?;
-        let Head::Classify(head) = &self.head else {
-            unreachable!("require checked the head")
-        };
-        let encoded = self.tokenizer.encode_all(inputs, truncation)?;
+        let encoded = self.encode(inputs, truncation)?;
         let mut out = Vec::with_capacity(inputs.len());
         self.encode_states(&encoded, |i, states| {
-            let (logits, probs) = head.forward(&states[..self.cfg.hidden]);
-            let best = (0..probs.len()).fold(0, |b, j| if probs[j] > probs[b] { j } else { b });
-            out.push(Classification {
-                label: self.labels[best].clone(),
-                score: probs[best],
-                scores: self
-                    .labels
-                    .iter()
-                    .zip(&probs)
-                    .map(|(l, &s)| LabelScore {
-                        label: l.clone(),
-                        score: s,
-                    })
-                    .collect(),
-                logits,
-                tokens: encoded[i].len(),
-                truncated: encoded[i].truncated,
-            });
+            out.push(self.classify_one(states, &encoded[i])?);
             Ok(())
         })?;
         Ok(out)
@@ -281,15 +346,10 @@ impl Model {
     /// included), for evaluation and fidelity checks.
     pub fn token_logits(&self, inputs: &[Input], truncation: Truncation) -> Result<Vec<Vec<f32>>> {
         self.require(Task::Tag)?;
-        let Head::Tag(classifier) = &self.head else {
-            unreachable!("require checked the head")
-        };
-        let encoded = self.tokenizer.encode_all(inputs, truncation)?;
+        let encoded = self.encode(inputs, truncation)?;
         let mut out = Vec::with_capacity(inputs.len());
         self.encode_states(&encoded, |i, states| {
-            let mut logits = vec![0.0f32; encoded[i].len() * self.labels.len()];
-            classifier.forward(states, encoded[i].len(), &mut logits, false, None);
-            out.push(logits);
+            out.push(self.token_logits_one(states, &encoded[i])?);
             Ok(())
         })?;
         Ok(out)
@@ -302,37 +362,11 @@ impl Model {
         truncation: Truncation,
     ) -> Result<Vec<Tagging>> {
         self.require(Task::Tag)?;
-        let Head::Tag(classifier) = &self.head else {
-            unreachable!("require checked the head")
-        };
         let inputs: Vec<Input> = texts.iter().map(|t| Input::Single(t.clone())).collect();
-        let encoded = self.tokenizer.encode_all(&inputs, truncation)?;
-        let n_labels = self.labels.len();
-        let prefix = self.tokenizer.subword_prefix();
-        let unk = self.tokenizer.unk_id();
+        let encoded = self.encode(&inputs, truncation)?;
         let mut out = Vec::with_capacity(texts.len());
         self.encode_states(&encoded, |i, states| {
-            let len = encoded[i].len();
-            let mut logits = vec![0.0f32; len * n_labels];
-            classifier.forward(states, len, &mut logits, false, None);
-            let probs: Vec<f32> = logits
-                .chunks_exact(n_labels)
-                .flat_map(heads::classify::softmax)
-                .collect();
-            let tokens = token_scores(
-                &encoded[i],
-                &probs,
-                n_labels,
-                &texts[i],
-                &self.tokenizer,
-                prefix.is_some(),
-                unk,
-            );
-            out.push(Tagging {
-                entities: heads::tag::entities(&tokens, &self.labels, &texts[i], aggregation),
-                tokens: len,
-                truncated: encoded[i].truncated,
-            });
+            out.push(self.tag_one(states, &encoded[i], &texts[i], aggregation)?);
             Ok(())
         })?;
         Ok(out)

@@ -1,0 +1,174 @@
+//! Server settings: a TOML file and command-line flags (each with an env var), merged and
+//! validated once at start-up; errors name the key. The only place that reads configuration.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::batching::BatchPolicy;
+
+/// One model to load.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    /// Name clients use in requests.
+    pub name: String,
+    /// Hugging Face model directory.
+    pub path: PathBuf,
+}
+
+/// Per-request limits.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Most inputs in one request.
+    pub max_inputs: usize,
+    /// Longest text in characters (before tokenization; longer texts are refused).
+    pub max_text_chars: usize,
+    /// Largest request message in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_inputs: 256,
+            max_text_chars: 100_000,
+            max_message_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeConfig {
+    /// gRPC address.
+    pub listen: SocketAddr,
+    /// Prometheus metrics address (HTTP, path /metrics).
+    pub metrics_listen: SocketAddr,
+    pub models: Vec<ModelEntry>,
+    pub batching: BatchPolicy,
+    pub limits: Limits,
+    /// Longest wait for admitted work to finish after SIGTERM/SIGINT, in seconds.
+    pub shutdown_grace_seconds: u64,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: "0.0.0.0:50051".parse().expect("valid literal"),
+            metrics_listen: "0.0.0.0:9090".parse().expect("valid literal"),
+            models: Vec::new(),
+            batching: BatchPolicy::default(),
+            limits: Limits::default(),
+            shutdown_grace_seconds: 30,
+        }
+    }
+}
+
+/// The model served when neither the file nor the flags name one.
+pub const DEFAULT_MODEL: &str = "models/all-MiniLM-L6-v2";
+
+impl ServeConfig {
+    /// Parse a TOML file; unknown keys and bad values are errors naming the key.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    pub fn grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_seconds)
+    }
+
+    /// Fill defaults and check everything; errors name the key.
+    pub fn validate(mut self) -> anyhow::Result<Self> {
+        if self.models.is_empty() {
+            self.models.push(ModelEntry {
+                name: "all-MiniLM-L6-v2".into(),
+                path: DEFAULT_MODEL.into(),
+            });
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, m) in self.models.iter().enumerate() {
+            if m.name.is_empty() {
+                anyhow::bail!("models[{i}].name is empty");
+            }
+            if !seen.insert(m.name.clone()) {
+                anyhow::bail!("models[{i}].name {:?} appears twice", m.name);
+            }
+        }
+        self.batching.validate().map_err(anyhow::Error::msg)?;
+        if self.limits.max_inputs == 0 || self.limits.max_text_chars == 0 {
+            anyhow::bail!("limits.max_inputs and limits.max_text_chars must be at least 1");
+        }
+        Ok(self)
+    }
+}
+
+/// `NAME=DIR` (or just `DIR`, named after its last path component), for `--model`.
+pub fn parse_model_arg(s: &str) -> Result<ModelEntry, String> {
+    let (name, path) = match s.split_once('=') {
+        Some((n, p)) => (n.to_string(), PathBuf::from(p)),
+        None => {
+            let p = PathBuf::from(s);
+            let n = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .ok_or_else(|| format!("cannot name model {s:?}; use NAME=DIR"))?;
+            (n, p)
+        }
+    };
+    if name.is_empty() {
+        return Err(format!("empty model name in {s:?}"));
+    }
+    Ok(ModelEntry { name, path })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_with_unknown_key_names_it() {
+        let e = toml::from_str::<ServeConfig>("[batching]\nmax_wiat = 3\n").unwrap_err();
+        assert!(e.to_string().contains("max_wiat"), "{e}");
+    }
+
+    #[test]
+    fn full_file_parses_and_validates() {
+        let c: ServeConfig = toml::from_str(
+            r#"
+            listen = "127.0.0.1:6000"
+            shutdown_grace_seconds = 5
+            [[models]]
+            name = "mini"
+            path = "models/all-MiniLM-L6-v2"
+            [batching]
+            max_batch_tokens = 4096
+            max_wait = 5
+            "#,
+        )
+        .unwrap();
+        let c = c.validate().unwrap();
+        assert_eq!(c.batching.max_wait, Duration::from_millis(5));
+        assert_eq!(c.models[0].name, "mini");
+    }
+
+    #[test]
+    fn defaults_serve_the_default_model_and_reject_duplicates() {
+        let c = ServeConfig::default().validate().unwrap();
+        assert_eq!(c.models[0].path, PathBuf::from(DEFAULT_MODEL));
+        let d = ServeConfig {
+            models: vec![
+                parse_model_arg("a=x").unwrap(),
+                parse_model_arg("a=y").unwrap(),
+            ],
+            ..Default::default()
+        };
+        assert!(d.validate().unwrap_err().to_string().contains("twice"));
+        assert_eq!(parse_model_arg("some/dir/mini").unwrap().name, "mini");
+    }
+}

@@ -1,0 +1,72 @@
+//! Every metric name samp exports, the recorder, and the /metrics HTTP endpoint (Prometheus
+//! text format on its own port). Labels come only from closed sets: RPC, model, variant,
+//! outcome — never from request text.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+pub const REQUESTS_TOTAL: &str = "samp_requests_total";
+pub const INPUTS_TOTAL: &str = "samp_inputs_total";
+pub const TOKENIZE_SECONDS: &str = "samp_tokenize_seconds";
+pub const QUEUE_SECONDS: &str = "samp_queue_seconds";
+pub const INFERENCE_SECONDS: &str = "samp_inference_seconds";
+pub const REQUEST_SECONDS: &str = "samp_request_seconds";
+pub const BATCH_INPUTS: &str = "samp_batch_inputs";
+pub const QUEUE_DEPTH: &str = "samp_queue_depth";
+pub const MODEL_INFO: &str = "samp_model_info";
+/// Jobs dropped before compute: `reason` is `cancelled` (client gone) or `deadline`.
+pub const DROPPED_TOTAL: &str = "samp_dropped_total";
+
+/// Install the process-wide recorder once; later calls return the same handle.
+pub fn handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&buckets)
+                .expect("static bucket list is not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (a host program embedding samp);
+            // then samp's metrics go there and /metrics shows only what this handle sees.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Serve `GET /metrics` (any path, in fact) as Prometheus text on `listener`.
+pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            // Read the request head; its content does not matter.
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf)).await;
+            let body = handle.render();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.write_all(body.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}
+
+/// Bind the metrics port; its own error so a busy port is a clear start-up failure.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}

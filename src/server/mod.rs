@@ -1,0 +1,180 @@
+//! gRPC serving: the samp.v1 service, health (per service, NOT_SERVING until warm-up ends and
+//! again during shutdown), reflection (v1 and v1alpha), metrics endpoint, graceful shutdown.
+//! The only module that sees proto types.
+
+pub mod client;
+pub mod service;
+pub mod status;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::backend::ModelWorker;
+use crate::config::ServeConfig;
+use crate::model::{EmbedOptions, LoadOptions, Model};
+use crate::tokenize::Input;
+
+/// Generated code of proto/samp/v1/samp.proto.
+pub mod proto {
+    tonic::include_proto!("samp.v1");
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("samp_descriptor");
+}
+
+/// Addresses a started server is bound to.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub grpc: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+/// Load every model, warm each up, bind both ports. Errors here are start-up errors.
+pub async fn prepare(
+    cfg: &ServeConfig,
+) -> anyhow::Result<(Vec<ModelWorker>, TcpListener, TcpListener)> {
+    let mut workers = Vec::new();
+    for entry in &cfg.models {
+        let (name, path) = (entry.name.clone(), entry.path.clone());
+        tracing::info!(model = %name, path = %path.display(), "loading");
+        let model = tokio::task::spawn_blocking(move || -> anyhow::Result<Model> {
+            let mut m = Model::load(&path, &LoadOptions::default())
+                .map_err(|e| anyhow::anyhow!("model {name}: {e:#}"))?;
+            m.name = name;
+            // Warm-up: one pass so the first request doesn't pay for page faults.
+            m.embed(&[Input::from("warm up")], &EmbedOptions::default())?;
+            Ok(m)
+        })
+        .await??;
+        workers.push(ModelWorker::spawn(
+            Arc::new(model),
+            "float32",
+            cfg.batching,
+        )?);
+    }
+    let grpc = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("listen {}: {e}", cfg.listen))?;
+    let metrics = crate::metrics::bind(cfg.metrics_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("metrics_listen {}: {e}", cfg.metrics_listen))?;
+    Ok((workers, grpc, metrics))
+}
+
+/// Serve until `shutdown` resolves, then: health NOT_SERVING, stop accepting, finish admitted
+/// work (at most the grace period), return.
+pub async fn serve(
+    cfg: ServeConfig,
+    workers: Vec<ModelWorker>,
+    grpc: TcpListener,
+    metrics_listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let handle = crate::metrics::handle();
+    let metrics_task = tokio::spawn(crate::metrics::serve(metrics_listener, handle));
+    for w in &workers {
+        metrics::gauge!(crate::metrics::MODEL_INFO, "model" => w.model.name.clone(),
+            "task" => w.model.task.name(), "variant" => w.variant.clone())
+        .set(1.0);
+    }
+    let models: BTreeMap<String, Arc<ModelWorker>> = workers
+        .into_iter()
+        .map(|w| (w.model.name.clone(), Arc::new(w)))
+        .collect();
+    let svc = service::SampService::new(models.clone(), cfg.limits);
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    // Models are loaded and warmed up by `prepare`: SERVING from here on.
+    health_reporter
+        .set_serving::<proto::samp_server::SampServer<service::SampService>>()
+        .await;
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (began_tx, began_rx) = tokio::sync::oneshot::channel::<()>();
+    let reporter = health_reporter.clone();
+    let svc_state = svc.state();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down: health NOT_SERVING, finishing admitted requests");
+        svc_state.stop_admitting();
+        reporter
+            .set_not_serving::<proto::samp_server::SampServer<service::SampService>>()
+            .await;
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        let _ = stop_tx.send(());
+        let _ = began_tx.send(());
+    });
+
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            proto::samp_server::SampServer::new(svc)
+                .max_decoding_message_size(cfg.limits.max_message_bytes),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async {
+            let _ = stop_rx.await;
+        });
+    let grace = cfg.grace();
+    // Serve; once shutdown starts, tonic stops accepting and waits for in-flight calls, for at
+    // most the grace period.
+    tokio::select! {
+        r = server => r?,
+        _ = async {
+            if began_rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => tracing::warn!(?grace, "grace period over; abandoning unfinished requests"),
+    }
+    metrics_task.abort();
+    // Close the queues; each compute thread answers what was admitted, then exits.
+    tokio::task::spawn_blocking(move || {
+        for (_, w) in models {
+            if let Ok(w) = Arc::try_unwrap(w) {
+                w.drain();
+            }
+        }
+    })
+    .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,502 @@
+//! The samp.v1 service: validate each request into domain types, tokenize on the blocking
+//! pool, admit the job to the model's queue (or refuse it), await the compute thread's answer
+//! within the client's deadline, convert back. Records per-stage metrics.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tonic::{Request, Response, Status};
+
+use super::proto;
+use super::status::ServeError;
+use crate::backend::{Done, Job, ModelWorker, Output, Work};
+use crate::config::Limits;
+use crate::metrics as m;
+use crate::model::config::Task;
+use crate::model::heads::tag::Aggregation;
+use crate::model::EmbedOptions;
+use crate::tokenize::{Input, Truncation};
+
+/// State shared by every call.
+pub struct State {
+    models: BTreeMap<String, Arc<ModelWorker>>,
+    limits: Limits,
+    admitting: AtomicBool,
+}
+
+impl State {
+    /// After this, new requests get UNAVAILABLE; admitted ones finish.
+    pub fn stop_admitting(&self) {
+        self.admitting.store(false, Ordering::SeqCst);
+    }
+}
+
+#[derive(Clone)]
+pub struct SampService {
+    state: Arc<State>,
+}
+
+impl SampService {
+    pub fn new(models: BTreeMap<String, Arc<ModelWorker>>, limits: Limits) -> Self {
+        SampService {
+            state: Arc::new(State {
+                models,
+                limits,
+                admitting: AtomicBool::new(true),
+            }),
+        }
+    }
+
+    pub fn state(&self) -> Arc<State> {
+        self.state.clone()
+    }
+
+    /// The model a request names, or the only model that can do `task`.
+    fn pick(&self, name: &str, variant: &str, task: Task) -> Result<Arc<ModelWorker>, ServeError> {
+        let worker = if name.is_empty() {
+            let able: Vec<_> = self
+                .state
+                .models
+                .values()
+                .filter(|w| w.model.task == task)
+                .collect();
+            match able.as_slice() {
+                [one] => (*one).clone(),
+                [] => {
+                    return Err(ServeError::FailedPrecondition(format!(
+                        "no loaded model does {}",
+                        task.name()
+                    )))
+                }
+                _ => {
+                    return Err(ServeError::invalid(
+                        "model",
+                        format!("several models do {}; name one", task.name()),
+                    ))
+                }
+            }
+        } else {
+            self.state
+                .models
+                .get(name)
+                .cloned()
+                .ok_or_else(|| ServeError::NotFound(format!("unknown model {name:?}")))?
+        };
+        if !variant.is_empty() && variant != worker.variant {
+            return Err(ServeError::NotFound(format!(
+                "model {} has no variant {variant:?} (variants: {})",
+                worker.model.name, worker.variant
+            )));
+        }
+        worker.model.require(task)?;
+        Ok(worker)
+    }
+
+    fn check_texts<'a>(
+        &self,
+        texts: impl Iterator<Item = (String, &'a str)>,
+    ) -> Result<usize, ServeError> {
+        let mut n = 0;
+        for (field, t) in texts {
+            n += 1;
+            if t.is_empty() {
+                return Err(ServeError::invalid(field, "empty text"));
+            }
+            if t.chars().count() > self.state.limits.max_text_chars {
+                return Err(ServeError::invalid(
+                    field,
+                    format!(
+                        "longer than {} characters",
+                        self.state.limits.max_text_chars
+                    ),
+                ));
+            }
+        }
+        if n == 0 {
+            return Err(ServeError::invalid("inputs", "empty batch"));
+        }
+        if n > self.state.limits.max_inputs {
+            return Err(ServeError::invalid(
+                "inputs",
+                format!(
+                    "{n} inputs, more than the limit of {}",
+                    self.state.limits.max_inputs
+                ),
+            ));
+        }
+        Ok(n)
+    }
+
+    /// Tokenize, queue, wait. Returns the finished job and the tokenize time.
+    async fn run(
+        &self,
+        worker: &Arc<ModelWorker>,
+        inputs: Vec<Input>,
+        truncation: Truncation,
+        work: Work,
+        deadline: Option<Instant>,
+    ) -> Result<(Done, Duration), ServeError> {
+        if !self.state.admitting.load(Ordering::SeqCst) {
+            return Err(ServeError::Unavailable);
+        }
+        let t0 = Instant::now();
+        let model = worker.model.clone();
+        let encoded = tokio::task::spawn_blocking(move || model.encode(&inputs, truncation))
+            .await
+            .map_err(|e| ServeError::Internal(e.into()))??;
+        let tokenize = t0.elapsed();
+        let (job, rx) = Job::new(encoded, work, deadline);
+        worker
+            .submit(job)
+            .map_err(|e| ServeError::Overloaded(e.to_string()))?;
+        metrics::gauge!(m::QUEUE_DEPTH, "model" => worker.model.name.clone())
+            .set(worker.queue_depth() as f64);
+        let answer = match deadline {
+            Some(d) => tokio::time::timeout_at(d.into(), rx)
+                .await
+                .map_err(|_| ServeError::DeadlineExceeded)?,
+            None => rx.await,
+        };
+        let done =
+            answer.map_err(|_| ServeError::Internal(anyhow::anyhow!("compute thread gone")))??;
+        Ok((done, tokenize))
+    }
+
+    fn served(worker: &ModelWorker, done: &Done, tokenize: Duration, tokens: u32) -> proto::Served {
+        proto::Served {
+            model: worker.model.name.clone(),
+            variant: worker.variant.clone(),
+            tokenize_seconds: tokenize.as_secs_f64(),
+            queue_seconds: done.queue.as_secs_f64(),
+            inference_seconds: done.inference.as_secs_f64(),
+            tokens,
+        }
+    }
+}
+
+/// The client's deadline from `grpc-timeout` (e.g. `100m`, `5S`), if it sent one.
+fn deadline<T>(req: &Request<T>) -> Option<Instant> {
+    let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = num.parse().ok()?;
+    let d = match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    Instant::now().checked_add(d)
+}
+
+fn truncation(v: i32) -> Result<Truncation, ServeError> {
+    match proto::Truncation::try_from(v) {
+        Ok(proto::Truncation::Unspecified | proto::Truncation::Truncate) => {
+            Ok(Truncation::Truncate)
+        }
+        Ok(proto::Truncation::Error) => Ok(Truncation::Error),
+        Err(_) => Err(ServeError::invalid(
+            "truncation",
+            format!("unknown value {v}"),
+        )),
+    }
+}
+
+fn aggregation(v: i32) -> Result<Aggregation, ServeError> {
+    use proto::Aggregation as A;
+    match A::try_from(v) {
+        Ok(A::Unspecified | A::Simple) => Ok(Aggregation::Simple),
+        Ok(A::None) => Ok(Aggregation::None),
+        Ok(A::First) => Ok(Aggregation::First),
+        Ok(A::Average) => Ok(Aggregation::Average),
+        Ok(A::Max) => Ok(Aggregation::Max),
+        Err(_) => Err(ServeError::invalid(
+            "aggregation",
+            format!("unknown value {v}"),
+        )),
+    }
+}
+
+/// Counts a call whose client went away (tonic drops the handler) as `cancelled`.
+struct CancelGuard {
+    rpc: &'static str,
+    start: Instant,
+    armed: bool,
+}
+
+impl CancelGuard {
+    fn new(rpc: &'static str) -> Self {
+        CancelGuard {
+            rpc,
+            start: Instant::now(),
+            armed: true,
+        }
+    }
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            metrics::counter!(m::REQUESTS_TOTAL, "rpc" => self.rpc, "model" => "", "outcome" => "cancelled")
+                .increment(1);
+            metrics::histogram!(m::REQUEST_SECONDS, "rpc" => self.rpc, "model" => "")
+                .record(self.start.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// Count the outcome and latency of one call.
+fn record<T>(guard: &mut CancelGuard, model: &str, r: &Result<T, ServeError>) {
+    guard.armed = false;
+    let (rpc, start) = (guard.rpc, guard.start);
+    let outcome = match r {
+        Ok(_) => "ok",
+        Err(e) => e.outcome(),
+    };
+    metrics::counter!(m::REQUESTS_TOTAL, "rpc" => rpc, "model" => model.to_string(), "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!(m::REQUEST_SECONDS, "rpc" => rpc, "model" => model.to_string())
+        .record(start.elapsed().as_secs_f64());
+}
+
+fn record_stages(
+    rpc: &'static str,
+    worker: &ModelWorker,
+    done: &Done,
+    tokenize: Duration,
+    inputs: usize,
+) {
+    let model = worker.model.name.clone();
+    metrics::histogram!(m::TOKENIZE_SECONDS, "rpc" => rpc, "model" => model.clone())
+        .record(tokenize.as_secs_f64());
+    metrics::histogram!(m::QUEUE_SECONDS, "rpc" => rpc, "model" => model.clone())
+        .record(done.queue.as_secs_f64());
+    metrics::histogram!(m::INFERENCE_SECONDS, "rpc" => rpc, "model" => model.clone())
+        .record(done.inference.as_secs_f64());
+    metrics::histogram!(m::BATCH_INPUTS, "model" => model.clone()).record(done.batch_inputs as f64);
+    metrics::counter!(m::INPUTS_TOTAL, "rpc" => rpc, "model" => model).increment(inputs as u64);
+}
+
+#[tonic::async_trait]
+impl proto::samp_server::Samp for SampService {
+    async fn embed(
+        &self,
+        req: Request<proto::EmbedRequest>,
+    ) -> Result<Response<proto::EmbedResponse>, Status> {
+        let mut guard = CancelGuard::new("embed");
+        let deadline = deadline(&req);
+        let r = req.into_inner();
+        let mut resolved = r.model.clone();
+        let result = async {
+            let worker = self.pick(&r.model, &r.variant, Task::Embed)?;
+            resolved = worker.model.name.clone();
+            let n = self.check_texts(
+                r.texts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| (format!("texts[{i}]"), t.as_str())),
+            )?;
+            let opts = EmbedOptions {
+                normalize: r.normalize,
+                dims: (r.dimensions > 0).then_some(r.dimensions as usize),
+                truncation: truncation(r.truncation)?,
+            };
+            worker.model.check_embed(&opts)?;
+            let inputs = r.texts.into_iter().map(Input::Single).collect();
+            let (done, tokenize) = self
+                .run(
+                    &worker,
+                    inputs,
+                    opts.truncation,
+                    Work::Embed(opts),
+                    deadline,
+                )
+                .await?;
+            record_stages("embed", &worker, &done, tokenize, n);
+            let Output::Embed(v) = &done.output else {
+                unreachable!("embed work gives embed output")
+            };
+            let tokens = v.iter().map(|e| e.tokens as u32).sum();
+            Ok(proto::EmbedResponse {
+                served: Some(Self::served(&worker, &done, tokenize, tokens)),
+                embeddings: v
+                    .iter()
+                    .map(|e| proto::Embedding {
+                        values: e.embedding.clone(),
+                        tokens: e.tokens as u32,
+                        truncated: e.truncated,
+                    })
+                    .collect(),
+            })
+        }
+        .await;
+        record(&mut guard, &resolved, &result);
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn classify(
+        &self,
+        req: Request<proto::ClassifyRequest>,
+    ) -> Result<Response<proto::ClassifyResponse>, Status> {
+        let mut guard = CancelGuard::new("classify");
+        let deadline = deadline(&req);
+        let r = req.into_inner();
+        let mut resolved = r.model.clone();
+        let result = async {
+            let worker = self.pick(&r.model, &r.variant, Task::Classify)?;
+            resolved = worker.model.name.clone();
+            let mut inputs = Vec::with_capacity(r.inputs.len());
+            let mut fields = Vec::new();
+            for (i, inp) in r.inputs.iter().enumerate() {
+                match &inp.input {
+                    Some(proto::classify_input::Input::Text(t)) => {
+                        fields.push((format!("inputs[{i}].text"), t.clone()));
+                        inputs.push(Input::Single(t.clone()));
+                    }
+                    Some(proto::classify_input::Input::Pair(p)) => {
+                        fields.push((format!("inputs[{i}].pair.a"), p.a.clone()));
+                        fields.push((format!("inputs[{i}].pair.b"), p.b.clone()));
+                        inputs.push(Input::Pair(p.a.clone(), p.b.clone()));
+                    }
+                    None => {
+                        return Err(ServeError::invalid(
+                            format!("inputs[{i}]"),
+                            "neither text nor pair",
+                        ))
+                    }
+                }
+            }
+            self.check_texts(fields.iter().map(|(f, t)| (f.clone(), t.as_str())))?;
+            let n = inputs.len();
+            let trunc = truncation(r.truncation)?;
+            let (done, tokenize) = self
+                .run(&worker, inputs, trunc, Work::Classify, deadline)
+                .await?;
+            record_stages("classify", &worker, &done, tokenize, n);
+            let Output::Classify(v) = &done.output else {
+                unreachable!("classify work gives classify output")
+            };
+            let tokens = v.iter().map(|c| c.tokens as u32).sum();
+            Ok(proto::ClassifyResponse {
+                served: Some(Self::served(&worker, &done, tokenize, tokens)),
+                results: v
+                    .iter()
+                    .map(|c| proto::Classification {
+                        label: c.label.clone(),
+                        score: c.score,
+                        scores: c
+                            .scores
+                            .iter()
+                            .map(|s| proto::LabelScore {
+                                label: s.label.clone(),
+                                score: s.score,
+                            })
+                            .collect(),
+                        tokens: c.tokens as u32,
+                        truncated: c.truncated,
+                    })
+                    .collect(),
+            })
+        }
+        .await;
+        record(&mut guard, &resolved, &result);
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn tag(
+        &self,
+        req: Request<proto::TagRequest>,
+    ) -> Result<Response<proto::TagResponse>, Status> {
+        let mut guard = CancelGuard::new("tag");
+        let deadline = deadline(&req);
+        let r = req.into_inner();
+        let mut resolved = r.model.clone();
+        let result = async {
+            let worker = self.pick(&r.model, &r.variant, Task::Tag)?;
+            resolved = worker.model.name.clone();
+            let n = self.check_texts(
+                r.texts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| (format!("texts[{i}]"), t.as_str())),
+            )?;
+            let agg = aggregation(r.aggregation)?;
+            let trunc = truncation(r.truncation)?;
+            let inputs = r.texts.iter().cloned().map(Input::Single).collect();
+            let work = Work::Tag(r.texts.clone(), agg);
+            let (done, tokenize) = self.run(&worker, inputs, trunc, work, deadline).await?;
+            record_stages("tag", &worker, &done, tokenize, n);
+            let Output::Tag(v) = &done.output else {
+                unreachable!("tag work gives tag output")
+            };
+            let tokens = v.iter().map(|t| t.tokens as u32).sum();
+            Ok(proto::TagResponse {
+                served: Some(Self::served(&worker, &done, tokenize, tokens)),
+                results: v
+                    .iter()
+                    .map(|t| proto::TagResult {
+                        entities: t
+                            .entities
+                            .iter()
+                            .map(|e| proto::Entity {
+                                label: e.label.clone(),
+                                score: e.score,
+                                start: e.start as u32,
+                                end: e.end as u32,
+                                text: e.text.clone(),
+                            })
+                            .collect(),
+                        tokens: t.tokens as u32,
+                        truncated: t.truncated,
+                    })
+                    .collect(),
+            })
+        }
+        .await;
+        record(&mut guard, &resolved, &result);
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn list_models(
+        &self,
+        _req: Request<proto::ListModelsRequest>,
+    ) -> Result<Response<proto::ListModelsResponse>, Status> {
+        Ok(Response::new(proto::ListModelsResponse {
+            models: self.state.models.values().map(|w| info(w)).collect(),
+        }))
+    }
+
+    async fn get_model(
+        &self,
+        req: Request<proto::GetModelRequest>,
+    ) -> Result<Response<proto::ModelInfo>, Status> {
+        let name = req.into_inner().model;
+        self.state
+            .models
+            .get(&name)
+            .map(|w| Response::new(info(w)))
+            .ok_or_else(|| ServeError::NotFound(format!("unknown model {name:?}")).into())
+    }
+}
+
+fn info(w: &ModelWorker) -> proto::ModelInfo {
+    let m = &w.model;
+    proto::ModelInfo {
+        name: m.name.clone(),
+        task: m.task.name().to_string(),
+        architecture: format!("{:?}", m.cfg.arch).to_lowercase(),
+        labels: m.labels.clone(),
+        max_tokens: m.max_len() as u32,
+        hidden_size: m.cfg.hidden as u32,
+        layers: m.cfg.layers as u32,
+        variants: vec![proto::VariantInfo {
+            name: w.variant.clone(),
+            precision: format!("float32 (all {} layers)", m.cfg.layers),
+            is_default: true,
+        }],
+    }
+}
