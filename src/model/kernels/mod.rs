@@ -129,15 +129,15 @@ pub fn layer_norm(x: &mut [f32], bias: Option<&[f32]>, gamma: &[f32], beta: &[f3
 
 /// A raw pointer that tasks writing disjoint parts of one buffer may share.
 #[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: only used by `attention`, whose tasks write disjoint (rows of one sequence) x
-// (columns of one head) blocks of the output.
+pub(crate) struct SharedOut(pub(crate) *mut f32);
+// SAFETY: only used by `attention` (tasks write disjoint rows-of-one-sequence x
+// columns-of-one-head blocks) and `packed::matmul` (tasks write disjoint column ranges).
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
     // A method, not a field access, so closures capture the whole (Sync) wrapper.
-    fn ptr(&self) -> *mut f32 {
+    pub(crate) fn ptr(&self) -> *mut f32 {
         self.0
     }
 }

@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use super::{gelu_erf_impl, gelu_tanh};
+use super::{gelu_erf_impl, gelu_tanh, SharedOut};
 use crate::model::config::Activation;
 
 /// Output columns per panel: two 8-float AVX registers.
@@ -108,17 +108,6 @@ pub fn matmul_with(
         run(0);
     } else {
         (0..tasks).into_par_iter().for_each(run);
-    }
-}
-
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: used only by `matmul`, whose tasks write disjoint column ranges of the output.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-impl SharedOut {
-    fn ptr(&self) -> *mut f32 {
-        self.0
     }
 }
 
