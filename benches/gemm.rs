@@ -4,6 +4,7 @@
 //! Run: `cargo bench --bench gemm`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use samp::model::kernels::int8::{self, ActScale, QActs, QWeights};
 use samp::model::kernels::packed::{matmul, Epilogue, PackedWeights};
 use samp::model::kernels::{gemm, View};
 
@@ -53,5 +54,39 @@ fn kernels(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, kernels);
+/// The INT8 kernel against samp's f32 kernel at the shapes (1024 tokens; MiniLM's FFN
+/// up and down, BERT-base's FFN up and down). Throughput in multiply-adds × 2 (ops/s).
+fn int8_vs_f32(c: &mut Criterion) {
+    let m = 1024;
+    let mut g = c.benchmark_group("gemm_int8_vs_f32");
+    g.sample_size(10);
+    for (k, n) in [(384usize, 1536usize), (1536, 384), (768, 3072), (3072, 768)] {
+        let w: Vec<f32> = (0..k * n)
+            .map(|j| ((j * 31) % 97) as f32 * 1e-3 - 0.05)
+            .collect();
+        let x: Vec<f32> = (0..m * k).map(|j| (j % 13) as f32 * 0.1 - 0.6).collect();
+        let mut y = vec![0.0f32; m * n];
+        let pf = PackedWeights::from_rows(&w, n, k);
+        let pq = QWeights::quantize(&w, n, k);
+        g.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        let shape = format!("{m}x{k}x{n}");
+        g.bench_function(BenchmarkId::new("f32", &shape), |b| {
+            b.iter(|| matmul(&x, m, &pf, &mut y, Epilogue::default()))
+        });
+        let mut q = QActs::new();
+        q.quantize(&x, m, k, ActScale::Static(0.01));
+        g.bench_function(BenchmarkId::new("int8", &shape), |b| {
+            b.iter(|| int8::matmul(&q, &pq, &mut y, Epilogue::default()))
+        });
+        g.bench_function(BenchmarkId::new("int8+quantize", &shape), |b| {
+            b.iter(|| {
+                q.quantize(&x, m, k, ActScale::Static(0.01));
+                int8::matmul(&q, &pq, &mut y, Epilogue::default())
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, kernels, int8_vs_f32);
 criterion_main!(benches);

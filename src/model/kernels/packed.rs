@@ -43,6 +43,18 @@ impl PackedWeights {
         PackedWeights { data, k, n }
     }
 
+    /// Back to PyTorch layout `[n, k]`.
+    pub fn to_rows(&self) -> Vec<f32> {
+        let mut w = vec![0.0f32; self.n * self.k];
+        for (o, row) in w.chunks_exact_mut(self.k.max(1)).enumerate().take(self.n) {
+            let panel = self.panel(o / NR);
+            for (i, v) in row.iter_mut().enumerate() {
+                *v = panel[i * NR + o % NR];
+            }
+        }
+        w
+    }
+
     fn panels(&self) -> usize {
         self.n.div_ceil(NR)
     }
@@ -203,7 +215,7 @@ unsafe fn panels_range(
 ///
 /// # Safety
 /// `y` must address `tile.len()` rows of `cols` writable floats at stride `ldy`.
-unsafe fn finish(
+pub(super) unsafe fn finish(
     y: *mut f32,
     ldy: usize,
     tile: &[[f32; NR]],
