@@ -21,3 +21,4 @@ have gensim-4.4.0 || .venv-fetch/bin/pip download -q --no-deps --only-binary :al
 have vadersentiment-3.3.2.tar.gz || .venv-fetch/bin/pip download -q --no-deps --no-binary :all: -d "$pkgs" vadersentiment==3.3.2
 
 .venv-fetch/bin/python scripts/fetch_models.py --pkgs "$pkgs"
+python3 scripts/make_eval_data.py

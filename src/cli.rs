@@ -2,7 +2,7 @@
 //! `classify`, `tag`) that load a model, run it on texts from the arguments or a JSON Lines
 //! file, and print one JSON object per input.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
@@ -46,6 +46,71 @@ pub enum Command {
     Serve(ServeArgs),
     /// Call a running server; prints one JSON object per input.
     Client(ClientArgs),
+    /// Pick the fastest per-layer INT8/float plan that meets an accuracy requirement (SAMP).
+    Quantize(QuantizeArgs),
+    /// Print the metrics of one precision plan on a data file.
+    Eval(EvalArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct QuantizeArgs {
+    /// Float model directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Calibration texts (JSON Lines: strings or {"text": ..}; or one text per line).
+    #[arg(long)]
+    pub calib: PathBuf,
+    /// Evaluation data (JSON Lines, with "label" or "score" for labelled metrics); without it
+    /// the calibration texts are used and the metric is fidelity to the float model.
+    #[arg(long)]
+    pub eval: Option<PathBuf>,
+    /// Metric to optimise: accuracy, macro_f1, spearman, agreement, entity_f1, mean_cosine or
+    /// worst_cosine [default: labelled when the data has labels/scores, else fidelity].
+    #[arg(long)]
+    pub metric: Option<String>,
+    /// Largest acceptable drop from the float model's score (in the metric's units, e.g. 0.01
+    /// for one point of accuracy).
+    #[arg(long, conflicts_with = "min_score")]
+    pub max_drop: Option<f64>,
+    /// Lowest acceptable score.
+    #[arg(long)]
+    pub min_score: Option<f64>,
+    /// Layer modes the search may use.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub mode: crate::quant::search::SearchMode,
+    /// Calibration: max, percentile, percentile:P, mse, or auto (the best of the three on the
+    /// fully quantized model).
+    #[arg(long, default_value = "auto")]
+    pub calibration: String,
+    /// Activation scales: static (calibrated) or dynamic (per token at run time).
+    #[arg(long, default_value = "static", value_parser = ["static", "dynamic"])]
+    pub activations: String,
+    /// Use at most this many calibration texts.
+    #[arg(long, default_value_t = 512)]
+    pub calib_limit: usize,
+    /// Texts per batch when timing layers.
+    #[arg(long, default_value_t = 32)]
+    pub timing_batch: usize,
+    /// Output directory: the model files, samp-plan.json (the choice), samp-plan.ffn-only.json,
+    /// samp-plan.fully-quant.json, samp-int8.safetensors and report.{json,md,svg}.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Model directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Precision plan: a file, or `float32` [default: DIR/samp-plan.json when present].
+    #[arg(long)]
+    pub plan: Option<String>,
+    /// Data (JSON Lines as for `samp quantize --eval`).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Metric to report first (all available ones are printed).
+    #[arg(long)]
+    pub metric: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -163,9 +228,20 @@ pub struct ModelArgs {
     /// Refuse texts longer than the model's limit instead of truncating them.
     #[arg(long)]
     pub no_truncate: bool,
+
+    /// Precision plan: a file, or `float32` [default: DIR/samp-plan.json when present].
+    #[arg(long)]
+    pub plan: Option<String>,
 }
 
 impl ModelArgs {
+    fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            plan: crate::quant::plan::resolve(&self.model, self.plan.as_deref()),
+            ..Default::default()
+        }
+    }
+
     fn truncation(&self) -> Truncation {
         if self.no_truncate {
             Truncation::Error
@@ -228,6 +304,9 @@ pub struct BenchArgs {
     /// Pipeline to run (default: the model's own head).
     #[arg(long)]
     pub task: Option<Task>,
+    /// Precision plan: a file, or `float32` [default: DIR/samp-plan.json when present].
+    #[arg(long)]
+    pub plan: Option<String>,
 }
 
 /// Read a file of texts: JSON Lines when every line parses as such, else one text per line.
@@ -250,40 +329,10 @@ pub fn read_texts(path: &Path) -> Result<Vec<Input>, SampError> {
 
 /// Read a JSON Lines input file; errors name the line.
 pub fn read_inputs(path: &Path) -> Result<Vec<Input>, SampError> {
-    let file = std::fs::File::open(path).map_err(|source| SampError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut out = Vec::new();
-    for (n, line) in std::io::BufReader::new(file).split(b'\n').enumerate() {
-        let line = line.map_err(|source| SampError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let bad = |reason: String| SampError::malformed(path, format!("line {}: {reason}", n + 1));
-        let line = std::str::from_utf8(&line).map_err(|e| bad(format!("invalid UTF-8 ({e})")))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
-        let input = match &v {
-            serde_json::Value::String(s) => Input::Single(s.clone()),
-            serde_json::Value::Object(o) => {
-                let text = o
-                    .get("text")
-                    .and_then(|t| t.as_str())
-                    .ok_or_else(|| bad("object without a \"text\" string".into()))?;
-                match o.get("text_pair") {
-                    None | Some(serde_json::Value::Null) => Input::Single(text.into()),
-                    Some(serde_json::Value::String(b)) => Input::Pair(text.into(), b.clone()),
-                    Some(_) => return Err(bad("\"text_pair\" must be a string".into())),
-                }
-            }
-            _ => return Err(bad("expected a JSON string or object".into())),
-        };
-        out.push(input);
-    }
-    Ok(out)
+    Ok(crate::quant::eval::read_examples(path)?
+        .into_iter()
+        .map(|e| e.input)
+        .collect())
 }
 
 fn gather(args: &ModelArgs, pairs: bool) -> anyhow::Result<Vec<Input>> {
@@ -328,6 +377,7 @@ pub fn run_embed(a: &EmbedArgs) -> anyhow::Result<()> {
         &LoadOptions {
             task: Some(Task::Embed),
             pooling: a.pooling,
+            plan: crate::quant::plan::resolve(&a.model.model, a.model.plan.as_deref()),
             ..Default::default()
         },
     )?;
@@ -341,7 +391,7 @@ pub fn run_embed(a: &EmbedArgs) -> anyhow::Result<()> {
 
 pub fn run_classify(a: &ClassifyArgs) -> anyhow::Result<()> {
     let inputs = gather(&a.model, a.pairs)?;
-    let model = Model::load(&a.model.model, &LoadOptions::default())?;
+    let model = Model::load(&a.model.model, &a.model.load_options())?;
     print_lines(&model.classify(&inputs, a.model.truncation())?)
 }
 
@@ -357,7 +407,7 @@ pub fn run_tag(a: &TagArgs) -> anyhow::Result<()> {
             )),
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let model = Model::load(&a.model.model, &LoadOptions::default())?;
+    let model = Model::load(&a.model.model, &a.model.load_options())?;
     print_lines(&model.tag(&texts, a.aggregation, a.model.truncation())?)
 }
 
@@ -373,6 +423,7 @@ pub fn run_bench(a: &BenchArgs) -> anyhow::Result<()> {
         &a.model,
         &LoadOptions {
             task: a.task,
+            plan: crate::quant::plan::resolve(&a.model, a.plan.as_deref()),
             ..Default::default()
         },
     )?;
@@ -419,6 +470,8 @@ pub fn run_bench(a: &BenchArgs) -> anyhow::Result<()> {
         "engine": "samp",
         "model": model.name,
         "task": model.task.name(),
+        "plan": model.plan().name,
+        "layers": model.plan().summary(),
         "batch": a.batch,
         "threads": rayon::current_num_threads(),
         "texts": n_texts,
@@ -466,4 +519,195 @@ pub fn run_client(a: &ClientArgs) -> anyhow::Result<()> {
         .build()?;
     let lines = rt.block_on(crate::server::client::call(&a.addr, &a.model, call))?;
     print_lines(&lines)
+}
+
+/// Calibration texts: the first `limit` inputs of a file.
+fn read_calib(path: &Path, limit: usize) -> anyhow::Result<Vec<Input>> {
+    let mut v = read_texts(path)?;
+    if v.is_empty() {
+        anyhow::bail!("{}: no calibration texts", path.display());
+    }
+    v.truncate(limit.max(1));
+    Ok(v)
+}
+
+pub fn run_quantize(a: &QuantizeArgs) -> anyhow::Result<()> {
+    use crate::quant::{artifact, eval, plan, search};
+    let calibration = match a.calibration.as_str() {
+        "auto" => None,
+        c => Some(crate::quant::observer::Calibration::parse(c).map_err(anyhow::Error::msg)?),
+    };
+    let activations = if a.activations == "dynamic" {
+        plan::ActMode::Dynamic
+    } else {
+        plan::ActMode::Static
+    };
+    let requirement = match (a.max_drop, a.min_score) {
+        (Some(d), _) if d.is_finite() && d >= 0.0 => search::Requirement::MaxDrop(d),
+        (Some(d), _) => anyhow::bail!("--max-drop {d}: must be a number >= 0"),
+        (None, Some(s)) => search::Requirement::MinScore(s),
+        (None, None) => search::Requirement::Knee,
+    };
+    if a.out.exists() && std::fs::read_dir(&a.out)?.next().is_some() {
+        anyhow::bail!("--out {}: exists and is not empty", a.out.display());
+    }
+    let calib = read_calib(&a.calib, a.calib_limit)?;
+    let examples = match &a.eval {
+        Some(p) => eval::read_examples(p)?,
+        None => calib
+            .iter()
+            .map(|i| eval::Example {
+                input: i.clone(),
+                label: None,
+                score: None,
+            })
+            .collect(),
+    };
+    eprintln!("loading {}", a.model.display());
+    let mut model = Model::load(&a.model, &LoadOptions::default())?;
+    let evaluator = eval::Evaluator::new(&model, examples, a.metric.as_deref())?;
+    eprintln!(
+        "{}: {} layers, task {}; metric {} on {} examples; {} calibration texts",
+        model.name,
+        model.cfg.layers,
+        model.task.name(),
+        evaluator.metric(),
+        evaluator.len(),
+        calib.len()
+    );
+    let opts = search::SearchOptions {
+        calib,
+        requirement,
+        mode: a.mode,
+        calibration,
+        activations,
+        timing_batch: a.timing_batch.max(1),
+    };
+    let (report, chosen) = search::search(&mut model, &evaluator, &opts)?;
+
+    std::fs::create_dir_all(&a.out)?;
+    copy_model_files(&a.model, &a.out)?;
+    chosen.write(&a.out.join(plan::PLAN_FILE))?;
+    let layers = model.cfg.layers;
+    let scales: Vec<[f32; 4]> = chosen
+        .layers
+        .iter()
+        .map(|l| plan::Gemm::ALL.map(|g| l.get(g).input_scale.unwrap_or(0.0)))
+        .collect();
+    // The presets, with the same calibration, for side-by-side evaluation.
+    let full_scales = if report.activations == plan::ActMode::Static {
+        let obs = model.calibrate(&opts.calib, Truncation::Truncate)?;
+        let c = report
+            .calibration
+            .unwrap_or(crate::quant::observer::Calibration::Mse);
+        obs.iter()
+            .map(|l| [0, 1, 2, 3].map(|g| l[g].scale(c)))
+            .collect()
+    } else {
+        scales.clone()
+    };
+    for (name, mode) in [
+        ("ffn-only", plan::LayerMode::FfnOnly),
+        ("fully-quant", plan::LayerMode::Full),
+    ] {
+        let p = plan::Plan::from_modes(
+            name,
+            &vec![mode; layers],
+            &full_scales,
+            report.activations,
+            report.calibration,
+        );
+        p.write(&a.out.join(format!("samp-plan.{name}.json")))?;
+    }
+    // INT8 weights of every GEMM (the presets use them all).
+    let q: Vec<(
+        String,
+        std::sync::Arc<crate::model::kernels::int8::QWeights>,
+    )> = model
+        .encoder()
+        .layers()
+        .iter()
+        .enumerate()
+        .flat_map(|(i, l)| {
+            plan::Gemm::ALL.map(|g| (artifact::tensor_name(i, g.name()), l.linear(g).qweights()))
+        })
+        .collect();
+    let refs: Vec<(String, &crate::model::kernels::int8::QWeights)> =
+        q.iter().map(|(n, w)| (n.clone(), w.as_ref())).collect();
+    artifact::write(&a.out.join(artifact::INT8_FILE), &refs)?;
+    search::write_report(&a.out, &report)?;
+    let c = &report.trials[report.chosen];
+    let m = report.measured.iter().find(|m| m.name == "samp");
+    eprintln!(
+        "chosen plan {} ({}): {} {:.4} (float {:.4}); measured {:.2}x float32 throughput{}",
+        c.layers,
+        c.name,
+        report.metric,
+        c.score,
+        report.float_score,
+        m.map_or(f64::NAN, |m| m.ratio_to_float),
+        if report.met {
+            ""
+        } else {
+            "; NO plan met the requirement"
+        }
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "out": a.out,
+            "plan": chosen.summary(),
+            "metric": report.metric,
+            "score": c.score,
+            "float_score": report.float_score,
+            "met": report.met,
+            "measured": report.measured,
+        })
+    );
+    Ok(())
+}
+
+/// Hard-link (or copy) the model's files into `out`, leaving out any earlier samp outputs.
+fn copy_model_files(from: &Path, out: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let s = name.to_string_lossy();
+        if !entry.file_type()?.is_file() || s.starts_with("samp-") || s.starts_with("report.") {
+            continue;
+        }
+        let dst = out.join(&name);
+        if std::fs::hard_link(entry.path(), &dst).is_err() {
+            std::fs::copy(entry.path(), &dst)?;
+        }
+    }
+    Ok(())
+}
+
+pub fn run_eval(a: &EvalArgs) -> anyhow::Result<()> {
+    use crate::quant::eval;
+    let examples = eval::read_examples(&a.data)?;
+    let mut model = Model::load(&a.model, &LoadOptions::default())?;
+    // The float model first: it is the reference for fidelity metrics.
+    let evaluator = eval::Evaluator::new(&model, examples, a.metric.as_deref())?;
+    if let Some(p) = crate::quant::plan::resolve(&a.model, a.plan.as_deref()) {
+        model.load_plan(&p)?;
+    }
+    let start = std::time::Instant::now();
+    let scores = evaluator.evaluate(&model)?;
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "model": model.name,
+            "plan": model.plan().name,
+            "layers": model.plan().summary(),
+            "examples": evaluator.len(),
+            "metric": scores.metric,
+            "value": scores.value,
+            "metrics": scores.all,
+            "seconds": secs,
+        })
+    );
+    Ok(())
 }

@@ -17,6 +17,10 @@ pub struct ModelEntry {
     pub name: String,
     /// Hugging Face model directory.
     pub path: PathBuf,
+    /// Precision plan to run: a `samp-plan.json` file, or `float32` [default: the directory's
+    /// own samp-plan.json when it has one (what `samp quantize` writes), else float32].
+    #[serde(default)]
+    pub plan: Option<PathBuf>,
 }
 
 /// Per-request limits.
@@ -89,6 +93,7 @@ impl ServeConfig {
             self.models.push(ModelEntry {
                 name: "all-MiniLM-L6-v2".into(),
                 path: DEFAULT_MODEL.into(),
+                plan: None,
             });
         }
         let mut seen = std::collections::HashSet::new();
@@ -124,7 +129,11 @@ pub fn parse_model_arg(s: &str) -> Result<ModelEntry, String> {
     if name.is_empty() {
         return Err(format!("empty model name in {s:?}"));
     }
-    Ok(ModelEntry { name, path })
+    Ok(ModelEntry {
+        name,
+        path,
+        plan: None,
+    })
 }
 
 #[cfg(test)]

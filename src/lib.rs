@@ -12,5 +12,6 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod model;
+pub mod quant;
 pub mod server;
 pub mod tokenize;

@@ -22,6 +22,8 @@ fn main() -> std::process::ExitCode {
         Command::Bench(a) => cli::run_bench(a),
         Command::Serve(a) => cli::run_serve(a),
         Command::Client(a) => cli::run_client(a),
+        Command::Quantize(a) => cli::run_quantize(a),
+        Command::Eval(a) => cli::run_eval(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -46,6 +46,7 @@ fn config(models: &[&str]) -> ServeConfig {
         .map(|m| ModelEntry {
             name: m.to_string(),
             path: model_dir(m),
+            plan: None,
         })
         .collect();
     c.shutdown_grace_seconds = 20;

@@ -8,6 +8,7 @@ use crate::model::config::{Arch, ModelConfig};
 use crate::model::kernels;
 use crate::model::linear::Linear;
 use crate::model::weights::Weights;
+use crate::quant::plan::Gemm;
 
 /// Token ids of several sequences laid end to end.
 #[derive(Debug, Clone, Default)]
@@ -223,6 +224,24 @@ impl Layer {
         })
     }
 
+    pub fn linear(&self, g: Gemm) -> &Linear {
+        match g {
+            Gemm::Qkv => &self.qkv,
+            Gemm::AttnOut => &self.out,
+            Gemm::FfnUp => &self.up,
+            Gemm::FfnDown => &self.down,
+        }
+    }
+
+    pub fn linear_mut(&mut self, g: Gemm) -> &mut Linear {
+        match g {
+            Gemm::Qkv => &mut self.qkv,
+            Gemm::AttnOut => &mut self.out,
+            Gemm::FfnUp => &mut self.up,
+            Gemm::FfnDown => &mut self.down,
+        }
+    }
+
     /// `x` `[T, H]` in, replaced by the layer's output.
     fn forward(&self, cfg: &ModelConfig, x: &mut Vec<f32>, starts: &[usize]) {
         let t = *starts.last().unwrap_or(&0);
@@ -267,6 +286,24 @@ impl Encoder {
             embeddings,
             layers,
         })
+    }
+
+    pub fn layers(&self) -> &[Layer] {
+        &self.layers
+    }
+
+    pub fn layers_mut(&mut self) -> &mut [Layer] {
+        &mut self.layers
+    }
+
+    /// The embedding output `[T, H]` (the first layer's input).
+    pub fn embed(&self, batch: &Batch) -> Result<Vec<f32>> {
+        self.embeddings.forward(&self.cfg, batch)
+    }
+
+    /// Run layer `i` alone on `x` (for timing each layer in each precision).
+    pub fn forward_layer(&self, i: usize, x: &mut Vec<f32>, batch: &Batch) {
+        self.layers[i].forward(&self.cfg, x, &batch.starts);
     }
 
     /// Hidden states `[T, H]` of the last layer for every token of the batch.

@@ -1,15 +1,32 @@
 //! A dense layer `y = x · Wᵀ + b`. Weights are packed once at load time for the GEMM kernel
 //! (see `kernels::packed`); bias, residual and activation are fused into the GEMM's epilogue.
-//! This is the seam where a precision plan swaps the float GEMM for another kernel.
+//! This is the seam where a precision plan swaps the float GEMM for the INT8 one: the float
+//! weights stay (the float variant and the quantization search need them), the INT8 weights are
+//! made on first use and kept, and [`Linear::set_int8`] switches between them. A calibration
+//! observer, when switched on, records what flows into this layer.
+
+use std::cell::RefCell;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::error::Result;
 use crate::model::config::Activation;
+use crate::model::kernels::int8::{self, ActScale, QActs, QWeights};
 use crate::model::kernels::packed::{self, Epilogue, PackedWeights};
 use crate::model::weights::Weights;
+use crate::quant::observer::Observer;
 
 pub struct Linear {
     weights: PackedWeights,
     pub bias: Vec<f32>,
+    qweights: OnceLock<Arc<QWeights>>,
+    /// `Some` when this layer runs in INT8.
+    int8: Option<ActScale>,
+    observer: Mutex<Option<Observer>>,
+}
+
+thread_local! {
+    /// Quantized activations, reused across calls on the compute thread.
+    static QACTS: RefCell<QActs> = RefCell::new(QActs::new());
 }
 
 impl Linear {
@@ -30,7 +47,64 @@ impl Linear {
         Ok(Linear {
             weights: PackedWeights::from_rows(&rows, outputs * names.len(), inputs),
             bias,
+            qweights: OnceLock::new(),
+            int8: None,
+            observer: Mutex::new(None),
         })
+    }
+
+    /// The INT8 weights (quantized from the float ones on first use).
+    pub fn qweights(&self) -> Arc<QWeights> {
+        self.qweights
+            .get_or_init(|| {
+                Arc::new(QWeights::quantize(
+                    &self.weights.to_rows(),
+                    self.weights.n,
+                    self.weights.k,
+                ))
+            })
+            .clone()
+    }
+
+    /// Use these INT8 weights (from a saved artifact) instead of quantizing the float ones.
+    pub fn set_qweights(&mut self, q: QWeights) -> std::result::Result<(), String> {
+        if q.n != self.outputs() || q.k != self.inputs() {
+            return Err(format!(
+                "int8 weights are [{}, {}], the layer is [{}, {}]",
+                q.n,
+                q.k,
+                self.outputs(),
+                self.inputs()
+            ));
+        }
+        self.qweights = OnceLock::from(Arc::new(q));
+        Ok(())
+    }
+
+    /// Run in INT8 with this activation scaling, or in float (`None`).
+    pub fn set_int8(&mut self, act: Option<ActScale>) {
+        if act.is_some() {
+            self.qweights();
+        }
+        self.int8 = act;
+    }
+
+    pub fn int8(&self) -> Option<ActScale> {
+        self.int8
+    }
+
+    /// Start (or stop) recording the inputs of this layer.
+    pub fn observe(&self, on: bool) {
+        let mut o = self.observer.lock().unwrap_or_else(|e| e.into_inner());
+        *o = on.then(Observer::new);
+    }
+
+    /// What the observer recorded so far.
+    pub fn observed(&self) -> Option<Observer> {
+        self.observer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn inputs(&self) -> usize {
@@ -55,7 +129,22 @@ impl Linear {
             accumulate: residual,
             act,
         };
-        packed::matmul(x, rows, &self.weights, out, ep);
+        {
+            let mut o = self.observer.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(o) = o.as_mut() {
+                o.record(&x[..rows * self.inputs()]);
+            }
+        }
+        match self.int8 {
+            Some(scale) => {
+                let q = self.qweights();
+                QACTS.with_borrow_mut(|qa| {
+                    qa.quantize(x, rows, self.inputs(), scale);
+                    int8::matmul(qa, &q, out, ep);
+                });
+            }
+            None => packed::matmul(x, rows, &self.weights, out, ep),
+        }
     }
 
     /// `x · Wᵀ + b` for a single vector (heads).

@@ -22,6 +22,11 @@ use heads::tag::{Aggregation, Entity, TokenScores};
 use linear::Linear;
 use weights::Weights;
 
+use crate::model::kernels::int8::ActScale;
+use crate::quant::artifact;
+use crate::quant::observer::Observer;
+use crate::quant::plan::{ActMode, Gemm, Plan, Precision};
+
 /// Choices made when loading a model directory.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
@@ -31,6 +36,9 @@ pub struct LoadOptions {
     pub pooling: Option<Pooling>,
     /// Most tokens per forward pass; larger batches are split. Bounds activation memory.
     pub max_batch_tokens: Option<usize>,
+    /// Run this precision plan (a `samp-plan.json`); INT8 weights are read from
+    /// `samp-int8.safetensors` beside it when present, else quantized at load.
+    pub plan: Option<PathBuf>,
 }
 
 enum Head {
@@ -93,6 +101,7 @@ pub struct Model {
     encoder: Encoder,
     head: Head,
     max_batch_tokens: usize,
+    plan: Plan,
 }
 
 impl Model {
@@ -151,7 +160,8 @@ impl Model {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into());
-        Ok(Model {
+        let plan = Plan::float(cfg.layers);
+        let mut model = Model {
             name,
             dir: dir.to_path_buf(),
             cfg,
@@ -162,7 +172,97 @@ impl Model {
             encoder,
             head,
             max_batch_tokens: opts.max_batch_tokens.unwrap_or(DEFAULT_MAX_BATCH_TOKENS),
-        })
+            plan,
+        };
+        if let Some(path) = &opts.plan {
+            model.load_plan(path)?;
+        }
+        Ok(model)
+    }
+
+    /// Read a plan file (and the INT8 weights beside it, if any) and run it.
+    pub fn load_plan(&mut self, path: &Path) -> Result<()> {
+        let plan = Plan::read(path)?;
+        plan.validate(self.cfg.layers)
+            .map_err(|reason| SampError::malformed(path, reason))?;
+        let int8 = path.with_file_name(artifact::INT8_FILE);
+        if int8.is_file() {
+            let mut saved = artifact::read(&int8)?;
+            for (i, layer) in self.encoder.layers_mut().iter_mut().enumerate() {
+                for g in Gemm::ALL {
+                    if let Some(q) = saved.remove(&artifact::tensor_name(i, g.name())) {
+                        layer.linear_mut(g).set_qweights(q).map_err(|e| {
+                            SampError::malformed(&int8, format!("layers.{i}.{}: {e}", g.name()))
+                        })?;
+                    }
+                }
+            }
+        }
+        self.apply_plan(&plan)
+    }
+
+    /// Switch every GEMM to the precision the plan gives it.
+    pub fn apply_plan(&mut self, plan: &Plan) -> Result<()> {
+        plan.validate(self.cfg.layers)
+            .map_err(|reason| SampError::invalid("plan", reason))?;
+        for (layer, lp) in self.encoder.layers_mut().iter_mut().zip(&plan.layers) {
+            for g in Gemm::ALL {
+                let gp = lp.get(g);
+                let act = match (gp.precision, plan.activations) {
+                    (Precision::Int8, ActMode::Dynamic) => Some(ActScale::Dynamic),
+                    (Precision::Int8, ActMode::Static) => {
+                        Some(ActScale::Static(gp.input_scale.expect("validated")))
+                    }
+                    _ => None,
+                };
+                layer.linear_mut(g).set_int8(act);
+            }
+        }
+        self.plan = plan.clone();
+        Ok(())
+    }
+
+    /// The plan this model runs (all float32 unless one was applied).
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The encoder, for per-layer timing and the INT8 weights of a plan.
+    pub fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+
+    /// Run the float model over `inputs` and return, per layer, what each GEMM's input looked
+    /// like (the observers live on the layers that own them while this runs). The plan in force
+    /// before is restored afterwards.
+    pub fn calibrate(
+        &mut self,
+        inputs: &[Input],
+        truncation: Truncation,
+    ) -> Result<Vec<[Observer; 4]>> {
+        let before = self.plan.clone();
+        self.apply_plan(&Plan::float(self.cfg.layers))?;
+        let set = |m: &Model, on: bool| {
+            for l in m.encoder.layers() {
+                for g in Gemm::ALL {
+                    l.linear(g).observe(on);
+                }
+            }
+        };
+        set(self, true);
+        let run = (|| {
+            let encoded = self.encode(inputs, truncation)?;
+            self.encode_states(&encoded, |_, _| Ok(()))
+        })();
+        let observed = self
+            .encoder
+            .layers()
+            .iter()
+            .map(|l| Gemm::ALL.map(|g| l.linear(g).observed().unwrap_or_default()))
+            .collect();
+        set(self, false);
+        self.apply_plan(&before)?;
+        run.map(|_| observed)
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {

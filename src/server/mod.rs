@@ -38,21 +38,26 @@ pub async fn prepare(
     let mut workers = Vec::new();
     for entry in &cfg.models {
         let (name, path) = (entry.name.clone(), entry.path.clone());
-        tracing::info!(model = %name, path = %path.display(), "loading");
+        let plan = crate::quant::plan::resolve(
+            &path,
+            entry.plan.as_ref().map(|p| p.to_string_lossy()).as_deref(),
+        );
+        tracing::info!(model = %name, path = %path.display(), plan = ?plan, "loading");
         let model = tokio::task::spawn_blocking(move || -> anyhow::Result<Model> {
-            let mut m = Model::load(&path, &LoadOptions::default())
-                .map_err(|e| anyhow::anyhow!("model {name}: {e:#}"))?;
+            let opts = LoadOptions {
+                plan,
+                ..Default::default()
+            };
+            let mut m =
+                Model::load(&path, &opts).map_err(|e| anyhow::anyhow!("model {name}: {e:#}"))?;
             m.name = name;
             // Warm-up: one pass so the first request doesn't pay for page faults.
             m.embed(&[Input::from("warm up")], &EmbedOptions::default())?;
             Ok(m)
         })
         .await??;
-        workers.push(ModelWorker::spawn(
-            Arc::new(model),
-            "float32",
-            cfg.batching,
-        )?);
+        let variant = model.plan().name.clone();
+        workers.push(ModelWorker::spawn(Arc::new(model), &variant, cfg.batching)?);
     }
     let grpc = TcpListener::bind(cfg.listen)
         .await

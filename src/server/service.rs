@@ -495,8 +495,23 @@ fn info(w: &ModelWorker) -> proto::ModelInfo {
         layers: m.cfg.layers as u32,
         variants: vec![proto::VariantInfo {
             name: w.variant.clone(),
-            precision: format!("float32 (all {} layers)", m.cfg.layers),
+            precision: precision_summary(m.plan()),
             is_default: true,
         }],
+    }
+}
+
+/// e.g. "float32 (all 6 layers)" or "int8 GEMMs 20/24, layers QQQQqF (F float32, q Quant-FFN-Only,
+/// Q Fully-Quant)".
+fn precision_summary(plan: &crate::quant::plan::Plan) -> String {
+    let n = plan.layers.len();
+    match plan.int8_gemms() {
+        0 => format!("float32 (all {n} layers)"),
+        k => format!(
+            "int8 GEMMs {k}/{}, layers {} (F float32, q Quant-FFN-Only, Q Fully-Quant; {:?} activations)",
+            4 * n,
+            plan.summary(),
+            plan.activations
+        ),
     }
 }

@@ -1,0 +1,369 @@
+//! The precision plan: for every encoder layer, the precision of each of its four GEMMs and the
+//! calibrated input scale of each INT8 one. A JSON file; a model directory plus a plan is what
+//! gets served.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::observer::Calibration;
+use crate::error::{Result, SampError};
+
+pub const FORMAT: &str = "samp-plan/1";
+/// File name of a plan inside a quantized model directory.
+pub const PLAN_FILE: &str = "samp-plan.json";
+
+/// The GEMMs of one encoder layer, in execution order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Gemm {
+    Qkv,
+    AttnOut,
+    FfnUp,
+    FfnDown,
+}
+
+impl Gemm {
+    pub const ALL: [Gemm; 4] = [Gemm::Qkv, Gemm::AttnOut, Gemm::FfnUp, Gemm::FfnDown];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Gemm::Qkv => "qkv",
+            Gemm::AttnOut => "attn_out",
+            Gemm::FfnUp => "ffn_up",
+            Gemm::FfnDown => "ffn_down",
+        }
+    }
+
+    pub fn is_ffn(self) -> bool {
+        matches!(self, Gemm::FfnUp | Gemm::FfnDown)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    Float32,
+    Bfloat16,
+    Float16,
+    Int8,
+}
+
+/// How INT8 activations are scaled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActMode {
+    /// One calibrated scale per GEMM input.
+    #[default]
+    Static,
+    /// Each token's own maximum, at run time.
+    Dynamic,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GemmPlan {
+    pub precision: Precision,
+    /// Static activation scale (`clip / 127`) of an INT8 GEMM's input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_scale: Option<f32>,
+}
+
+impl GemmPlan {
+    pub const FLOAT: GemmPlan = GemmPlan {
+        precision: Precision::Float32,
+        input_scale: None,
+    };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerPlan {
+    pub qkv: GemmPlan,
+    pub attn_out: GemmPlan,
+    pub ffn_up: GemmPlan,
+    pub ffn_down: GemmPlan,
+}
+
+impl LayerPlan {
+    pub const FLOAT: LayerPlan = LayerPlan {
+        qkv: GemmPlan::FLOAT,
+        attn_out: GemmPlan::FLOAT,
+        ffn_up: GemmPlan::FLOAT,
+        ffn_down: GemmPlan::FLOAT,
+    };
+
+    pub fn get(&self, g: Gemm) -> &GemmPlan {
+        match g {
+            Gemm::Qkv => &self.qkv,
+            Gemm::AttnOut => &self.attn_out,
+            Gemm::FfnUp => &self.ffn_up,
+            Gemm::FfnDown => &self.ffn_down,
+        }
+    }
+
+    pub fn get_mut(&mut self, g: Gemm) -> &mut GemmPlan {
+        match g {
+            Gemm::Qkv => &mut self.qkv,
+            Gemm::AttnOut => &mut self.attn_out,
+            Gemm::FfnUp => &mut self.ffn_up,
+            Gemm::FfnDown => &mut self.ffn_down,
+        }
+    }
+
+    /// The layer's mode in the SAMP paper's terms.
+    pub fn mode(&self) -> LayerMode {
+        let int8 = |g| self.get(g).precision == Precision::Int8;
+        match Gemm::ALL.map(int8) {
+            [false, false, false, false] => LayerMode::Float,
+            [false, false, true, true] => LayerMode::FfnOnly,
+            [true, true, true, true] => LayerMode::Full,
+            _ => LayerMode::Custom,
+        }
+    }
+}
+
+/// A layer's precision as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LayerMode {
+    Float,
+    /// Quant-FFN-Only: the FFN's two GEMMs in INT8, attention in float.
+    FfnOnly,
+    /// Fully-Quant: all four GEMMs in INT8.
+    Full,
+    Custom,
+}
+
+impl LayerMode {
+    pub fn label(self) -> &'static str {
+        match self {
+            LayerMode::Float => "F",
+            LayerMode::FfnOnly => "q",
+            LayerMode::Full => "Q",
+            LayerMode::Custom => "?",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    pub format: String,
+    /// What the plan is: `float32`, `ffn-only`, `fully-quant`, `samp`, or the user's own.
+    pub name: String,
+    #[serde(default)]
+    pub activations: ActMode,
+    /// How the static scales were found (absent for float or dynamic plans).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
+    /// Bits of the INT8 weights actually used (7 on CPUs without VNNI; see kernels::int8).
+    #[serde(default = "default_weight_bits")]
+    pub weight_bits: u32,
+    pub layers: Vec<LayerPlan>,
+}
+
+fn default_weight_bits() -> u32 {
+    7
+}
+
+impl Plan {
+    pub fn float(layers: usize) -> Self {
+        Plan {
+            format: FORMAT.into(),
+            name: "float32".into(),
+            activations: ActMode::Static,
+            calibration: None,
+            weight_bits: default_weight_bits(),
+            layers: vec![LayerPlan::FLOAT; layers],
+        }
+    }
+
+    /// Layers in these modes, with INT8 input scales from `scales[layer][gemm]` (ignored for
+    /// dynamic activations).
+    pub fn from_modes(
+        name: &str,
+        modes: &[LayerMode],
+        scales: &[[f32; 4]],
+        activations: ActMode,
+        calibration: Option<Calibration>,
+    ) -> Self {
+        let layers = modes
+            .iter()
+            .zip(scales)
+            .map(|(&mode, sc)| {
+                let mut lp = LayerPlan::FLOAT;
+                for (gi, g) in Gemm::ALL.into_iter().enumerate() {
+                    let on = match mode {
+                        LayerMode::Full => true,
+                        LayerMode::FfnOnly => g.is_ffn(),
+                        _ => false,
+                    };
+                    if on {
+                        *lp.get_mut(g) = GemmPlan {
+                            precision: Precision::Int8,
+                            input_scale: (activations == ActMode::Static).then_some(sc[gi]),
+                        };
+                    }
+                }
+                lp
+            })
+            .collect();
+        Plan {
+            format: FORMAT.into(),
+            name: name.into(),
+            activations,
+            calibration: if activations == ActMode::Static {
+                calibration
+            } else {
+                None
+            },
+            weight_bits: default_weight_bits(),
+            layers,
+        }
+    }
+
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read(path).map_err(|e| SampError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        let plan: Plan = serde_json::from_slice(&text).map_err(|e| SampError::Malformed {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Ok(plan)
+    }
+
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).expect("a plan serializes");
+        std::fs::write(path, text + "\n").map_err(|e| SampError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })
+    }
+
+    /// Check the plan against a model with `layers` layers on the CPU backend. The error names
+    /// the offending entry.
+    pub fn validate(&self, layers: usize) -> std::result::Result<(), String> {
+        if self.format != FORMAT {
+            return Err(format!("format is {:?}, expected {FORMAT:?}", self.format));
+        }
+        if self.layers.len() != layers {
+            return Err(format!(
+                "layers has {} entries, the model has {layers} layers",
+                self.layers.len()
+            ));
+        }
+        if self.weight_bits != 7 {
+            return Err(format!(
+                "weight_bits is {}; this build's INT8 kernels use 7-bit weights",
+                self.weight_bits
+            ));
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            for g in Gemm::ALL {
+                let gp = l.get(g);
+                let at = format!("layers[{i}].{}", g.name());
+                match gp.precision {
+                    Precision::Float32 => {}
+                    Precision::Bfloat16 | Precision::Float16 => {
+                        return Err(format!(
+                            "{at}.precision: {:?} is not available on the CPU backend (float32 or int8)",
+                            gp.precision
+                        ))
+                    }
+                    Precision::Int8 => {
+                        if self.activations == ActMode::Static {
+                            match gp.input_scale {
+                                Some(s) if s.is_finite() && s > 0.0 => {}
+                                Some(s) => {
+                                    return Err(format!("{at}.input_scale: {s} is not a positive number"))
+                                }
+                                None => {
+                                    return Err(format!(
+                                        "{at}.input_scale is missing (static activations need one)"
+                                    ))
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Layer modes at a glance, e.g. `QQqqFF`.
+    pub fn summary(&self) -> String {
+        self.layers.iter().map(|l| l.mode().label()).collect()
+    }
+
+    pub fn int8_gemms(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|l| Gemm::ALL.map(|g| l.get(g).precision == Precision::Int8))
+            .filter(|&b| b)
+            .count()
+    }
+}
+
+/// The plan a command runs: `arg` names a file, or `float32` for none; without `arg`, the
+/// model directory's own `samp-plan.json` when it has one.
+pub fn resolve(model_dir: &Path, arg: Option<&str>) -> Option<std::path::PathBuf> {
+    match arg {
+        Some("float32") | Some("float") => None,
+        Some(p) => Some(p.into()),
+        None => {
+            let own = model_dir.join(PLAN_FILE);
+            own.is_file().then_some(own)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_round_trip_and_validate() {
+        let scales = vec![[0.1, 0.2, 0.3, 0.4]; 3];
+        let modes = [LayerMode::Full, LayerMode::FfnOnly, LayerMode::Float];
+        let p = Plan::from_modes(
+            "samp",
+            &modes,
+            &scales,
+            ActMode::Static,
+            Some(Calibration::Mse),
+        );
+        assert_eq!(p.summary(), "QqF");
+        assert_eq!(p.int8_gemms(), 6);
+        p.validate(3).unwrap();
+        let json = serde_json::to_string(&p).unwrap();
+        let back: Plan = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, p);
+        assert!(p.validate(4).unwrap_err().contains("3 entries"));
+    }
+
+    #[test]
+    fn bad_entries_are_named() {
+        let mut p = Plan::from_modes("x", &[LayerMode::Full], &[[0.1; 4]], ActMode::Static, None);
+        p.layers[0].ffn_up.input_scale = None;
+        assert!(p
+            .validate(1)
+            .unwrap_err()
+            .contains("layers[0].ffn_up.input_scale"));
+        p.layers[0].ffn_up = GemmPlan {
+            precision: Precision::Float16,
+            input_scale: None,
+        };
+        assert!(p
+            .validate(1)
+            .unwrap_err()
+            .contains("layers[0].ffn_up.precision"));
+        let e = serde_json::from_str::<Plan>(
+            r#"{"format":"samp-plan/1","name":"x","layers":[],"extra":1}"#,
+        );
+        assert!(e.unwrap_err().to_string().contains("extra"));
+    }
+}

@@ -1,0 +1,754 @@
+//! The self-adaptive search behind `samp quantize`: calibrate, measure each layer's latency in
+//! each precision on this machine, measure each layer's sensitivity, then walk a greedy
+//! frontier from float to fully quantized — the upgrade with the most speed per accuracy lost
+//! first, the whole plan re-evaluated at every step — and pick the fastest plan that meets the
+//! requirement (without one, the knee of the frontier).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::eval::{Evaluator, Scores};
+use super::observer::{Calibration, Observer};
+use super::plan::{ActMode, LayerMode, Plan};
+use crate::error::Result;
+use crate::model::config::Task;
+use crate::model::encoder::Batch;
+use crate::model::heads::tag::Aggregation;
+use crate::model::{EmbedOptions, Model};
+use crate::tokenize::{Input, Truncation};
+
+/// What the chosen plan must achieve on the evaluation data.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Requirement {
+    /// At most this much below the float model's score (in the metric's units).
+    MaxDrop(f64),
+    /// At least this score.
+    MinScore(f64),
+    /// None: take the knee of the frontier.
+    Knee,
+}
+
+/// Which layer modes the search may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum SearchMode {
+    /// Each layer float, Quant-FFN-Only or Fully-Quant.
+    Auto,
+    /// Each layer float or Quant-FFN-Only.
+    FfnOnly,
+    /// Each layer float or Fully-Quant.
+    FullyQuant,
+}
+
+impl SearchMode {
+    fn modes(self) -> &'static [LayerMode] {
+        match self {
+            SearchMode::Auto => &[LayerMode::FfnOnly, LayerMode::Full],
+            SearchMode::FfnOnly => &[LayerMode::FfnOnly],
+            SearchMode::FullyQuant => &[LayerMode::Full],
+        }
+    }
+}
+
+pub struct SearchOptions {
+    pub calib: Vec<Input>,
+    pub requirement: Requirement,
+    pub mode: SearchMode,
+    /// `None`: try max, percentile and MSE on the fully quantized model and keep the best.
+    pub calibration: Option<Calibration>,
+    pub activations: ActMode,
+    /// Texts per timing batch (taken from the calibration data).
+    pub timing_batch: usize,
+}
+
+/// One plan the search evaluated.
+#[derive(Debug, Clone, Serialize)]
+pub struct Trial {
+    pub name: String,
+    /// Why it was evaluated: preset, calibration, sensitivity or frontier.
+    pub kind: &'static str,
+    /// Layer modes at a glance: F float, q Quant-FFN-Only, Q Fully-Quant.
+    pub layers: String,
+    pub score: f64,
+    pub scores: BTreeMap<String, f64>,
+    /// Estimated from the measured per-layer latencies (texts/s at the timing batch).
+    pub est_texts_per_s: f64,
+    #[serde(skip)]
+    pub modes: Vec<LayerMode>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Measured {
+    pub name: String,
+    pub layers: String,
+    pub texts_per_s: f64,
+    pub ratio_to_float: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub model: String,
+    pub task: &'static str,
+    pub metric: String,
+    pub eval_examples: usize,
+    pub calib_texts: usize,
+    pub requirement: Requirement,
+    pub mode: SearchMode,
+    pub activations: ActMode,
+    pub calibration: Option<Calibration>,
+    pub float_score: f64,
+    /// Milliseconds per timing batch for each layer in float, FFN-only and fully-quant.
+    pub layer_ms: Vec<[f64; 3]>,
+    /// Milliseconds per timing batch outside the encoder layers (tokenizer, embeddings, head).
+    pub other_ms: f64,
+    pub timing_batch: usize,
+    pub timing_tokens: usize,
+    pub trials: Vec<Trial>,
+    /// Indices into `trials` of the frontier, float first.
+    pub frontier: Vec<usize>,
+    pub chosen: usize,
+    pub met: bool,
+    /// End-to-end throughput of the presets and the chosen plan, measured after the search.
+    pub measured: Vec<Measured>,
+    pub seconds: f64,
+}
+
+/// Progress on stderr: a bar, a counter and what is being evaluated.
+struct Progress {
+    total: usize,
+    done: usize,
+    start: Instant,
+}
+
+impl Progress {
+    fn step(&mut self, what: &str) {
+        self.done += 1;
+        let width = 24;
+        let filled = (self.done * width / self.total.max(1)).min(width);
+        eprintln!(
+            "[{}{}] {:>3}/{} {:>6.1}s  {what}",
+            "#".repeat(filled),
+            ".".repeat(width - filled),
+            self.done,
+            self.total,
+            self.start.elapsed().as_secs_f64()
+        );
+    }
+}
+
+fn mode_index(m: LayerMode) -> usize {
+    match m {
+        LayerMode::FfnOnly => 1,
+        LayerMode::Full => 2,
+        _ => 0,
+    }
+}
+
+fn summary(modes: &[LayerMode]) -> String {
+    modes.iter().map(|m| m.label()).collect()
+}
+
+/// The search. `model` runs float on entry and on exit.
+pub fn search(model: &mut Model, eval: &Evaluator, opts: &SearchOptions) -> Result<(Report, Plan)> {
+    let start = Instant::now();
+    let layers = model.cfg.layers;
+    let modes = opts.mode.modes();
+    let methods: Vec<Calibration> = match opts.calibration {
+        Some(c) => vec![c],
+        None if opts.activations == ActMode::Dynamic => vec![],
+        None => vec![
+            Calibration::Max,
+            Calibration::Percentile { percentile: 99.99 },
+            Calibration::Mse,
+        ],
+    };
+    let mut progress = Progress {
+        // calibration, timing, float, presets + calibration trials, sensitivities, frontier
+        total: 2 + 1 + 2 + methods.len().saturating_sub(1) + 2 * layers * modes.len(),
+        done: 0,
+        start,
+    };
+
+    let float_plan = Plan::float(layers);
+    model.apply_plan(&float_plan)?;
+    let observers = if opts.activations == ActMode::Static {
+        model.calibrate(&opts.calib, Truncation::Truncate)?
+    } else {
+        Vec::new()
+    };
+    progress.step(&format!("calibrated on {} texts", opts.calib.len()));
+
+    let timing_inputs: Vec<Input> = opts.calib.iter().take(opts.timing_batch).cloned().collect();
+    let (layer_ms, other_ms, timing_tokens) = time_layers(model, &timing_inputs)?;
+    progress.step(&format!(
+        "timed each layer in each precision on {} texts ({} tokens): float {:.1} ms, fully-quant {:.1} ms per batch",
+        timing_inputs.len(),
+        timing_tokens,
+        layer_ms.iter().map(|l| l[0]).sum::<f64>(),
+        layer_ms.iter().map(|l| l[2]).sum::<f64>()
+    ));
+    let est = |m: &[LayerMode]| -> f64 {
+        let ms = other_ms
+            + m.iter()
+                .zip(&layer_ms)
+                .map(|(&m, l)| l[mode_index(m)])
+                .sum::<f64>();
+        timing_inputs.len() as f64 / (ms / 1000.0)
+    };
+
+    let mut trials: Vec<Trial> = Vec::new();
+    let float_scores = eval.evaluate(model)?;
+    let float_score = float_scores.value;
+    let mk = |name: &str, kind: &'static str, m: &[LayerMode], s: Scores| Trial {
+        name: name.into(),
+        kind,
+        layers: summary(m),
+        score: s.value,
+        scores: s.all,
+        est_texts_per_s: est(m),
+        modes: m.to_vec(),
+    };
+    let all_float = vec![LayerMode::Float; layers];
+    trials.push(mk("float32", "preset", &all_float, float_scores));
+    progress.step(&format!("float32: {} {float_score:.4}", eval.metric()));
+
+    // Calibration method: the one whose fully quantized model scores best.
+    let scales_for = |c: Calibration| -> Vec<[f32; 4]> {
+        observers
+            .iter()
+            .map(|l: &[Observer; 4]| [0, 1, 2, 3].map(|g| l[g].scale(c)))
+            .collect()
+    };
+    let dummy = vec![[1.0f32; 4]; layers];
+    let all_full = vec![LayerMode::Full; layers];
+    let mut calibration = methods.first().copied();
+    let mut scales = calibration.map_or(dummy.clone(), scales_for);
+    let plan_of = |name: &str, m: &[LayerMode], sc: &[[f32; 4]], c: Option<Calibration>| {
+        Plan::from_modes(name, m, sc, opts.activations, c)
+    };
+    if methods.len() > 1 {
+        let mut best: Option<(f64, Calibration)> = None;
+        for &c in &methods {
+            let sc = scales_for(c);
+            model.apply_plan(&plan_of("fully-quant", &all_full, &sc, Some(c)))?;
+            let s = eval.evaluate(model)?;
+            progress.step(&format!(
+                "fully-quant, {c} calibration: {} {:.4}",
+                eval.metric(),
+                s.value
+            ));
+            if best.is_none_or(|(b, _)| s.value > b) {
+                best = Some((s.value, c));
+            }
+            trials.push(mk(
+                &format!("fully-quant ({c})"),
+                "calibration",
+                &all_full,
+                s,
+            ));
+        }
+        let c = best.expect("at least one method").1;
+        calibration = Some(c);
+        scales = scales_for(c);
+    }
+
+    for (name, m) in [
+        ("ffn-only", vec![LayerMode::FfnOnly; layers]),
+        ("fully-quant", all_full.clone()),
+    ] {
+        model.apply_plan(&plan_of(name, &m, &scales, calibration))?;
+        let s = eval.evaluate(model)?;
+        progress.step(&format!("{name}: {} {:.4}", eval.metric(), s.value));
+        trials.push(mk(name, "preset", &m, s));
+    }
+
+    // Sensitivity: each layer alone in each mode.
+    let mut drop = vec![[0.0f64; 3]; layers];
+    for i in 0..layers {
+        for &mode in modes {
+            let mut m = all_float.clone();
+            m[i] = mode;
+            model.apply_plan(&plan_of("sensitivity", &m, &scales, calibration))?;
+            let s = eval.evaluate(model)?;
+            drop[i][mode_index(mode)] = float_score - s.value;
+            progress.step(&format!(
+                "layer {i} alone {}: {} {:.4} (drop {:+.4})",
+                mode.label(),
+                eval.metric(),
+                s.value,
+                float_score - s.value
+            ));
+            trials.push(mk(
+                &format!("layer {i} {}", mode.label()),
+                "sensitivity",
+                &m,
+                s,
+            ));
+        }
+    }
+
+    // The greedy frontier.
+    let mut current = all_float.clone();
+    let mut frontier = vec![0usize];
+    loop {
+        let mut best: Option<(f64, usize, LayerMode)> = None;
+        for i in 0..layers {
+            let cur = mode_index(current[i]);
+            for &next in modes {
+                let n = mode_index(next);
+                if n <= cur {
+                    continue;
+                }
+                let gain = layer_ms[i][cur] - layer_ms[i][n];
+                if gain <= 0.0 {
+                    continue;
+                }
+                let cost = (drop[i][n] - drop[i][cur]).max(0.0) + 1e-4;
+                let ratio = gain / cost;
+                if best.is_none_or(|(b, _, _)| ratio > b) {
+                    best = Some((ratio, i, next));
+                }
+            }
+        }
+        let Some((_, i, next)) = best else { break };
+        current[i] = next;
+        model.apply_plan(&plan_of("samp", &current, &scales, calibration))?;
+        let s = eval.evaluate(model)?;
+        progress.total = progress.total.max(progress.done + 1);
+        progress.step(&format!(
+            "frontier {}: {} {:.4}, est. {:.0} texts/s",
+            summary(&current),
+            eval.metric(),
+            s.value,
+            est(&current)
+        ));
+        trials.push(mk(
+            &format!("frontier {}", summary(&current)),
+            "frontier",
+            &current,
+            s,
+        ));
+        frontier.push(trials.len() - 1);
+    }
+
+    // The choice.
+    let meets = |t: &Trial| match opts.requirement {
+        MaxDrop(d) => t.score >= float_score - d - 1e-12,
+        MinScore(s) => t.score >= s,
+        Knee => true,
+    };
+    use Requirement::*;
+    let (chosen, met) = match opts.requirement {
+        Knee => (knee(&trials, &frontier), true),
+        _ => {
+            let best = (0..trials.len())
+                .filter(|&i| meets(&trials[i]))
+                .max_by(|&a, &b| {
+                    trials[a]
+                        .est_texts_per_s
+                        .total_cmp(&trials[b].est_texts_per_s)
+                });
+            match best {
+                Some(i) => (i, true),
+                // Nothing meets it (not even float, for MinScore): the float plan, flagged.
+                None => (0, false),
+            }
+        }
+    };
+    let chosen_modes = trials[chosen].modes.clone();
+    let chosen_plan = if chosen_modes.iter().all(|m| *m == LayerMode::Float) {
+        Plan {
+            name: "samp".into(),
+            ..float_plan.clone()
+        }
+    } else {
+        plan_of("samp", &chosen_modes, &scales, calibration)
+    };
+
+    // Measured end to end, after the search: the presets and the choice.
+    let mut measured = Vec::new();
+    let mut float_tps = 0.0;
+    for (name, plan) in [
+        ("float32".to_string(), float_plan.clone()),
+        (
+            "ffn-only".into(),
+            plan_of(
+                "ffn-only",
+                &vec![LayerMode::FfnOnly; layers],
+                &scales,
+                calibration,
+            ),
+        ),
+        (
+            "fully-quant".into(),
+            plan_of("fully-quant", &all_full, &scales, calibration),
+        ),
+        ("samp".into(), chosen_plan.clone()),
+    ] {
+        model.apply_plan(&plan)?;
+        let tps = throughput(model, &timing_inputs, Duration::from_millis(1500))?;
+        if name == "float32" {
+            float_tps = tps;
+        }
+        measured.push(Measured {
+            name,
+            layers: plan.summary(),
+            texts_per_s: tps,
+            ratio_to_float: tps / float_tps,
+        });
+    }
+    model.apply_plan(&float_plan)?;
+    eprintln!("search done in {:.1}s", start.elapsed().as_secs_f64());
+
+    let report = Report {
+        model: model.name.clone(),
+        task: model.task.name(),
+        metric: eval.metric().to_string(),
+        eval_examples: eval.len(),
+        calib_texts: opts.calib.len(),
+        requirement: opts.requirement,
+        mode: opts.mode,
+        activations: opts.activations,
+        calibration,
+        float_score,
+        layer_ms,
+        other_ms,
+        timing_batch: timing_inputs.len(),
+        timing_tokens,
+        trials,
+        frontier,
+        chosen,
+        met,
+        measured,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    Ok((report, chosen_plan))
+}
+
+/// The frontier point farthest from the straight line between its ends, in coordinates
+/// normalised to the frontier's range.
+fn knee(trials: &[Trial], frontier: &[usize]) -> usize {
+    let pts: Vec<(f64, f64)> = frontier
+        .iter()
+        .map(|&i| (trials[i].est_texts_per_s, trials[i].score))
+        .collect();
+    let (Some(first), Some(last)) = (pts.first(), pts.last()) else {
+        return 0;
+    };
+    let span = |a: f64, b: f64| if (b - a).abs() > 1e-12 { b - a } else { 1.0 };
+    let (sx, sy) = (span(first.0, last.0), span(last.1, first.1));
+    let norm = |p: &(f64, f64)| ((p.0 - first.0) / sx, (p.1 - last.1) / sy);
+    // In normalised coordinates the line runs from (0, 1) to (1, 0).
+    let best = pts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let (x, y) = norm(p);
+            (i, x + y - 1.0)
+        })
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map_or(0, |(i, _)| i);
+    frontier[best]
+}
+
+/// Fastest milliseconds of `f` over a few runs after one warm-up.
+fn time_ms(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut v = Vec::new();
+    let begin = Instant::now();
+    while v.len() < 3 || (v.len() < 15 && begin.elapsed() < Duration::from_millis(400)) {
+        let t = Instant::now();
+        f()?;
+        v.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(v.iter().cloned().fold(f64::INFINITY, f64::min))
+}
+
+/// Per layer, milliseconds in float, FFN-only and fully-quant (static scales of 1/127: timing
+/// only), and the time outside the layers.
+fn time_layers(model: &mut Model, inputs: &[Input]) -> Result<(Vec<[f64; 3]>, f64, usize)> {
+    let layers = model.cfg.layers;
+    let before = model.plan().clone();
+    let encoded = model.encode(inputs, Truncation::Truncate)?;
+    let mut batch = Batch::new();
+    for e in &encoded {
+        batch.push(e.encoding.get_ids(), e.encoding.get_type_ids());
+    }
+    let x0 = model.encoder().embed(&batch)?;
+    // Rounds alternate the precisions and keep each one's fastest time, so that a burst of
+    // load from other processes on a shared machine skews no precision more than another.
+    let mut out = vec![[f64::INFINITY; 3]; layers];
+    let ones = vec![[1.0f32 / 127.0; 4]; layers];
+    for _round in 0..5 {
+        for mode in [LayerMode::Float, LayerMode::FfnOnly, LayerMode::Full] {
+            model.apply_plan(&Plan::from_modes(
+                "timing",
+                &vec![mode; layers],
+                &ones,
+                ActMode::Static,
+                None,
+            ))?;
+            for (i, o) in out.iter_mut().enumerate() {
+                let mut x = x0.clone();
+                model.encoder().forward_layer(i, &mut x, &batch);
+                let mut x = x0.clone();
+                let t = Instant::now();
+                model.encoder().forward_layer(i, &mut x, &batch);
+                let ms = t.elapsed().as_secs_f64() * 1000.0;
+                let slot = &mut o[mode_index(mode)];
+                *slot = slot.min(ms);
+            }
+        }
+    }
+    model.apply_plan(&Plan::float(layers))?;
+    let total = time_ms(|| run_once(model, inputs))?;
+    let other = (total - out.iter().map(|l| l[0]).sum::<f64>()).max(0.0);
+    model.apply_plan(&before)?;
+    Ok((out, other, batch.tokens()))
+}
+
+/// One pass of the model's task over `inputs`, the way a request runs.
+fn run_once(model: &Model, inputs: &[Input]) -> Result<()> {
+    match model.task {
+        Task::Classify => model.classify(inputs, Truncation::Truncate).map(drop),
+        Task::Tag => {
+            let texts: Vec<String> = inputs
+                .iter()
+                .map(|i| match i {
+                    Input::Single(t) => t.clone(),
+                    Input::Pair(a, b) => format!("{a} {b}"),
+                })
+                .collect();
+            model
+                .tag(&texts, Aggregation::Simple, Truncation::Truncate)
+                .map(drop)
+        }
+        Task::Embed => model
+            .embed(
+                inputs,
+                &EmbedOptions {
+                    truncation: Truncation::Truncate,
+                    ..Default::default()
+                },
+            )
+            .map(drop),
+    }
+}
+
+/// Texts per second of the model's task over `inputs` as one batch, for about `budget`.
+pub fn throughput(model: &Model, inputs: &[Input], budget: Duration) -> Result<f64> {
+    run_once(model, inputs)?;
+    let start = Instant::now();
+    let mut n = 0usize;
+    while n == 0 || start.elapsed() < budget {
+        run_once(model, inputs)?;
+        n += inputs.len();
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// report.json, report.md and report.svg in `dir`.
+pub fn write_report(dir: &Path, report: &Report) -> std::io::Result<()> {
+    std::fs::write(
+        dir.join("report.json"),
+        serde_json::to_string_pretty(report).expect("report serializes") + "\n",
+    )?;
+    std::fs::write(dir.join("report.md"), markdown(report))?;
+    std::fs::write(dir.join("report.svg"), svg(report))?;
+    Ok(())
+}
+
+pub fn markdown(r: &Report) -> String {
+    let mut s = String::new();
+    let req = match r.requirement {
+        Requirement::MaxDrop(d) => format!("at most {d} below float"),
+        Requirement::MinScore(m) => format!("at least {m}"),
+        Requirement::Knee => "none (knee of the frontier)".into(),
+    };
+    s += &format!("# samp quantize: {}\n\n", r.model);
+    s += &format!(
+        "Task {}, metric **{}** on {} evaluation examples; calibration on {} texts ({}; activations {:?}).\n",
+        r.task,
+        r.metric,
+        r.eval_examples,
+        r.calib_texts,
+        r.calibration.map_or("none".into(), |c| c.to_string()),
+        r.activations
+    );
+    s += &format!(
+        "Requirement: {req}. Search mode {:?}. Took {:.0} s.\n\n",
+        r.mode, r.seconds
+    );
+    let c = &r.trials[r.chosen];
+    s += &format!(
+        "**Chosen: {}** ({}), {} {:.4} (float {:.4}, drop {:+.4}){}.\n\n",
+        c.name,
+        c.layers,
+        r.metric,
+        c.score,
+        r.float_score,
+        r.float_score - c.score,
+        if r.met {
+            ""
+        } else {
+            " — NO plan met the requirement; this is the float plan"
+        }
+    );
+    s += "Layers: F float32, q Quant-FFN-Only, Q Fully-Quant (INT8).\n\n";
+    s += "## Measured end to end (one batch of the calibration texts)\n\n| plan | layers | texts/s | × float32 |\n|---|---|---:|---:|\n";
+    for m in &r.measured {
+        s += &format!(
+            "| {} | {} | {:.0} | {:.2} |\n",
+            m.name, m.layers, m.texts_per_s, m.ratio_to_float
+        );
+    }
+    s += &format!(
+        "\n## Every plan tried\n\nThroughput estimated from per-layer latencies measured here ({} texts, {} tokens per batch).\n\n| plan | kind | layers | {} | drop | est. texts/s |\n|---|---|---|---:|---:|---:|\n",
+        r.timing_batch, r.timing_tokens, r.metric
+    );
+    for (i, t) in r.trials.iter().enumerate() {
+        let mark = if i == r.chosen { " **(chosen)**" } else { "" };
+        s += &format!(
+            "| {}{mark} | {} | {} | {:.4} | {:+.4} | {:.0} |\n",
+            t.name,
+            t.kind,
+            t.layers,
+            t.score,
+            r.float_score - t.score,
+            t.est_texts_per_s
+        );
+    }
+    s += "\n## Layer latency (ms per batch)\n\n| layer | float32 | ffn-only | fully-quant |\n|---:|---:|---:|---:|\n";
+    for (i, l) in r.layer_ms.iter().enumerate() {
+        s += &format!("| {i} | {:.2} | {:.2} | {:.2} |\n", l[0], l[1], l[2]);
+    }
+    s += &format!("| other | {:.2} | | |\n", r.other_ms);
+    s
+}
+
+/// Accuracy against estimated throughput: every plan a dot, the frontier a line, the choice
+/// ringed.
+pub fn svg(r: &Report) -> String {
+    let (w, h, m) = (720.0, 440.0, 60.0);
+    let xs: Vec<f64> = r.trials.iter().map(|t| t.est_texts_per_s).collect();
+    let ys: Vec<f64> = r
+        .trials
+        .iter()
+        .map(|t| t.score)
+        .filter(|v| v.is_finite())
+        .collect();
+    let (x0, x1) = (
+        xs.iter().cloned().fold(f64::MAX, f64::min),
+        xs.iter().cloned().fold(f64::MIN, f64::max),
+    );
+    let (y0, y1) = (
+        ys.iter().cloned().fold(f64::MAX, f64::min),
+        ys.iter().cloned().fold(f64::MIN, f64::max),
+    );
+    let pad = |a: f64, b: f64| {
+        if b - a < 1e-9 {
+            (a - 0.5, b + 0.5)
+        } else {
+            (a - (b - a) * 0.05, b + (b - a) * 0.05)
+        }
+    };
+    let ((x0, x1), (y0, y1)) = (pad(x0, x1), pad(y0, y1));
+    let px = |x: f64| m + (x - x0) / (x1 - x0) * (w - 2.0 * m);
+    let py = |y: f64| h - m - (y - y0) / (y1 - y0) * (h - 2.0 * m);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    s += &format!(
+        "<text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"14\">{}: {} vs estimated throughput</text>\n",
+        w / 2.0,
+        r.model,
+        r.metric
+    );
+    s += &format!(
+        "<line x1=\"{m}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n",
+        h - m,
+        w - m,
+        h - m
+    );
+    s += &format!(
+        "<line x1=\"{m}\" y1=\"{m}\" x2=\"{m}\" y2=\"{}\" stroke=\"black\"/>\n",
+        h - m
+    );
+    for i in 0..=4 {
+        let xv = x0 + (x1 - x0) * i as f64 / 4.0;
+        let yv = y0 + (y1 - y0) * i as f64 / 4.0;
+        s += &format!(
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{xv:.0}</text>\n",
+            px(xv),
+            h - m + 18.0
+        );
+        s += &format!(
+            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{yv:.3}</text>\n",
+            m - 6.0,
+            py(yv) + 4.0
+        );
+    }
+    s += &format!(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">texts/s (estimated)</text>\n",
+        w / 2.0,
+        h - 16.0
+    );
+    let line: Vec<String> = r
+        .frontier
+        .iter()
+        .map(|&i| {
+            format!(
+                "{:.1},{:.1}",
+                px(r.trials[i].est_texts_per_s),
+                py(r.trials[i].score)
+            )
+        })
+        .collect();
+    s += &format!(
+        "<polyline points=\"{}\" fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\"/>\n",
+        line.join(" ")
+    );
+    for (i, t) in r.trials.iter().enumerate() {
+        if !t.score.is_finite() {
+            continue;
+        }
+        let color = match t.kind {
+            "frontier" => "#1f77b4",
+            "preset" => "#d62728",
+            "calibration" => "#9467bd",
+            _ => "#999999",
+        };
+        s += &format!(
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"{color}\"><title>{} {} {:.4}</title></circle>\n",
+            px(t.est_texts_per_s),
+            py(t.score),
+            t.name,
+            t.layers,
+            t.score
+        );
+        if t.kind == "preset" || i == r.chosen {
+            s += &format!(
+                "<text x=\"{:.1}\" y=\"{:.1}\">{}</text>\n",
+                px(t.est_texts_per_s) + 7.0,
+                py(t.score) - 7.0,
+                if i == r.chosen {
+                    format!("chosen {}", t.layers)
+                } else {
+                    t.name.clone()
+                }
+            );
+        }
+    }
+    let c = &r.trials[r.chosen];
+    s += &format!(
+        "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"9\" fill=\"none\" stroke=\"#2ca02c\" stroke-width=\"2.5\"/>\n",
+        px(c.est_texts_per_s),
+        py(c.score)
+    );
+    s += "</svg>\n";
+    s
+}

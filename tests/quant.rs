@@ -1,0 +1,292 @@
+//! Precision plans on real models: a plan without INT8 layers is the float model exactly,
+//! quantized plans stay close to float and finite on adversarial inputs, saved INT8 weights
+//! give the same outputs as weights quantized at load, and `samp quantize` / `samp eval` run end
+//! to end (on a tiny fixture, to keep the test fast).
+
+mod common;
+
+use std::process::Command;
+
+use common::{cosine, model_dir, root};
+use samp::model::{EmbedOptions, LoadOptions, Model};
+use samp::quant::plan::{ActMode, LayerMode, Plan};
+use samp::tokenize::{Input, Truncation};
+
+fn sentences() -> Vec<Input> {
+    [
+        "The quick brown fox jumps over the lazy dog.",
+        "A thoroughly enjoyable film with a weak ending.",
+        "Stocks fell sharply on Monday after the central bank raised rates.",
+        "hello",
+        "Je pense, donc je suis.",
+    ]
+    .map(Input::from)
+    .to_vec()
+}
+
+/// Very long, repeated-token, unusual-script and symbol-only inputs.
+fn adversarial() -> Vec<Input> {
+    vec![
+        Input::from("word ".repeat(5000).as_str()),
+        Input::from(
+            "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
+                .to_string()
+                .as_str(),
+        ),
+        Input::from(
+            "the the the the the the the the the the the the the the the the the the"
+                .to_string()
+                .as_str(),
+        ),
+        Input::from("ᚠᛇᚻ᛫ᛒᛦᚦ ∮ E⋅da = Q 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 ꧁꧂ ﷽ \u{200b}\u{200d} 🧑‍🚀🏳️‍🌈"),
+        Input::from("中文字符测试 العربية हिन्दी Ελληνικά 한국어 日本語のテキスト"),
+        Input::from("0 1 2 3 4 5 6 7 8 9 ".repeat(60).as_str()),
+    ]
+}
+
+fn embed(m: &Model, inputs: &[Input]) -> Vec<Vec<f32>> {
+    let opts = EmbedOptions {
+        truncation: Truncation::Truncate,
+        ..Default::default()
+    };
+    m.embed(inputs, &opts)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.embedding)
+        .collect()
+}
+
+fn calibrated(m: &mut Model, mode: LayerMode, act: ActMode) -> Plan {
+    let obs = m.calibrate(&sentences(), Truncation::Truncate).unwrap();
+    let c = samp::quant::observer::Calibration::Percentile { percentile: 99.99 };
+    let scales: Vec<[f32; 4]> = obs
+        .iter()
+        .map(|l| [0, 1, 2, 3].map(|g| l[g].scale(c)))
+        .collect();
+    Plan::from_modes("t", &vec![mode; m.cfg.layers], &scales, act, Some(c))
+}
+
+#[test]
+fn float_plan_is_exactly_the_float_model_and_int8_plans_stay_close_and_finite() {
+    let mut m = Model::load(&model_dir("all-MiniLM-L6-v2"), &LoadOptions::default()).unwrap();
+    let float = embed(&m, &sentences());
+    let float_adv = embed(&m, &adversarial());
+    for (mode, act, min_cos) in [
+        (LayerMode::FfnOnly, ActMode::Static, 0.97),
+        (LayerMode::Full, ActMode::Static, 0.95),
+        (LayerMode::Full, ActMode::Dynamic, 0.95),
+    ] {
+        let plan = calibrated(&mut m, mode, act);
+        m.apply_plan(&plan).unwrap();
+        let q = embed(&m, &sentences());
+        for (a, b) in q.iter().zip(&float) {
+            let c = cosine(a, b);
+            assert!(c >= min_cos, "{mode:?} {act:?}: cosine {c}");
+            assert!(
+                c < 0.999999,
+                "{mode:?} {act:?}: INT8 output identical to float"
+            );
+        }
+        for (i, e) in embed(&m, &adversarial()).iter().enumerate() {
+            assert!(
+                e.iter().all(|v| v.is_finite()),
+                "{mode:?} {act:?}: adversarial {i}"
+            );
+            assert!(
+                cosine(e, &float_adv[i]) > 0.8,
+                "{mode:?} {act:?}: adversarial {i}"
+            );
+        }
+    }
+    // Back to a plan with no INT8 layer: bit-identical to the float model.
+    m.apply_plan(&Plan::float(m.cfg.layers)).unwrap();
+    assert_eq!(embed(&m, &sentences()), float);
+    assert_eq!(embed(&m, &adversarial()), float_adv);
+}
+
+#[test]
+fn saved_int8_weights_match_load_time_quantization() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = root().join("tests/fixtures/tiny-roberta-cls");
+    for f in std::fs::read_dir(&src).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
+    }
+    let mut m = Model::load(dir.path(), &LoadOptions::default()).unwrap();
+    let plan = calibrated(&mut m, LayerMode::Full, ActMode::Static);
+    let plan_path = dir.path().join("samp-plan.json");
+    plan.write(&plan_path).unwrap();
+    // Without the artifact: weights quantized at load.
+    let a = Model::load(
+        dir.path(),
+        &LoadOptions {
+            plan: Some(plan_path.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // With it.
+    let tensors: Vec<(String, std::sync::Arc<samp::model::kernels::int8::QWeights>)> = m
+        .encoder()
+        .layers()
+        .iter()
+        .enumerate()
+        .flat_map(|(i, l)| {
+            samp::quant::plan::Gemm::ALL.map(|g| {
+                (
+                    samp::quant::artifact::tensor_name(i, g.name()),
+                    l.linear(g).qweights(),
+                )
+            })
+        })
+        .collect();
+    let refs: Vec<_> = tensors
+        .iter()
+        .map(|(n, q)| (n.clone(), q.as_ref()))
+        .collect();
+    samp::quant::artifact::write(&dir.path().join(samp::quant::artifact::INT8_FILE), &refs)
+        .unwrap();
+    let b = Model::load(
+        dir.path(),
+        &LoadOptions {
+            plan: Some(plan_path),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let x = a.classify(&sentences(), Truncation::Truncate).unwrap();
+    let y = b.classify(&sentences(), Truncation::Truncate).unwrap();
+    assert_eq!(x, y);
+    assert_eq!(b.plan().summary(), "Q".repeat(b.cfg.layers));
+
+    // A plan that does not fit the model is refused with the entry named.
+    let mut bad = plan.clone();
+    bad.layers.pop();
+    let p = dir.path().join("bad.json");
+    bad.write(&p).unwrap();
+    let e = Model::load(
+        dir.path(),
+        &LoadOptions {
+            plan: Some(p.clone()),
+            ..Default::default()
+        },
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("layers has"), "{e}");
+    std::fs::write(&p, "{\"format\": \"samp-plan/1\", \"name\": 3}").unwrap();
+    let e = Model::load(
+        dir.path(),
+        &LoadOptions {
+            plan: Some(p),
+            ..Default::default()
+        },
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("bad.json"), "{e}");
+}
+
+fn samp(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_samp"))
+        .args(args)
+        .env("SAMP_THREADS", "2")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn quantize_then_eval_end_to_end_on_a_fixture() {
+    let dir = tempfile::tempdir().unwrap();
+    let calib = dir.path().join("calib.jsonl");
+    let texts: Vec<String> = (0..40)
+        .map(|i| {
+            format!(
+                "{{\"text\": \"sentence number {i} is about {} things\"}}",
+                ["good", "bad", "odd", "plain"][i % 4]
+            )
+        })
+        .collect();
+    std::fs::write(&calib, texts.join("\n")).unwrap();
+    let out = dir.path().join("out");
+    let model = root().join("tests/fixtures/tiny-roberta-cls");
+    let o = samp(&[
+        "quantize",
+        "--model",
+        model.to_str().unwrap(),
+        "--calib",
+        calib.to_str().unwrap(),
+        "--max-drop",
+        "0.05",
+        "--timing-batch",
+        "8",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("] ") && stderr.contains("frontier"),
+        "no progress output: {stderr}"
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["met"], true);
+    assert!(summary["score"].as_f64().unwrap() >= summary["float_score"].as_f64().unwrap() - 0.05);
+    for f in [
+        "samp-plan.json",
+        "samp-plan.ffn-only.json",
+        "samp-plan.fully-quant.json",
+        "samp-int8.safetensors",
+        "report.json",
+        "report.md",
+        "report.svg",
+        "config.json",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let svg = std::fs::read_to_string(out.join("report.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("chosen"));
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("(chosen)"));
+
+    // eval prints the metrics of a plan; the one-shot commands pick the plan up.
+    let o = samp(&[
+        "eval",
+        "--model",
+        out.to_str().unwrap(),
+        "--plan",
+        out.join("samp-plan.fully-quant.json").to_str().unwrap(),
+        "--data",
+        calib.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ev: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(ev["metric"], "agreement");
+    assert_eq!(ev["layers"], "QQ");
+    assert!(ev["value"].as_f64().unwrap() > 0.5);
+    let o = samp(&["classify", "--model", out.to_str().unwrap(), "a fine day"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // Refusals: non-empty --out, malformed calibration line.
+    let o = samp(&[
+        "quantize",
+        "--model",
+        model.to_str().unwrap(),
+        "--calib",
+        calib.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not empty"));
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"text\": \"ok\", \"label\": \"x\"}\n{\"text\": \n").unwrap();
+    let o = samp(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        bad.to_str().unwrap(),
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("line 2"), "{e}");
+}
