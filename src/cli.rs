@@ -91,8 +91,9 @@ pub struct QuantizeArgs {
     /// Texts per batch when timing layers.
     #[arg(long, default_value_t = 32)]
     pub timing_batch: usize,
-    /// Output directory: the model files, samp-plan.json (the choice), samp-plan.ffn-only.json,
-    /// samp-plan.fully-quant.json, samp-int8.safetensors and report.{json,md,svg}.
+    /// Output directory: the model files, samp-plan.json (the choice), the presets
+    /// samp-plan.{ffn-only,fully-quant,fully-quant-dynamic}.json, samp-int8.safetensors and
+    /// report.{json,md,svg}.
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -127,6 +128,10 @@ pub struct ServeArgs {
     /// Model to serve, NAME=DIR or DIR; repeatable [default: models/all-MiniLM-L6-v2].
     #[arg(long = "model", env = "SAMP_MODELS", value_delimiter = ',', value_parser = crate::config::parse_model_arg)]
     pub models: Vec<crate::config::ModelEntry>,
+    /// Another variant of a loaded model, MODEL:VARIANT=PLAN (PLAN a samp-plan file or
+    /// float32); repeatable. The model's own plan stays its default variant.
+    #[arg(long = "variant", env = "SAMP_VARIANTS", value_delimiter = ',', value_parser = crate::config::parse_variant_arg)]
+    pub variants: Vec<(String, String, PathBuf)>,
     /// Most tokens in one forward pass.
     #[arg(long, env = "SAMP_MAX_BATCH_TOKENS")]
     pub max_batch_tokens: Option<usize>,
@@ -142,6 +147,10 @@ pub struct ServeArgs {
     /// Longest drain after SIGTERM/SIGINT, in seconds.
     #[arg(long, env = "SAMP_SHUTDOWN_GRACE_SECONDS")]
     pub shutdown_grace_seconds: Option<u64>,
+    /// Share of requests to quantized variants re-run on the float32 variant for online
+    /// fidelity metrics [default: 0.01].
+    #[arg(long, env = "SAMP_FIDELITY_SAMPLE_RATE")]
+    pub fidelity_sample_rate: Option<f64>,
 }
 
 impl ServeArgs {
@@ -160,6 +169,22 @@ impl ServeArgs {
         if !self.models.is_empty() {
             c.models = self.models.clone();
         }
+        if !self.variants.is_empty() && c.models.is_empty() {
+            c = c.validate()?;
+        }
+        for (model, variant, plan) in &self.variants {
+            let names: Vec<String> = c.models.iter().map(|m| m.name.clone()).collect();
+            let entry = c
+                .models
+                .iter_mut()
+                .find(|m| m.name == *model)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--variant {model}:{variant}: no model {model:?} (models: {names:?})"
+                    )
+                })?;
+            entry.variants.insert(variant.clone(), plan.clone());
+        }
         if let Some(v) = self.max_batch_tokens {
             c.batching.max_batch_tokens = v;
         }
@@ -174,6 +199,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.shutdown_grace_seconds {
             c.shutdown_grace_seconds = v;
+        }
+        if let Some(v) = self.fidelity_sample_rate {
+            c.fidelity_sample_rate = v;
         }
         c.validate()
     }
@@ -307,6 +335,42 @@ pub struct BenchArgs {
     /// Precision plan: a file, or `float32` [default: DIR/samp-plan.json when present].
     #[arg(long)]
     pub plan: Option<String>,
+    /// Also time each stage of encoder layer 0 on the first batch (GEMMs, attention,
+    /// LayerNorm) and report the split.
+    #[arg(long)]
+    pub profile: bool,
+}
+
+/// Time each stage of layer 0 on one batch: the mean of 20 runs after a warm-up.
+fn profile_layer(model: &Model, inputs: &[Input]) -> anyhow::Result<serde_json::Value> {
+    let encoded = model.encode(inputs, Truncation::Truncate)?;
+    let mut batch = crate::model::encoder::Batch::new();
+    for e in &encoded {
+        batch.push(e.encoding.get_ids(), e.encoding.get_type_ids());
+    }
+    let x0 = model.encoder().embed(&batch)?;
+    let mut sums: Vec<(&str, f64)> = Vec::new();
+    let runs = 20;
+    for r in 0..=runs {
+        let mut x = x0.clone();
+        let stages = model.encoder().profile_layer(0, &mut x, &batch);
+        if r == 0 {
+            sums = stages.iter().map(|(s, _)| (*s, 0.0)).collect();
+            continue;
+        }
+        for ((_, sum), (_, d)) in sums.iter_mut().zip(&stages) {
+            *sum += d.as_secs_f64() * 1000.0 / runs as f64;
+        }
+    }
+    let total: f64 = sums.iter().map(|(_, v)| v).sum();
+    Ok(serde_json::json!({
+        "batch_texts": inputs.len(),
+        "batch_tokens": batch.tokens(),
+        "total_ms": total,
+        "stages": sums.iter().map(|(s, ms)| serde_json::json!({
+            "stage": s, "ms": ms, "share": ms / total
+        })).collect::<Vec<_>>(),
+    }))
 }
 
 /// Read a file of texts: JSON Lines when every line parses as such, else one text per line.
@@ -338,7 +402,7 @@ pub fn read_inputs(path: &Path) -> Result<Vec<Input>, SampError> {
 fn gather(args: &ModelArgs, pairs: bool) -> anyhow::Result<Vec<Input>> {
     let mut inputs = Vec::new();
     if pairs {
-        if args.texts.len() % 2 != 0 {
+        if !args.texts.len().is_multiple_of(2) {
             anyhow::bail!(
                 "--pairs needs an even number of texts, got {}",
                 args.texts.len()
@@ -466,6 +530,11 @@ pub fn run_bench(a: &BenchArgs) -> anyhow::Result<()> {
         passes += 1;
     }
     let secs = start.elapsed().as_secs_f64();
+    let profile = if a.profile {
+        profile_layer(&model, &inputs[chunks[0].clone()])?
+    } else {
+        serde_json::Value::Null
+    };
     let report = serde_json::json!({
         "engine": "samp",
         "model": model.name,
@@ -480,6 +549,7 @@ pub fn run_bench(a: &BenchArgs) -> anyhow::Result<()> {
         "texts_per_s": n_texts as f64 / secs,
         "tokens_per_s": n_tokens as f64 / secs,
         "mean_tokens": n_tokens as f64 / n_texts as f64,
+        "layer_profile": profile,
     });
     println!("{report}");
     Ok(())
@@ -606,15 +676,20 @@ pub fn run_quantize(a: &QuantizeArgs) -> anyhow::Result<()> {
     } else {
         scales.clone()
     };
-    for (name, mode) in [
-        ("ffn-only", plan::LayerMode::FfnOnly),
-        ("fully-quant", plan::LayerMode::Full),
+    for (name, mode, act) in [
+        ("ffn-only", plan::LayerMode::FfnOnly, report.activations),
+        ("fully-quant", plan::LayerMode::Full, report.activations),
+        (
+            "fully-quant-dynamic",
+            plan::LayerMode::Full,
+            plan::ActMode::Dynamic,
+        ),
     ] {
         let p = plan::Plan::from_modes(
             name,
             &vec![mode; layers],
             &full_scales,
-            report.activations,
+            act,
             report.calibration,
         );
         p.write(&a.out.join(format!("samp-plan.{name}.json")))?;

@@ -21,6 +21,10 @@ pub struct ModelEntry {
     /// own samp-plan.json when it has one (what `samp quantize` writes), else float32].
     #[serde(default)]
     pub plan: Option<PathBuf>,
+    /// More variants of the same model: variant name → plan (a file, or `float32`). Each runs
+    /// on its own compute thread; requests pick one by name.
+    #[serde(default)]
+    pub variants: std::collections::BTreeMap<String, PathBuf>,
 }
 
 /// Per-request limits.
@@ -57,6 +61,9 @@ pub struct ServeConfig {
     pub limits: Limits,
     /// Longest wait for admitted work to finish after SIGTERM/SIGINT, in seconds.
     pub shutdown_grace_seconds: u64,
+    /// Share (0..=1) of requests to a quantized variant that are run again, in the background,
+    /// through the same model's float32 variant (when it has one) to export online fidelity.
+    pub fidelity_sample_rate: f64,
 }
 
 impl Default for ServeConfig {
@@ -68,6 +75,7 @@ impl Default for ServeConfig {
             batching: BatchPolicy::default(),
             limits: Limits::default(),
             shutdown_grace_seconds: 30,
+            fidelity_sample_rate: 0.01,
         }
     }
 }
@@ -94,6 +102,7 @@ impl ServeConfig {
                 name: "all-MiniLM-L6-v2".into(),
                 path: DEFAULT_MODEL.into(),
                 plan: None,
+                variants: Default::default(),
             });
         }
         let mut seen = std::collections::HashSet::new();
@@ -104,6 +113,15 @@ impl ServeConfig {
             if !seen.insert(m.name.clone()) {
                 anyhow::bail!("models[{i}].name {:?} appears twice", m.name);
             }
+            if let Some(v) = m.variants.keys().find(|v| v.is_empty()) {
+                anyhow::bail!("models[{i}].variants has an empty name {v:?}");
+            }
+        }
+        if !(0.0..=1.0).contains(&self.fidelity_sample_rate) {
+            anyhow::bail!(
+                "fidelity_sample_rate is {}, must be between 0 and 1",
+                self.fidelity_sample_rate
+            );
         }
         self.batching.validate().map_err(anyhow::Error::msg)?;
         if self.limits.max_inputs == 0 || self.limits.max_text_chars == 0 {
@@ -133,7 +151,19 @@ pub fn parse_model_arg(s: &str) -> Result<ModelEntry, String> {
         name,
         path,
         plan: None,
+        variants: Default::default(),
     })
+}
+
+/// `MODEL:VARIANT=PLAN`, for `--variant`.
+pub fn parse_variant_arg(s: &str) -> Result<(String, String, PathBuf), String> {
+    let err = || format!("{s:?}: expected MODEL:VARIANT=PLAN (PLAN a file or float32)");
+    let (model, rest) = s.split_once(':').ok_or_else(err)?;
+    let (variant, plan) = rest.split_once('=').ok_or_else(err)?;
+    if model.is_empty() || variant.is_empty() || plan.is_empty() {
+        return Err(err());
+    }
+    Ok((model.into(), variant.into(), plan.into()))
 }
 
 #[cfg(test)]
@@ -155,6 +185,7 @@ mod tests {
             [[models]]
             name = "mini"
             path = "models/all-MiniLM-L6-v2"
+            variants = { reference = "float32" }
             [batching]
             max_batch_tokens = 4096
             max_wait = 5
@@ -179,5 +210,10 @@ mod tests {
         };
         assert!(d.validate().unwrap_err().to_string().contains("twice"));
         assert_eq!(parse_model_arg("some/dir/mini").unwrap().name, "mini");
+        assert_eq!(
+            parse_variant_arg("mini:fp=float32").unwrap(),
+            ("mini".into(), "fp".into(), "float32".into())
+        );
+        assert!(parse_variant_arg("mini=x").is_err());
     }
 }

@@ -18,6 +18,21 @@ pub const REQUEST_SECONDS: &str = "samp_request_seconds";
 pub const BATCH_INPUTS: &str = "samp_batch_inputs";
 pub const QUEUE_DEPTH: &str = "samp_queue_depth";
 pub const MODEL_INFO: &str = "samp_model_info";
+/// A variant's score on its evaluation data, from its quantization report (labels: model,
+/// variant, metric).
+pub const VARIANT_SCORE: &str = "samp_variant_score";
+/// Online fidelity: a sample of requests to quantized variants also run through the float
+/// variant. Embeddings: cosine to float, per input (histogram).
+pub const FIDELITY_COSINE: &str = "samp_fidelity_cosine";
+/// Tags: entity F1 against the float variant's entities, per input (histogram).
+pub const FIDELITY_ENTITY_F1: &str = "samp_fidelity_entity_f1";
+/// Classifications compared, and those with the float variant's label (agreement = ratio).
+pub const FIDELITY_COMPARED_TOTAL: &str = "samp_fidelity_compared_total";
+pub const FIDELITY_AGREED_TOTAL: &str = "samp_fidelity_agreed_total";
+/// Sampled requests not shadowed because the float variant's queue was full.
+pub const FIDELITY_SKIPPED_TOTAL: &str = "samp_fidelity_skipped_total";
+/// How far that score is below the float model's.
+pub const VARIANT_SCORE_DROP: &str = "samp_variant_score_drop";
 /// Jobs dropped before compute: `reason` is `cancelled` (client gone) or `deadline`.
 pub const DROPPED_TOTAL: &str = "samp_dropped_total";
 

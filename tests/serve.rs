@@ -47,6 +47,7 @@ fn config(models: &[&str]) -> ServeConfig {
             name: m.to_string(),
             path: model_dir(m),
             plan: None,
+            variants: Default::default(),
         })
         .collect();
     c.shutdown_grace_seconds = 20;
@@ -528,4 +529,116 @@ async fn shutdown_under_load_answers_every_admitted_request() {
         }
     }
     assert!(ok > 0, "requests admitted before shutdown are answered");
+}
+
+/// A quantized plan served as a second variant of the same model, beside the float default; a
+/// report beside the plan feeds GetModel and the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quantized_variant_serves_beside_the_float_default() {
+    use samp::quant::plan::{ActMode, LayerMode, Plan};
+    let dir = tempfile::tempdir().unwrap();
+    let plan_path = dir.path().join("fq.json");
+    let mut m = Model::load(&model_dir("all-MiniLM-L6-v2"), &LoadOptions::default()).unwrap();
+    let calib: Vec<Input> = ["a short sentence", "another one, a little longer than that"]
+        .map(Input::from)
+        .to_vec();
+    let obs = m
+        .calibrate(&calib, samp::tokenize::Truncation::Truncate)
+        .unwrap();
+    let scales: Vec<[f32; 4]> = obs
+        .iter()
+        .map(|l| [0, 1, 2, 3].map(|g| l[g].scale(samp::quant::observer::Calibration::Max)))
+        .collect();
+    let mut plan = Plan::from_modes(
+        "fully-quant",
+        &[LayerMode::Full; 6],
+        &scales,
+        ActMode::Static,
+        None,
+    );
+    plan.name = "fully-quant".into();
+    plan.write(&plan_path).unwrap();
+    std::fs::write(
+        dir.path().join("report.json"),
+        r#"{"metric": "spearman", "float_score": 0.8, "chosen": 0,
+            "trials": [{"name": "fully-quant", "score": 0.78}]}"#,
+    )
+    .unwrap();
+
+    let mut cfg = config(&["all-MiniLM-L6-v2"]);
+    cfg.models[0]
+        .variants
+        .insert("int8".into(), plan_path.clone());
+    cfg.fidelity_sample_rate = 1.0;
+    let s = start(cfg).await;
+    let mut c = s.client().await;
+
+    let mut req = embed_req(&["hello world"]);
+    req.variant = "int8".into();
+    let r = c.embed(req).await.unwrap().into_inner();
+    assert_eq!(r.served.unwrap().variant, "int8");
+    let float = library_embedding("hello world");
+    let cos = common::cosine(&r.embeddings[0].values, &float);
+    assert!(
+        cos > 0.95 && cos < 0.999999,
+        "int8 variant cosine to float {cos}"
+    );
+    let r = c
+        .embed(embed_req(&["hello world"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.served.unwrap().variant, "float32");
+    assert!(max_abs_diff(&r.embeddings[0].values, &float) < 1e-6);
+
+    let info = c
+        .get_model(proto::GetModelRequest {
+            model: "all-MiniLM-L6-v2".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<(&str, bool)> = info
+        .variants
+        .iter()
+        .map(|v| (v.name.as_str(), v.is_default))
+        .collect();
+    assert_eq!(names, [("float32", true), ("int8", false)]);
+    let v = &info.variants[1];
+    assert!(v.precision.contains("int8 GEMMs 24/24"), "{}", v.precision);
+    assert_eq!((v.metric.as_str(), v.score), ("spearman", Some(0.78)));
+    assert!((v.drop.unwrap() - 0.02).abs() < 1e-9);
+    // Online fidelity: the int8 request was shadowed through the float variant.
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = scrape(s.metrics).await;
+        if text.contains("samp_fidelity_cosine_count") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let count = text
+        .lines()
+        .find(|l| l.starts_with("samp_fidelity_cosine_count") && l.contains("variant=\"int8\""))
+        .unwrap_or_else(|| panic!("no fidelity metric: {text}"));
+    assert!(count.ends_with(" 1"), "{count}");
+    let sum: f64 = text
+        .lines()
+        .find(|l| l.starts_with("samp_fidelity_cosine_sum"))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((sum - cos).abs() < 1e-3, "shadow cosine {sum} vs {cos}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("samp_variant_score{") && l.contains("variant=\"int8\"")),
+        "{text}"
+    );
+    let mut req = embed_req(&["x"]);
+    req.variant = "bf16".into();
+    let e = c.embed(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert!(e.message().contains("float32, int8"), "{}", e.message());
+    s.shutdown().await;
 }

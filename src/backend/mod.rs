@@ -25,7 +25,7 @@ pub enum Work {
     Tag(Vec<String>, Aggregation),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Output {
     Embed(Vec<Embedding>),
     Classify(Vec<Classification>),
@@ -98,11 +98,22 @@ pub struct Stats {
     pub dropped_deadline: AtomicUsize,
 }
 
+/// A variant's score on its evaluation data, as `samp quantize` measured it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quality {
+    pub metric: String,
+    pub value: f64,
+    /// Below the float model's score on the same data.
+    pub drop: f64,
+}
+
 /// Handle to a model's compute thread. Dropping every handle closes the queue; the thread
 /// finishes what was admitted, then exits.
 pub struct ModelWorker {
     pub model: Arc<Model>,
     pub variant: String,
+    /// The variant's measured quality from its quantization report, when it has one.
+    pub quality: Option<Quality>,
     pub stats: Arc<Stats>,
     tx: SyncSender<Job>,
     capacity: usize,
@@ -120,6 +131,7 @@ impl ModelWorker {
         Ok(ModelWorker {
             model,
             variant: variant.to_string(),
+            quality: None,
             stats,
             tx,
             capacity: policy.queue_capacity,

@@ -244,27 +244,62 @@ impl Layer {
 
     /// `x` `[T, H]` in, replaced by the layer's output.
     fn forward(&self, cfg: &ModelConfig, x: &mut Vec<f32>, starts: &[usize]) {
+        self.run(cfg, x, starts, |_| {});
+    }
+
+    /// As `forward`, returning the time each stage took (for profiling one layer).
+    pub fn forward_stages(
+        &self,
+        cfg: &ModelConfig,
+        x: &mut Vec<f32>,
+        starts: &[usize],
+    ) -> Vec<(&'static str, std::time::Duration)> {
+        let mut out = Vec::new();
+        let mut last = std::time::Instant::now();
+        self.run(cfg, x, starts, |stage| {
+            let now = std::time::Instant::now();
+            out.push((stage, now - last));
+            last = now;
+        });
+        out
+    }
+
+    /// The layer, calling `mark(stage)` as each stage ends.
+    fn run(
+        &self,
+        cfg: &ModelConfig,
+        x: &mut Vec<f32>,
+        starts: &[usize],
+        mut mark: impl FnMut(&'static str),
+    ) {
         let t = *starts.last().unwrap_or(&0);
         let (h, f, eps) = (cfg.hidden, cfg.intermediate, cfg.layer_norm_eps);
 
         let mut qkv = vec![0.0f32; t * 3 * h];
         self.qkv.forward(x, t, &mut qkv, false, None);
+        mark("qkv gemm");
         let mut ctx = vec![0.0f32; t * h];
         kernels::attention(&qkv, &mut ctx, starts, cfg.heads, cfg.head_dim());
         drop(qkv);
+        mark("attention core");
 
         // Attention output: residual + ctx · Wo + b, then LayerNorm.
         let mut x1 = x.clone();
         self.out.forward(&ctx, t, &mut x1, true, None);
+        mark("attn-out gemm + residual");
         kernels::layer_norm(&mut x1, None, &self.ln1.gamma, &self.ln1.beta, eps);
+        mark("layernorm 1");
 
         let mut up = vec![0.0f32; t * f];
         self.up
             .forward(&x1, t, &mut up, false, Some(cfg.activation));
+        mark("ffn-up gemm + gelu");
 
         self.down.forward(&up, t, &mut x1, true, None);
+        mark("ffn-down gemm + residual");
         kernels::layer_norm(&mut x1, None, &self.ln2.gamma, &self.ln2.beta, eps);
         *x = x1;
+        mark("layernorm 2");
     }
 }
 
@@ -304,6 +339,16 @@ impl Encoder {
     /// Run layer `i` alone on `x` (for timing each layer in each precision).
     pub fn forward_layer(&self, i: usize, x: &mut Vec<f32>, batch: &Batch) {
         self.layers[i].forward(&self.cfg, x, &batch.starts);
+    }
+
+    /// Run layer `i` alone on `x` and return each stage's time.
+    pub fn profile_layer(
+        &self,
+        i: usize,
+        x: &mut Vec<f32>,
+        batch: &Batch,
+    ) -> Vec<(&'static str, std::time::Duration)> {
+        self.layers[i].forward_stages(&self.cfg, x, &batch.starts)
     }
 
     /// Hidden states `[T, H]` of the last layer for every token of the batch.

@@ -39,7 +39,7 @@ pub fn write(path: &Path, tensors: &[(String, &QWeights)]) -> Result<()> {
         serde_json::json!({"format": "samp-int8/1", "weight_bits": "7"}),
     );
     let mut head = serde_json::to_vec(&header).expect("header serializes");
-    while head.len() % 8 != 0 {
+    while !head.len().is_multiple_of(8) {
         head.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + head.len() + body.len());

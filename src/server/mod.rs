@@ -8,6 +8,7 @@ pub mod status;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -36,28 +37,52 @@ pub async fn prepare(
     cfg: &ServeConfig,
 ) -> anyhow::Result<(Vec<ModelWorker>, TcpListener, TcpListener)> {
     let mut workers = Vec::new();
-    for entry in &cfg.models {
-        let (name, path) = (entry.name.clone(), entry.path.clone());
-        let plan = crate::quant::plan::resolve(
-            &path,
-            entry.plan.as_ref().map(|p| p.to_string_lossy()).as_deref(),
-        );
-        tracing::info!(model = %name, path = %path.display(), plan = ?plan, "loading");
-        let model = tokio::task::spawn_blocking(move || -> anyhow::Result<Model> {
-            let opts = LoadOptions {
-                plan,
-                ..Default::default()
-            };
-            let mut m =
-                Model::load(&path, &opts).map_err(|e| anyhow::anyhow!("model {name}: {e:#}"))?;
-            m.name = name;
-            // Warm-up: one pass so the first request doesn't pay for page faults.
-            m.embed(&[Input::from("warm up")], &EmbedOptions::default())?;
-            Ok(m)
-        })
-        .await??;
-        let variant = model.plan().name.clone();
-        workers.push(ModelWorker::spawn(Arc::new(model), &variant, cfg.batching)?);
+    for (i, entry) in cfg.models.iter().enumerate() {
+        // The default variant (the directory's own plan, or the one named), then the others.
+        let mut plans: Vec<(Option<String>, Option<PathBuf>)> = vec![(
+            None,
+            crate::quant::plan::resolve(
+                &entry.path,
+                entry.plan.as_ref().map(|p| p.to_string_lossy()).as_deref(),
+            ),
+        )];
+        for (v, p) in &entry.variants {
+            plans.push((
+                Some(v.clone()),
+                crate::quant::plan::resolve(&entry.path, Some(&p.to_string_lossy())),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (variant, plan) in plans {
+            let (name, path) = (entry.name.clone(), entry.path.clone());
+            tracing::info!(model = %name, path = %path.display(), plan = ?plan, "loading");
+            let plan2 = plan.clone();
+            let model = tokio::task::spawn_blocking(move || -> anyhow::Result<Model> {
+                let opts = LoadOptions {
+                    plan: plan2,
+                    ..Default::default()
+                };
+                let mut m = Model::load(&path, &opts)
+                    .map_err(|e| anyhow::anyhow!("model {name}: {e:#}"))?;
+                m.name = name;
+                // Warm-up: one pass so the first request doesn't pay for page faults.
+                m.embed(&[Input::from("warm up")], &EmbedOptions::default())?;
+                Ok(m)
+            })
+            .await??;
+            let variant = variant.unwrap_or_else(|| model.plan().name.clone());
+            if !names.insert(variant.clone()) {
+                anyhow::bail!(
+                    "models[{i}] ({}): two variants are named {variant:?} (the default variant \
+                     is named after its plan)",
+                    entry.name
+                );
+            }
+            let quality = plan.as_deref().and_then(|p| quality(p, &model.plan().name));
+            let mut w = ModelWorker::spawn(Arc::new(model), &variant, cfg.batching)?;
+            w.quality = quality;
+            workers.push(w);
+        }
     }
     let grpc = TcpListener::bind(cfg.listen)
         .await
@@ -84,11 +109,24 @@ pub async fn serve(
             "task" => w.model.task.name(), "variant" => w.variant.clone())
         .set(1.0);
     }
-    let models: BTreeMap<String, Arc<ModelWorker>> = workers
-        .into_iter()
-        .map(|w| (w.model.name.clone(), Arc::new(w)))
-        .collect();
-    let svc = service::SampService::new(models.clone(), cfg.limits);
+    // Per model, its variants in load order: the default first.
+    let mut models: BTreeMap<String, Vec<Arc<ModelWorker>>> = BTreeMap::new();
+    for w in workers {
+        if let Some(q) = &w.quality {
+            let labels = [
+                ("model", w.model.name.clone()),
+                ("variant", w.variant.clone()),
+                ("metric", q.metric.clone()),
+            ];
+            metrics::gauge!(crate::metrics::VARIANT_SCORE, &labels).set(q.value);
+            metrics::gauge!(crate::metrics::VARIANT_SCORE_DROP, &labels).set(q.drop);
+        }
+        models
+            .entry(w.model.name.clone())
+            .or_default()
+            .push(Arc::new(w));
+    }
+    let svc = service::SampService::new(models.clone(), cfg.limits, cfg.fidelity_sample_rate);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -151,7 +189,7 @@ pub async fn serve(
     metrics_task.abort();
     // Close the queues; each compute thread answers what was admitted, then exits.
     tokio::task::spawn_blocking(move || {
-        for (_, w) in models {
+        for w in models.into_values().flatten() {
             if let Ok(w) = Arc::try_unwrap(w) {
                 w.drain();
             }
@@ -160,6 +198,26 @@ pub async fn serve(
     .await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The score of the plan named `plan_name` in the quantization report beside `plan`
+/// (`report.json`, written by `samp quantize`), if there is one.
+fn quality(plan: &std::path::Path, plan_name: &str) -> Option<crate::backend::Quality> {
+    let text = std::fs::read(plan.with_file_name("report.json")).ok()?;
+    let r: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    let trials = r["trials"].as_array()?;
+    let trial = if plan_name == "samp" {
+        trials.get(r["chosen"].as_u64()? as usize)?
+    } else {
+        trials.iter().find(|t| t["name"] == plan_name)?
+    };
+    let float = r["float_score"].as_f64()?;
+    let value = trial["score"].as_f64()?;
+    Some(crate::backend::Quality {
+        metric: r["metric"].as_str()?.to_string(),
+        value,
+        drop: float - value,
+    })
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -3,7 +3,7 @@
 //! within the client's deadline, convert back. Records per-stage metrics.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,9 +21,13 @@ use crate::tokenize::{Input, Truncation};
 
 /// State shared by every call.
 pub struct State {
-    models: BTreeMap<String, Arc<ModelWorker>>,
+    /// Per model, its variants; the first is the default.
+    models: BTreeMap<String, Vec<Arc<ModelWorker>>>,
     limits: Limits,
     admitting: AtomicBool,
+    /// Shadow one in this many requests of quantized variants through the float variant.
+    fidelity_every: Option<usize>,
+    sampled: AtomicUsize,
 }
 
 impl State {
@@ -39,12 +43,21 @@ pub struct SampService {
 }
 
 impl SampService {
-    pub fn new(models: BTreeMap<String, Arc<ModelWorker>>, limits: Limits) -> Self {
+    /// `fidelity_rate`: the share of requests to quantized variants that are also run through
+    /// the model's float32 variant (when it has one) to export online fidelity; 0 turns it off.
+    pub fn new(
+        models: BTreeMap<String, Vec<Arc<ModelWorker>>>,
+        limits: Limits,
+        fidelity_rate: f64,
+    ) -> Self {
         SampService {
             state: Arc::new(State {
                 models,
                 limits,
                 admitting: AtomicBool::new(true),
+                fidelity_every: (fidelity_rate > 0.0)
+                    .then(|| (1.0 / fidelity_rate).round().max(1.0) as usize),
+                sampled: AtomicUsize::new(0),
             }),
         }
     }
@@ -53,17 +66,18 @@ impl SampService {
         self.state.clone()
     }
 
-    /// The model a request names, or the only model that can do `task`.
+    /// The model a request names (or the only model that can do `task`), in the variant it
+    /// names (or the model's default).
     fn pick(&self, name: &str, variant: &str, task: Task) -> Result<Arc<ModelWorker>, ServeError> {
-        let worker = if name.is_empty() {
+        let variants = if name.is_empty() {
             let able: Vec<_> = self
                 .state
                 .models
                 .values()
-                .filter(|w| w.model.task == task)
+                .filter(|v| v[0].model.task == task)
                 .collect();
             match able.as_slice() {
-                [one] => (*one).clone(),
+                [one] => *one,
                 [] => {
                     return Err(ServeError::FailedPrecondition(format!(
                         "no loaded model does {}",
@@ -81,15 +95,24 @@ impl SampService {
             self.state
                 .models
                 .get(name)
-                .cloned()
                 .ok_or_else(|| ServeError::NotFound(format!("unknown model {name:?}")))?
         };
-        if !variant.is_empty() && variant != worker.variant {
-            return Err(ServeError::NotFound(format!(
-                "model {} has no variant {variant:?} (variants: {})",
-                worker.model.name, worker.variant
-            )));
-        }
+        let worker = if variant.is_empty() {
+            variants[0].clone()
+        } else {
+            variants
+                .iter()
+                .find(|w| w.variant == variant)
+                .cloned()
+                .ok_or_else(|| {
+                    let names: Vec<&str> = variants.iter().map(|w| w.variant.as_str()).collect();
+                    ServeError::NotFound(format!(
+                        "model {} has no variant {variant:?} (variants: {})",
+                        variants[0].model.name,
+                        names.join(", ")
+                    ))
+                })?
+        };
         worker.model.require(task)?;
         Ok(worker)
     }
@@ -147,6 +170,9 @@ impl SampService {
             .await
             .map_err(|e| ServeError::Internal(e.into()))??;
         let tokenize = t0.elapsed();
+        let shadow = self
+            .shadow_for(worker)
+            .map(|f| (f, encoded.clone(), work.clone()));
         let (job, rx) = Job::new(encoded, work, deadline);
         worker
             .submit(job)
@@ -161,7 +187,29 @@ impl SampService {
         };
         let done =
             answer.map_err(|_| ServeError::Internal(anyhow::anyhow!("compute thread gone")))??;
+        if let Some((float, encoded, work)) = shadow {
+            spawn_shadow(worker, float, encoded, work, done.output.clone());
+        }
         Ok((done, tokenize))
+    }
+
+    /// For a request served by a quantized variant, and picked by the sampling rate: the
+    /// model's float32 variant, to run it again off the hot path.
+    fn shadow_for(&self, worker: &Arc<ModelWorker>) -> Option<Arc<ModelWorker>> {
+        let every = self.state.fidelity_every?;
+        if worker.model.plan().int8_gemms() == 0 {
+            return None;
+        }
+        let n = self.state.sampled.fetch_add(1, Ordering::Relaxed);
+        if !n.is_multiple_of(every) {
+            return None;
+        }
+        self.state
+            .models
+            .get(&worker.model.name)?
+            .iter()
+            .find(|w| w.model.plan().int8_gemms() == 0)
+            .cloned()
     }
 
     fn served(worker: &ModelWorker, done: &Done, tokenize: Duration, tokens: u32) -> proto::Served {
@@ -466,7 +514,7 @@ impl proto::samp_server::Samp for SampService {
         _req: Request<proto::ListModelsRequest>,
     ) -> Result<Response<proto::ListModelsResponse>, Status> {
         Ok(Response::new(proto::ListModelsResponse {
-            models: self.state.models.values().map(|w| info(w)).collect(),
+            models: self.state.models.values().map(|v| info(v)).collect(),
         }))
     }
 
@@ -478,13 +526,13 @@ impl proto::samp_server::Samp for SampService {
         self.state
             .models
             .get(&name)
-            .map(|w| Response::new(info(w)))
+            .map(|v| Response::new(info(v)))
             .ok_or_else(|| ServeError::NotFound(format!("unknown model {name:?}")).into())
     }
 }
 
-fn info(w: &ModelWorker) -> proto::ModelInfo {
-    let m = &w.model;
+fn info(variants: &[Arc<ModelWorker>]) -> proto::ModelInfo {
+    let m = &variants[0].model;
     proto::ModelInfo {
         name: m.name.clone(),
         task: m.task.name().to_string(),
@@ -493,11 +541,21 @@ fn info(w: &ModelWorker) -> proto::ModelInfo {
         max_tokens: m.max_len() as u32,
         hidden_size: m.cfg.hidden as u32,
         layers: m.cfg.layers as u32,
-        variants: vec![proto::VariantInfo {
-            name: w.variant.clone(),
-            precision: precision_summary(m.plan()),
-            is_default: true,
-        }],
+        variants: variants
+            .iter()
+            .enumerate()
+            .map(|(i, w)| proto::VariantInfo {
+                name: w.variant.clone(),
+                precision: precision_summary(w.model.plan()),
+                is_default: i == 0,
+                metric: w
+                    .quality
+                    .as_ref()
+                    .map_or(String::new(), |q| q.metric.clone()),
+                score: w.quality.as_ref().map(|q| q.value),
+                drop: w.quality.as_ref().map(|q| q.drop),
+            })
+            .collect(),
     }
 }
 
@@ -514,4 +572,54 @@ fn precision_summary(plan: &crate::quant::plan::Plan) -> String {
             plan.activations
         ),
     }
+}
+
+/// Run a sampled request again on the float variant, in the background, and export how close
+/// the quantized answer was. Never blocks or fails the request: a full float queue skips it.
+fn spawn_shadow(
+    served: &Arc<ModelWorker>,
+    float: Arc<ModelWorker>,
+    encoded: Vec<crate::tokenize::Encoded>,
+    work: Work,
+    output: Output,
+) {
+    let (model, variant) = (served.model.name.clone(), served.variant.clone());
+    let (job, rx) = Job::new(encoded, work, None);
+    if float.submit(job).is_err() {
+        metrics::counter!(m::FIDELITY_SKIPPED_TOTAL, "model" => model, "variant" => variant)
+            .increment(1);
+        return;
+    }
+    tokio::spawn(async move {
+        let Ok(Ok(reference)) = rx.await else {
+            return;
+        };
+        let labels = [("model", model), ("variant", variant)];
+        match (&output, &reference.output) {
+            (Output::Embed(q), Output::Embed(f)) => {
+                for (a, b) in q.iter().zip(f) {
+                    let c = crate::quant::eval::cosine(&a.embedding, &b.embedding);
+                    metrics::histogram!(m::FIDELITY_COSINE, &labels).record(c);
+                }
+            }
+            (Output::Classify(q), Output::Classify(f)) => {
+                for (a, b) in q.iter().zip(f) {
+                    metrics::counter!(m::FIDELITY_COMPARED_TOTAL, &labels).increment(1);
+                    if a.label == b.label {
+                        metrics::counter!(m::FIDELITY_AGREED_TOTAL, &labels).increment(1);
+                    }
+                }
+            }
+            (Output::Tag(q), Output::Tag(f)) => {
+                for (a, b) in q.iter().zip(f) {
+                    let f1 = crate::quant::eval::entity_f1(
+                        std::slice::from_ref(&a.entities),
+                        std::slice::from_ref(&b.entities),
+                    );
+                    metrics::histogram!(m::FIDELITY_ENTITY_F1, &labels).record(f1);
+                }
+            }
+            _ => {}
+        }
+    });
 }

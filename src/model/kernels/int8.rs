@@ -14,9 +14,10 @@
 //! quantized to 7 bits ([`WEIGHT_MAX`]) — the "reduced range" that FBGEMM also uses on CPUs
 //! without VNNI. The result is then exact: the AVX2 and portable kernels agree bit for bit.
 //!
-//! This CPU family (AVX2, no AVX-512) is the one the kernels were written and measured on; the
-//! portable kernel serves everything else. VNNI kernels are not written yet (no machine here to
-//! test them on).
+//! Kernels: AVX2 (`vpmaddubsw` + `vpmaddwd`; written and measured on this AVX2 machine), AVX-VNNI
+//! and AVX-512 VNNI (`vpdpbusd`; written without a VNNI machine to test on, so each must pass a
+//! self-check against the portable kernel before it is used), and a portable one. The 7-bit
+//! weights are kept on VNNI too, so every kernel computes the same integers.
 
 use rayon::prelude::*;
 
@@ -294,25 +295,90 @@ fn use_avx2() -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
     Portable,
+    /// `vpmaddubsw` + `vpmaddwd`, 256-bit.
     Avx2,
+    /// AVX-VNNI `vpdpbusd`, 256-bit (Alder Lake and later, Zen 5).
+    AvxVnni,
+    /// AVX-512 VNNI `vpdpbusd`, 512-bit: one register holds a whole 16-column group.
+    Avx512Vnni,
 }
 
 impl Kernel {
-    pub fn detect() -> Self {
-        if use_avx2() {
-            Kernel::Avx2
-        } else {
-            Kernel::Portable
+    /// Whether this CPU can run the kernel.
+    pub fn supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Kernel::Portable => true,
+                Kernel::Avx2 => use_avx2(),
+                Kernel::AvxVnni => use_avx2() && is_x86_feature_detected!("avxvnni"),
+                Kernel::Avx512Vnni => {
+                    use_avx2()
+                        && is_x86_feature_detected!("avx512f")
+                        && is_x86_feature_detected!("avx512bw")
+                        && is_x86_feature_detected!("avx512vnni")
+                }
+            }
         }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Kernel::Portable
+        }
+    }
+
+    /// The fastest kernel this CPU runs that also passes [`Kernel::self_check`]. The VNNI
+    /// kernels were written without a VNNI machine to test on, so before one is used it must
+    /// reproduce the portable kernel exactly on a ragged problem; if it does not, the next
+    /// kernel is used and the failure logged. Decided once per process.
+    pub fn detect() -> Self {
+        static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| {
+            for k in [Kernel::Avx512Vnni, Kernel::AvxVnni, Kernel::Avx2] {
+                if !k.supported() {
+                    continue;
+                }
+                if k.self_check() {
+                    tracing::debug!(kernel = ?k, "int8 GEMM kernel");
+                    return k;
+                }
+                tracing::error!(kernel = ?k, "int8 kernel disagrees with the portable kernel; not using it");
+            }
+            Kernel::Portable
+        })
     }
 
     /// Every kernel this CPU can run (tests compare them).
     pub fn available() -> Vec<Self> {
-        let mut v = vec![Kernel::Portable];
-        if use_avx2() {
-            v.push(Kernel::Avx2);
+        [
+            Kernel::Portable,
+            Kernel::Avx2,
+            Kernel::AvxVnni,
+            Kernel::Avx512Vnni,
+        ]
+        .into_iter()
+        .filter(|k| k.supported())
+        .collect()
+    }
+
+    /// Exact agreement with the portable kernel on a ragged problem with extreme values.
+    pub fn self_check(self) -> bool {
+        if !self.supported() {
+            return false;
         }
-        v
+        let (m, n, k) = (23, 37, 203);
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| (((i * 7919) % 255) as f32 - 127.0) / 127.0)
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| (((i * 104_729) % 127) as f32 - 63.0) / 63.0)
+            .collect();
+        let w = QWeights::quantize(&w, n, k);
+        let mut q = QActs::new();
+        q.quantize(&x, m, k, ActScale::Static(1.0 / 127.0));
+        let (mut a, mut b) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
+        matmul_with(&q, &w, &mut a, Epilogue::default(), Kernel::Portable);
+        matmul_with(&q, &w, &mut b, Epilogue::default(), self);
+        a == b
     }
 }
 
@@ -323,6 +389,10 @@ pub fn matmul(x: &QActs, w: &QWeights, y: &mut [f32], ep: Epilogue<'_>) {
 
 /// As [`matmul`], with the kernel chosen by the caller.
 pub fn matmul_with(x: &QActs, w: &QWeights, y: &mut [f32], ep: Epilogue<'_>, kernel: Kernel) {
+    assert!(
+        kernel.supported(),
+        "int8 kernel {kernel:?} is not supported by this CPU"
+    );
     let (m, n) = (x.m, w.n);
     assert_eq!(x.kp, w.kp, "int8 matmul: depth mismatch");
     assert!(y.len() >= m * n, "int8 matmul: output too small");
@@ -393,10 +463,15 @@ unsafe fn panels_range(
                     let rows = MR.min(r1 - r);
                     let a = &x.data[r * kp + k0..(r + rows - 1) * kp + k0 + kc];
                     match kernel {
+                        // SAFETY (all three): a kernel runs only where `supported()` said the
+                        // CPU has its features (checked in `matmul_with`); `a` spans `rows` rows
+                        // of kc bytes at stride kp, `bk` kc/4 groups.
                         #[cfg(target_arch = "x86_64")]
-                        // SAFETY: the Avx2 kernel is only chosen when AVX2 was detected; `a`
-                        // spans `rows` rows of kc bytes at stride kp, `bk` kc/4 groups.
                         Kernel::Avx2 => avx2::tile(rows, kc, a, kp, bk, tile),
+                        #[cfg(target_arch = "x86_64")]
+                        Kernel::AvxVnni => avx2::tile_vnni(rows, kc, a, kp, bk, tile),
+                        #[cfg(target_arch = "x86_64")]
+                        Kernel::Avx512Vnni => avx512::tile(rows, kc, a, kp, bk, tile),
                         _ => portable_tile(rows, kc, a, kp, bk, tile),
                     }
                 }
@@ -497,20 +572,45 @@ mod avx2 {
         b: &[i8],
         tile: &mut [[i32; NR]; MR],
     ) {
-        assert!((1..=MR).contains(&rows) && k % KG == 0);
+        assert!((1..=MR).contains(&rows) && k.is_multiple_of(KG));
         assert!(a.len() >= (rows - 1) * lda + k && b.len() >= k * NR);
         match rows {
-            6 => kernel::<6>(k, a, lda, b, tile),
-            5 => kernel::<5>(k, a, lda, b, tile),
-            4 => kernel::<4>(k, a, lda, b, tile),
-            3 => kernel::<3>(k, a, lda, b, tile),
-            2 => kernel::<2>(k, a, lda, b, tile),
-            _ => kernel::<1>(k, a, lda, b, tile),
+            6 => kernel::<6, false>(k, a, lda, b, tile),
+            5 => kernel::<5, false>(k, a, lda, b, tile),
+            4 => kernel::<4, false>(k, a, lda, b, tile),
+            3 => kernel::<3, false>(k, a, lda, b, tile),
+            2 => kernel::<2, false>(k, a, lda, b, tile),
+            _ => kernel::<1, false>(k, a, lda, b, tile),
+        }
+    }
+
+    /// As [`tile`], with AVX-VNNI's `vpdpbusd` doing the u8·s8 products and their i32 sums.
+    ///
+    /// # Safety
+    /// As [`tile`], and the CPU must support AVX-VNNI.
+    #[target_feature(enable = "avx2,fma,avxvnni")]
+    pub unsafe fn tile_vnni(
+        rows: usize,
+        k: usize,
+        a: &[u8],
+        lda: usize,
+        b: &[i8],
+        tile: &mut [[i32; NR]; MR],
+    ) {
+        assert!((1..=MR).contains(&rows) && k.is_multiple_of(KG));
+        assert!(a.len() >= (rows - 1) * lda + k && b.len() >= k * NR);
+        match rows {
+            6 => kernel::<6, true>(k, a, lda, b, tile),
+            5 => kernel::<5, true>(k, a, lda, b, tile),
+            4 => kernel::<4, true>(k, a, lda, b, tile),
+            3 => kernel::<3, true>(k, a, lda, b, tile),
+            2 => kernel::<2, true>(k, a, lda, b, tile),
+            _ => kernel::<1, true>(k, a, lda, b, tile),
         }
     }
 
     #[inline(always)]
-    unsafe fn kernel<const R: usize>(
+    unsafe fn kernel<const R: usize, const VNNI: bool>(
         k: usize,
         a: &[u8],
         lda: usize,
@@ -534,11 +634,16 @@ mod avx2 {
             for (i, acc) in acc.iter_mut().enumerate() {
                 let av =
                     _mm256_set1_epi32((ap.add(i * lda + g * KG) as *const i32).read_unaligned());
-                // u8·s8 pairs → i16 (no saturation: |w| ≤ 63), then pairs of i16 → i32.
-                let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(av, b0), ones);
-                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(av, b1), ones);
-                acc[0] = _mm256_add_epi32(acc[0], p0);
-                acc[1] = _mm256_add_epi32(acc[1], p1);
+                if VNNI {
+                    acc[0] = _mm256_dpbusd_avx_epi32(acc[0], av, b0);
+                    acc[1] = _mm256_dpbusd_avx_epi32(acc[1], av, b1);
+                } else {
+                    // u8·s8 pairs → i16 (no saturation: |w| ≤ 63), then pairs of i16 → i32.
+                    let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(av, b0), ones);
+                    let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(av, b1), ones);
+                    acc[0] = _mm256_add_epi32(acc[0], p0);
+                    acc[1] = _mm256_add_epi32(acc[1], p1);
+                }
             }
         }
         for (i, acc) in acc.iter().enumerate() {
@@ -548,10 +653,85 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{KG, MR, NR};
+    use std::arch::x86_64::*;
+
+    /// `tile[..rows] += a · b` with AVX-512 VNNI: a 64-byte group (16 columns × 4 k) is one
+    /// register, so each row needs one broadcast and one `vpdpbusd` per group.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW and VNNI; `a` and `b` as for the AVX2 kernel.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn tile(
+        rows: usize,
+        k: usize,
+        a: &[u8],
+        lda: usize,
+        b: &[i8],
+        tile: &mut [[i32; NR]; MR],
+    ) {
+        assert!((1..=MR).contains(&rows) && k.is_multiple_of(KG));
+        assert!(a.len() >= (rows - 1) * lda + k && b.len() >= k * NR);
+        match rows {
+            6 => kernel::<6>(k, a, lda, b, tile),
+            5 => kernel::<5>(k, a, lda, b, tile),
+            4 => kernel::<4>(k, a, lda, b, tile),
+            3 => kernel::<3>(k, a, lda, b, tile),
+            2 => kernel::<2>(k, a, lda, b, tile),
+            _ => kernel::<1>(k, a, lda, b, tile),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn kernel<const R: usize>(
+        k: usize,
+        a: &[u8],
+        lda: usize,
+        b: &[i8],
+        tile: &mut [[i32; NR]; MR],
+    ) {
+        let mut acc = [_mm512_setzero_si512(); R];
+        for (i, acc) in acc.iter_mut().enumerate() {
+            *acc = _mm512_loadu_si512(tile[i].as_ptr() as *const _);
+        }
+        let ap = a.as_ptr();
+        let bp = b.as_ptr();
+        for g in 0..k / KG {
+            // SAFETY (whole loop): as in the AVX2 kernel.
+            let bv = _mm512_loadu_si512(bp.add(g * NR * KG) as *const _);
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let av =
+                    _mm512_set1_epi32((ap.add(i * lda + g * KG) as *const i32).read_unaligned());
+                *acc = _mm512_dpbusd_epi32(*acc, av, bv);
+            }
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            _mm512_storeu_si512(tile[i].as_mut_ptr() as *mut _, *acc);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::config::Activation;
+
+    #[test]
+    fn the_detected_kernel_passes_its_self_check() {
+        let k = Kernel::detect();
+        eprintln!(
+            "int8 kernels on this CPU: {:?}; detected {k:?}",
+            Kernel::available()
+        );
+        assert!(k.self_check() || k == Kernel::Portable);
+        for k in [Kernel::AvxVnni, Kernel::Avx512Vnni] {
+            if !k.supported() {
+                eprintln!("SKIPPED: {k:?} kernel not testable here (CPU lacks the feature)");
+            }
+        }
+    }
 
     fn data(len: usize, seed: usize, scale: f32) -> Vec<f32> {
         (0..len)
