@@ -88,5 +88,28 @@ fn int8_vs_f32(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, kernels, int8_vs_f32);
+/// Attention over a packed batch like MiniLM's at batch 32 (32 sequences of 13-40 tokens,
+/// 12 heads of 32).
+fn attention(c: &mut Criterion) {
+    let (heads, d) = (12usize, 32usize);
+    let mut starts = vec![0usize];
+    for i in 0..32 {
+        starts.push(starts[i] + 13 + (i * 7) % 28);
+    }
+    let t = *starts.last().unwrap();
+    let h = heads * d;
+    let qkv: Vec<f32> = (0..t * 3 * h)
+        .map(|j| ((j * 37) % 101) as f32 * 0.01 - 0.5)
+        .collect();
+    let mut ctx = vec![0.0f32; t * h];
+    let mut g = c.benchmark_group("attention_batch32");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(t as u64));
+    g.bench_function(format!("{t}_tokens"), |b| {
+        b.iter(|| samp::model::kernels::attention(&qkv, &mut ctx, &starts, heads, d))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, kernels, int8_vs_f32, attention);
 criterion_main!(benches);

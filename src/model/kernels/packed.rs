@@ -255,41 +255,49 @@ unsafe fn finish_impl<const FMA: bool>(
     ep: Epilogue<'_>,
     c0: usize,
 ) {
-    let zero = [0.0f32; NR];
-    let bias = match ep.bias {
-        Some(b) => &b[c0..c0 + cols],
-        None => &zero[..cols],
-    };
+    // Work on whole NR-wide rows (constant trip counts vectorise); only the loads from and
+    // stores to `y` respect `cols`.
+    let mut bias = [0.0f32; NR];
+    if let Some(b) = ep.bias {
+        bias[..cols].copy_from_slice(&b[c0..c0 + cols]);
+    }
     for (i, acc) in tile.iter().enumerate() {
         // SAFETY: the caller guarantees row i of `cols` floats at y + i*ldy.
         let out = std::slice::from_raw_parts_mut(y.add(i * ldy), cols);
         let mut v = [0.0f32; NR];
-        for j in 0..cols {
+        for j in 0..NR {
             v[j] = acc[j] + bias[j];
         }
         if ep.accumulate {
-            for j in 0..cols {
-                v[j] += out[j];
+            if cols == NR {
+                for j in 0..NR {
+                    v[j] += out[j];
+                }
+            } else {
+                for j in 0..cols {
+                    v[j] += out[j];
+                }
             }
         }
         match ep.act {
-            None => out.copy_from_slice(&v[..cols]),
+            None => {}
             Some(Activation::Gelu) => {
-                for j in 0..cols {
-                    out[j] = gelu_erf_impl::<FMA>(v[j]);
+                for x in v.iter_mut() {
+                    *x = gelu_erf_impl::<FMA>(*x);
                 }
             }
             Some(Activation::GeluTanh) => {
-                for j in 0..cols {
-                    out[j] = gelu_tanh(v[j]);
+                for x in v.iter_mut() {
+                    *x = gelu_tanh(*x);
                 }
             }
             Some(Activation::Relu) => {
-                for j in 0..cols {
-                    out[j] = v[j].max(0.0);
+                for x in v.iter_mut() {
+                    *x = x.max(0.0);
                 }
             }
         }
+        out.copy_from_slice(&v[..cols]);
     }
 }
 
