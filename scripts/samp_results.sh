@@ -29,7 +29,7 @@ for r in "${runs[@]}"; do
   "$bin" quantize --model "$model" --calib "data/eval/$name-calib.jsonl" --eval "data/eval/$name-eval.jsonl" \
     "$@" --out "$q" > "$out/$name-quantize.json"
   float_score=""; float_tps=""
-  for plan in float32 ffn-only fully-quant fully-quant-dynamic samp; do
+  for plan in float32 ffn-only fully-quant-static fully-quant-dynamic samp; do
     case $plan in
       float32) p=float32 ;;
       samp) p="$q/samp-plan.json" ;;

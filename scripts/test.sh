@@ -11,3 +11,4 @@ if [ ! -x .venv-test/bin/python ]; then
 fi
 .venv-test/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
 .venv-test/bin/python -m pytest -q tests/python
+scripts/check_deploy.sh

@@ -50,6 +50,51 @@ pub enum Command {
     Quantize(QuantizeArgs),
     /// Print the metrics of one precision plan on a data file.
     Eval(EvalArgs),
+    /// Load a running server (like ghz): throughput, latency percentiles, status codes.
+    Loadgen(LoadgenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LoadgenArgs {
+    /// Server address.
+    #[arg(long, env = "SAMP_ADDR", default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+    /// RPC to call.
+    #[arg(long, value_enum, default_value = "embed")]
+    pub rpc: crate::server::loadgen::Rpc,
+    /// Model name (optional when one loaded model does the task).
+    #[arg(long, default_value = "")]
+    pub model: String,
+    /// Variant (default: the model's default).
+    #[arg(long, default_value = "")]
+    pub variant: String,
+    /// Texts to send, one per line or JSON Lines; requests cycle through them.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Texts per request.
+    #[arg(long, default_value_t = 1)]
+    pub inputs_per_request: usize,
+    /// Requests in flight at once (workers).
+    #[arg(long, short = 'c', default_value_t = 16)]
+    pub concurrency: usize,
+    /// HTTP/2 connections the workers share.
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
+    /// Stop after this many requests [default: 1000 unless --duration is given].
+    #[arg(long, short = 'n')]
+    pub requests: Option<usize>,
+    /// Stop after this many seconds.
+    #[arg(long, short = 'z')]
+    pub duration: Option<f64>,
+    /// Fixed rate in requests per second (open loop); default: as fast as the workers go.
+    #[arg(long)]
+    pub rps: Option<f64>,
+    /// Per-request deadline in milliseconds (sent as grpc-timeout).
+    #[arg(long, default_value_t = 10_000)]
+    pub timeout_ms: u64,
+    /// Print the report as JSON instead of the summary.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -82,9 +127,14 @@ pub struct QuantizeArgs {
     /// fully quantized model).
     #[arg(long, default_value = "auto")]
     pub calibration: String,
-    /// Activation scales: static (calibrated) or dynamic (per token at run time).
-    #[arg(long, default_value = "static", value_parser = ["static", "dynamic"])]
+    /// Activation scales: static (calibrated), dynamic (per token at run time), or auto (the
+    /// better of the two on the fully quantized model).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "static", "dynamic"])]
     pub activations: String,
+    /// A plan meets the requirement only with this many bootstrap standard errors of its drop
+    /// to spare (guards against choosing on the noise of a finite evaluation set; 0 = none).
+    #[arg(long, default_value_t = 1.0)]
+    pub margin_se: f64,
     /// Use at most this many calibration texts.
     #[arg(long, default_value_t = 512)]
     pub calib_limit: usize,
@@ -92,8 +142,8 @@ pub struct QuantizeArgs {
     #[arg(long, default_value_t = 32)]
     pub timing_batch: usize,
     /// Output directory: the model files, samp-plan.json (the choice), the presets
-    /// samp-plan.{ffn-only,fully-quant,fully-quant-dynamic}.json, samp-int8.safetensors and
-    /// report.{json,md,svg}.
+    /// samp-plan.{ffn-only,fully-quant,fully-quant-static,fully-quant-dynamic}.json,
+    /// samp-int8.safetensors and report.{json,md,svg}.
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -151,6 +201,10 @@ pub struct ServeArgs {
     /// fidelity metrics [default: 0.01].
     #[arg(long, env = "SAMP_FIDELITY_SAMPLE_RATE")]
     pub fidelity_sample_rate: Option<f64>,
+    /// Validate the configuration (file, flags and env together), print it as JSON and exit
+    /// without loading models or binding ports.
+    #[arg(long)]
+    pub check: bool,
 }
 
 impl ServeArgs {
@@ -215,6 +269,9 @@ pub struct ClientArgs {
     /// Model name (optional when one loaded model does the task).
     #[arg(long, default_value = "")]
     pub model: String,
+    /// Give up after this long (connecting included), in milliseconds.
+    #[arg(long, env = "SAMP_CLIENT_TIMEOUT_MS", default_value_t = 30_000)]
+    pub timeout_ms: u64,
     #[command(subcommand)]
     pub call: ClientCall,
 }
@@ -238,6 +295,13 @@ pub enum ClientCall {
     Tag { texts: Vec<String> },
     /// List the loaded models.
     Models,
+    /// grpc.health.v1 check: exits 0 when the service is SERVING, 1 otherwise (for container
+    /// health checks and exec probes).
+    Health {
+        /// Service to check ("" = the server as a whole, or samp.v1.Samp).
+        #[arg(long, default_value = "")]
+        service: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -557,6 +621,23 @@ pub fn run_bench(a: &BenchArgs) -> anyhow::Result<()> {
 
 pub fn run_serve(a: &ServeArgs) -> anyhow::Result<()> {
     let cfg = a.config()?;
+    if a.check {
+        println!(
+            "{}",
+            serde_json::json!({
+                "listen": cfg.listen,
+                "metrics_listen": cfg.metrics_listen,
+                "models": cfg.models.iter().map(|m| serde_json::json!({
+                    "name": m.name, "path": m.path, "plan": m.plan, "variants": m.variants,
+                })).collect::<Vec<_>>(),
+                "shutdown_grace_seconds": cfg.shutdown_grace_seconds,
+                "fidelity_sample_rate": cfg.fidelity_sample_rate,
+                "batching": format!("{:?}", cfg.batching),
+                "limits": format!("{:?}", cfg.limits),
+            })
+        );
+        return Ok(());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("samp-io")
@@ -583,11 +664,23 @@ pub fn run_client(a: &ClientArgs) -> anyhow::Result<()> {
             texts: texts.clone(),
         },
         ClientCall::Models => Call::Models,
+        ClientCall::Health { service } => Call::Health {
+            service: service.clone(),
+        },
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let lines = rt.block_on(crate::server::client::call(&a.addr, &a.model, call))?;
+    let timeout = std::time::Duration::from_millis(a.timeout_ms);
+    let lines = rt
+        .block_on(async {
+            tokio::time::timeout(
+                timeout,
+                crate::server::client::call(&a.addr, &a.model, call),
+            )
+            .await
+        })
+        .map_err(|_| anyhow::anyhow!("no answer from {} within {} ms", a.addr, a.timeout_ms))??;
     print_lines(&lines)
 }
 
@@ -607,11 +700,16 @@ pub fn run_quantize(a: &QuantizeArgs) -> anyhow::Result<()> {
         "auto" => None,
         c => Some(crate::quant::observer::Calibration::parse(c).map_err(anyhow::Error::msg)?),
     };
-    let activations = if a.activations == "dynamic" {
-        plan::ActMode::Dynamic
-    } else {
-        plan::ActMode::Static
+    let activations = match a.activations.as_str() {
+        "dynamic" => Some(plan::ActMode::Dynamic),
+        "static" => Some(plan::ActMode::Static),
+        _ => None,
     };
+    anyhow::ensure!(
+        a.margin_se.is_finite() && a.margin_se >= 0.0,
+        "--margin-se {}: must be a number >= 0",
+        a.margin_se
+    );
     let requirement = match (a.max_drop, a.min_score) {
         (Some(d), _) if d.is_finite() && d >= 0.0 => search::Requirement::MaxDrop(d),
         (Some(d), _) => anyhow::bail!("--max-drop {d}: must be a number >= 0"),
@@ -651,6 +749,7 @@ pub fn run_quantize(a: &QuantizeArgs) -> anyhow::Result<()> {
         mode: a.mode,
         calibration,
         activations,
+        margin_se: a.margin_se,
         timing_batch: a.timing_batch.max(1),
     };
     let (report, chosen) = search::search(&mut model, &evaluator, &opts)?;
@@ -659,39 +758,44 @@ pub fn run_quantize(a: &QuantizeArgs) -> anyhow::Result<()> {
     copy_model_files(&a.model, &a.out)?;
     chosen.write(&a.out.join(plan::PLAN_FILE))?;
     let layers = model.cfg.layers;
-    let scales: Vec<[f32; 4]> = chosen
-        .layers
+    // The presets, for side-by-side evaluation: FFN-only and fully-quant with the activation
+    // scheme the search chose, and fully-quant with static and with dynamic scales.
+    let static_cal = report
+        .calibration
+        .unwrap_or(crate::quant::observer::Calibration::Percentile { percentile: 99.99 });
+    let obs = model.calibrate(&opts.calib, Truncation::Truncate)?;
+    let static_scales: Vec<[f32; 4]> = obs
         .iter()
-        .map(|l| plan::Gemm::ALL.map(|g| l.get(g).input_scale.unwrap_or(0.0)))
+        .map(|l| [0, 1, 2, 3].map(|g| l[g].scale(static_cal)))
         .collect();
-    // The presets, with the same calibration, for side-by-side evaluation.
-    let full_scales = if report.activations == plan::ActMode::Static {
-        let obs = model.calibrate(&opts.calib, Truncation::Truncate)?;
-        let c = report
-            .calibration
-            .unwrap_or(crate::quant::observer::Calibration::Mse);
-        obs.iter()
-            .map(|l| [0, 1, 2, 3].map(|g| l[g].scale(c)))
-            .collect()
-    } else {
-        scales.clone()
-    };
-    for (name, mode, act) in [
-        ("ffn-only", plan::LayerMode::FfnOnly, report.activations),
-        ("fully-quant", plan::LayerMode::Full, report.activations),
+    let chosen_cal = (report.activations == plan::ActMode::Static).then_some(static_cal);
+    for (name, mode, act, cal) in [
+        (
+            "ffn-only",
+            plan::LayerMode::FfnOnly,
+            report.activations,
+            chosen_cal,
+        ),
+        (
+            "fully-quant",
+            plan::LayerMode::Full,
+            report.activations,
+            chosen_cal,
+        ),
+        (
+            "fully-quant-static",
+            plan::LayerMode::Full,
+            plan::ActMode::Static,
+            Some(static_cal),
+        ),
         (
             "fully-quant-dynamic",
             plan::LayerMode::Full,
             plan::ActMode::Dynamic,
+            None,
         ),
     ] {
-        let p = plan::Plan::from_modes(
-            name,
-            &vec![mode; layers],
-            &full_scales,
-            act,
-            report.calibration,
-        );
+        let p = plan::Plan::from_modes(name, &vec![mode; layers], &static_scales, act, cal);
         p.write(&a.out.join(format!("samp-plan.{name}.json")))?;
     }
     // INT8 weights of every GEMM (the presets use them all).
@@ -784,5 +888,52 @@ pub fn run_eval(a: &EvalArgs) -> anyhow::Result<()> {
             "seconds": secs,
         })
     );
+    Ok(())
+}
+
+pub fn run_loadgen(a: &LoadgenArgs) -> anyhow::Result<()> {
+    use crate::server::loadgen;
+    let texts: Vec<String> = read_texts(&a.data)?
+        .into_iter()
+        .map(|i| i.first().to_string())
+        .filter(|t| !t.is_empty())
+        .collect();
+    if let Some(r) = a.rps {
+        anyhow::ensure!(r > 0.0 && r.is_finite(), "--rps {r}: must be > 0");
+    }
+    if let Some(d) = a.duration {
+        anyhow::ensure!(d > 0.0 && d.is_finite(), "--duration {d}: must be > 0");
+    }
+    anyhow::ensure!(
+        a.inputs_per_request >= 1,
+        "--inputs-per-request must be at least 1"
+    );
+    let requests = match (a.requests, a.duration) {
+        (None, None) => Some(1000),
+        (n, _) => n,
+    };
+    let opts = loadgen::Options {
+        addr: a.addr.clone(),
+        rpc: a.rpc,
+        model: a.model.clone(),
+        variant: a.variant.clone(),
+        texts,
+        inputs_per_request: a.inputs_per_request,
+        concurrency: a.concurrency.max(1),
+        connections: a.connections.max(1),
+        requests,
+        duration: a.duration.map(std::time::Duration::from_secs_f64),
+        rate: a.rps,
+        timeout: std::time::Duration::from_millis(a.timeout_ms),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(loadgen::run(opts))?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", loadgen::summary(&report));
+    }
     Ok(())
 }

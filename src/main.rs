@@ -24,6 +24,7 @@ fn main() -> std::process::ExitCode {
         Command::Client(a) => cli::run_client(a),
         Command::Quantize(a) => cli::run_quantize(a),
         Command::Eval(a) => cli::run_eval(a),
+        Command::Loadgen(a) => cli::run_loadgen(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

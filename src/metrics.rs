@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -16,6 +16,8 @@ pub const QUEUE_SECONDS: &str = "samp_queue_seconds";
 pub const INFERENCE_SECONDS: &str = "samp_inference_seconds";
 pub const REQUEST_SECONDS: &str = "samp_request_seconds";
 pub const BATCH_INPUTS: &str = "samp_batch_inputs";
+/// Tokens in the forward pass that served a request (histogram).
+pub const BATCH_TOKENS: &str = "samp_batch_tokens";
 pub const QUEUE_DEPTH: &str = "samp_queue_depth";
 pub const MODEL_INFO: &str = "samp_model_info";
 /// A variant's score on its evaluation data, from its quantization report (labels: model,
@@ -44,9 +46,20 @@ pub fn handle() -> PrometheusHandle {
             let buckets = [
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
             ];
+            let sizes = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+            let tokens = [
+                16.0, 64.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0,
+            ];
+            let cosine = [0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999, 1.0];
+            let f1 = [0.5, 0.8, 0.9, 0.95, 0.99, 1.0];
+            let full = |name: &str| Matcher::Full(name.to_string());
             let recorder = PrometheusBuilder::new()
                 .set_buckets(&buckets)
-                .expect("static bucket list is not empty")
+                .and_then(|b| b.set_buckets_for_metric(full(BATCH_INPUTS), &sizes))
+                .and_then(|b| b.set_buckets_for_metric(full(BATCH_TOKENS), &tokens))
+                .and_then(|b| b.set_buckets_for_metric(full(FIDELITY_COSINE), &cosine))
+                .and_then(|b| b.set_buckets_for_metric(full(FIDELITY_ENTITY_F1), &f1))
+                .expect("static bucket lists are not empty")
                 .build_recorder();
             let handle = recorder.handle();
             // Another recorder may already be installed (a host program embedding samp);

@@ -463,10 +463,10 @@ async fn health_reflection_and_metrics() {
             .find(|l| l.starts_with(prefix))
             .map(str::to_string)
     };
-    let ok = line("samp_requests_total{rpc=\"embed\",model=\"all-MiniLM-L6-v2\",outcome=\"ok\"}")
+    let ok = line("samp_requests_total{rpc=\"embed\",model=\"all-MiniLM-L6-v2\",variant=\"float32\",outcome=\"ok\"}")
         .unwrap_or_else(|| panic!("no ok counter in:\n{body}"));
     assert!(ok.rsplit(' ').next().unwrap().parse::<f64>().unwrap() >= 1.0);
-    assert!(line("samp_requests_total{rpc=\"embed\",model=\"all-MiniLM-L6-v2\",outcome=\"invalid_argument\"}").is_some());
+    assert!(line("samp_requests_total{rpc=\"embed\",model=\"all-MiniLM-L6-v2\",variant=\"float32\",outcome=\"invalid_argument\"}").is_some());
     assert!(
         body.contains("samp_inference_seconds_bucket"),
         "histograms exported"

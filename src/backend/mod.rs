@@ -39,6 +39,8 @@ pub struct Done {
     pub queue: Duration,
     pub inference: Duration,
     pub batch_inputs: usize,
+    /// Tokens in that pass (all real: samp never pads, so there is no padding ratio to report).
+    pub batch_tokens: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -246,6 +248,7 @@ fn run_batch(model: &Model, batch: Vec<Job>, stats: &Stats) {
         })
         .collect();
     let inputs = all.len();
+    let tokens: usize = all.iter().map(|e| e.len()).sum();
     let start = Instant::now();
     let pass = model.encode_states(&all, |i, states| {
         let (j, l) = owners[i];
@@ -280,6 +283,7 @@ fn run_batch(model: &Model, batch: Vec<Job>, stats: &Stats) {
                     queue,
                     inference,
                     batch_inputs: inputs,
+                    batch_tokens: tokens,
                 });
                 let _ = job.reply.send(reply);
             }

@@ -87,6 +87,8 @@ pub struct Scores {
     pub metric: String,
     pub value: f64,
     pub all: BTreeMap<String, f64>,
+    /// Bootstrap standard error of the drop from the float model on `metric` (0 for float).
+    pub drop_se: f64,
 }
 
 /// The float model's outputs, the reference for fidelity metrics.
@@ -279,39 +281,124 @@ impl Evaluator {
         })
     }
 
-    /// Score the plan `model` currently runs.
+    /// Score the plan `model` currently runs, with the bootstrap standard error of its drop
+    /// from the float model on the primary metric.
     pub fn evaluate(&self, model: &Model) -> Result<Scores> {
         let out = self.run(model)?;
+        let labels = model.labels.len();
+        let all = self.metrics(&out, None, labels);
+        let value = all.get(&self.metric).copied().unwrap_or(f64::NAN);
+        let drop_se = match &self.reference {
+            Some(reference) => self.drop_se(&out, reference, labels),
+            None => 0.0,
+        };
+        Ok(Scores {
+            metric: self.metric.clone(),
+            value,
+            all,
+            drop_se,
+        })
+    }
+
+    /// How many units the primary metric is computed over (examples, texts or pairs): what the
+    /// bootstrap resamples.
+    fn units(&self, out: &Reference) -> usize {
+        match out {
+            Reference::Labels(v) => v.len(),
+            Reference::Entities(v) => v.len(),
+            Reference::Embeddings(v) if self.metric == "spearman" => {
+                let _ = v;
+                self.pairs.len()
+            }
+            Reference::Embeddings(v) => v.len(),
+        }
+    }
+
+    /// Standard error of (float score − plan score) over 200 paired bootstrap resamples of the
+    /// units, so that a plan is only trusted to meet a requirement by more than the noise of
+    /// a finite evaluation set. Deterministic (fixed-seed generator).
+    fn drop_se(&self, out: &Reference, reference: &Reference, labels: usize) -> f64 {
+        let n = self.units(out);
+        if n < 2 {
+            return 0.0;
+        }
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let rounds = 200;
+        let mut drops = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            let idx: Vec<usize> = (0..n).map(|_| next()).collect();
+            let f = self.metrics(reference, Some(&idx), labels);
+            let p = self.metrics(out, Some(&idx), labels);
+            if let (Some(f), Some(p)) = (f.get(&self.metric), p.get(&self.metric)) {
+                drops.push(f - p);
+            }
+        }
+        let k = drops.len().max(1) as f64;
+        let mean = drops.iter().sum::<f64>() / k;
+        (drops.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (k - 1.0).max(1.0)).sqrt()
+    }
+
+    /// Every available metric of `out`, over all units or the resample `idx`.
+    fn metrics(
+        &self,
+        out: &Reference,
+        idx: Option<&[usize]>,
+        labels: usize,
+    ) -> BTreeMap<String, f64> {
+        fn pick<T: Clone>(v: &[T], idx: Option<&[usize]>) -> Vec<T> {
+            match idx {
+                Some(i) => i.iter().map(|&k| v[k].clone()).collect(),
+                None => v.to_vec(),
+            }
+        }
         let mut all = BTreeMap::new();
-        match (&out, self.reference.as_ref()) {
+        match (out, self.reference.as_ref()) {
             (Reference::Labels(pred), reference) => {
+                let p = pick(pred, idx);
                 if let Some(gold) = &self.gold {
-                    all.insert("accuracy".into(), accuracy(pred, gold));
-                    all.insert("macro_f1".into(), macro_f1(pred, gold, model.labels.len()));
+                    let g = pick(gold, idx);
+                    all.insert("accuracy".into(), accuracy(&p, &g));
+                    all.insert("macro_f1".into(), macro_f1(&p, &g, labels));
                 }
                 if let Some(Reference::Labels(r)) = reference {
-                    all.insert("agreement".into(), accuracy(pred, r));
+                    all.insert("agreement".into(), accuracy(&p, &pick(r, idx)));
                 }
             }
             (Reference::Entities(ents), reference) => {
                 if let Some(Reference::Entities(r)) = reference {
-                    all.insert("entity_f1".into(), entity_f1(ents, r));
+                    all.insert(
+                        "entity_f1".into(),
+                        entity_f1(&pick(ents, idx), &pick(r, idx)),
+                    );
                 }
             }
             (Reference::Embeddings(emb), reference) => {
                 if !self.pairs.is_empty() {
-                    let (x, y): (Vec<f64>, Vec<f64>) = self
-                        .pairs
+                    let pairs = pick(
+                        &self.pairs,
+                        if self.metric == "spearman" { idx } else { None },
+                    );
+                    let (x, y): (Vec<f64>, Vec<f64>) = pairs
                         .iter()
                         .map(|&(a, b, s)| (cosine(&emb[a], &emb[b]), s))
                         .unzip();
                     all.insert("spearman".into(), spearman(&x, &y));
                 }
                 if let Some(Reference::Embeddings(r)) = reference {
-                    let cos: Vec<f64> = emb.iter().zip(r).map(|(a, b)| cosine(a, b)).collect();
+                    let units: Vec<usize> = match idx {
+                        Some(i) if self.metric != "spearman" => i.to_vec(),
+                        _ => (0..emb.len()).collect(),
+                    };
+                    let cos: Vec<f64> = units.iter().map(|&k| cosine(&emb[k], &r[k])).collect();
                     all.insert(
                         "mean_cosine".into(),
-                        cos.iter().sum::<f64>() / cos.len() as f64,
+                        cos.iter().sum::<f64>() / cos.len().max(1) as f64,
                     );
                     all.insert(
                         "worst_cosine".into(),
@@ -320,12 +407,7 @@ impl Evaluator {
                 }
             }
         }
-        let value = all.get(&self.metric).copied().unwrap_or(f64::NAN);
-        Ok(Scores {
-            metric: self.metric.clone(),
-            value,
-            all,
-        })
+        all
     }
 }
 

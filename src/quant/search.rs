@@ -60,7 +60,10 @@ pub struct SearchOptions {
     pub mode: SearchMode,
     /// `None`: try max, percentile and MSE on the fully quantized model and keep the best.
     pub calibration: Option<Calibration>,
-    pub activations: ActMode,
+    /// `None`: try static (each calibration method) and dynamic, keep the best.
+    pub activations: Option<ActMode>,
+    /// A plan meets a requirement only by this many bootstrap standard errors of its drop.
+    pub margin_se: f64,
     /// Texts per timing batch (taken from the calibration data).
     pub timing_batch: usize,
 }
@@ -74,6 +77,8 @@ pub struct Trial {
     /// Layer modes at a glance: F float, q Quant-FFN-Only, Q Fully-Quant.
     pub layers: String,
     pub score: f64,
+    /// Bootstrap standard error of the drop from float on the evaluation data.
+    pub drop_se: f64,
     pub scores: BTreeMap<String, f64>,
     /// Estimated from the measured per-layer latencies (texts/s at the timing batch).
     pub est_texts_per_s: f64,
@@ -100,6 +105,8 @@ pub struct Report {
     pub mode: SearchMode,
     pub activations: ActMode,
     pub calibration: Option<Calibration>,
+    /// Bootstrap standard errors a plan's drop had to stay within the requirement by.
+    pub margin_se: f64,
     pub float_score: f64,
     /// Milliseconds per timing batch for each layer in float, FFN-only and fully-quant.
     pub layer_ms: Vec<[f64; 3]>,
@@ -157,25 +164,33 @@ pub fn search(model: &mut Model, eval: &Evaluator, opts: &SearchOptions) -> Resu
     let start = Instant::now();
     let layers = model.cfg.layers;
     let modes = opts.mode.modes();
-    let methods: Vec<Calibration> = match opts.calibration {
+    // Candidate activation schemes: static scales from each calibration method, and dynamic
+    // per-token scales; with more than one, the fully quantized model picks.
+    let static_methods: Vec<Calibration> = match opts.calibration {
         Some(c) => vec![c],
-        None if opts.activations == ActMode::Dynamic => vec![],
         None => vec![
             Calibration::Max,
             Calibration::Percentile { percentile: 99.99 },
             Calibration::Mse,
         ],
     };
+    let mut candidates: Vec<(ActMode, Option<Calibration>)> = Vec::new();
+    if opts.activations != Some(ActMode::Dynamic) {
+        candidates.extend(static_methods.iter().map(|&c| (ActMode::Static, Some(c))));
+    }
+    if opts.activations != Some(ActMode::Static) && opts.calibration.is_none() {
+        candidates.push((ActMode::Dynamic, None));
+    }
     let mut progress = Progress {
         // calibration, timing, float, presets + calibration trials, sensitivities, frontier
-        total: 2 + 1 + 2 + methods.len().saturating_sub(1) + 2 * layers * modes.len(),
+        total: 2 + 1 + 2 + candidates.len().saturating_sub(1) + 2 * layers * modes.len(),
         done: 0,
         start,
     };
 
     let float_plan = Plan::float(layers);
     model.apply_plan(&float_plan)?;
-    let observers = if opts.activations == ActMode::Static {
+    let observers = if candidates.iter().any(|c| c.0 == ActMode::Static) {
         model.calibrate(&opts.calib, Truncation::Truncate)?
     } else {
         Vec::new()
@@ -208,6 +223,7 @@ pub fn search(model: &mut Model, eval: &Evaluator, opts: &SearchOptions) -> Resu
         kind,
         layers: summary(m),
         score: s.value,
+        drop_se: s.drop_se,
         scores: s.all,
         est_texts_per_s: est(m),
         modes: m.to_vec(),
@@ -216,51 +232,54 @@ pub fn search(model: &mut Model, eval: &Evaluator, opts: &SearchOptions) -> Resu
     trials.push(mk("float32", "preset", &all_float, float_scores));
     progress.step(&format!("float32: {} {float_score:.4}", eval.metric()));
 
-    // Calibration method: the one whose fully quantized model scores best.
-    let scales_for = |c: Calibration| -> Vec<[f32; 4]> {
-        observers
-            .iter()
-            .map(|l: &[Observer; 4]| [0, 1, 2, 3].map(|g| l[g].scale(c)))
-            .collect()
+    // Activation scheme: the one whose fully quantized model scores best.
+    let scales_for = |c: Option<Calibration>| -> Vec<[f32; 4]> {
+        match c {
+            Some(c) => observers
+                .iter()
+                .map(|l: &[Observer; 4]| [0, 1, 2, 3].map(|g| l[g].scale(c)))
+                .collect(),
+            None => vec![[1.0f32 / 127.0; 4]; layers],
+        }
     };
-    let dummy = vec![[1.0f32; 4]; layers];
     let all_full = vec![LayerMode::Full; layers];
-    let mut calibration = methods.first().copied();
-    let mut scales = calibration.map_or(dummy.clone(), scales_for);
-    let plan_of = |name: &str, m: &[LayerMode], sc: &[[f32; 4]], c: Option<Calibration>| {
-        Plan::from_modes(name, m, sc, opts.activations, c)
-    };
-    if methods.len() > 1 {
-        let mut best: Option<(f64, Calibration)> = None;
-        for &c in &methods {
-            let sc = scales_for(c);
-            model.apply_plan(&plan_of("fully-quant", &all_full, &sc, Some(c)))?;
+    let (mut act, mut calibration) = candidates[0];
+    if candidates.len() > 1 {
+        let mut best: Option<(f64, ActMode, Option<Calibration>)> = None;
+        for &(a, c) in &candidates {
+            let what = c.map_or("dynamic activations".to_string(), |c| {
+                format!("{c} calibration")
+            });
+            let plan = Plan::from_modes("fully-quant", &all_full, &scales_for(c), a, c);
+            model.apply_plan(&plan)?;
             let s = eval.evaluate(model)?;
             progress.step(&format!(
-                "fully-quant, {c} calibration: {} {:.4}",
+                "fully-quant, {what}: {} {:.4}",
                 eval.metric(),
                 s.value
             ));
-            if best.is_none_or(|(b, _)| s.value > b) {
-                best = Some((s.value, c));
+            if best.is_none_or(|(b, _, _)| s.value > b) {
+                best = Some((s.value, a, c));
             }
             trials.push(mk(
-                &format!("fully-quant ({c})"),
+                &format!("fully-quant ({what})"),
                 "calibration",
                 &all_full,
                 s,
             ));
         }
-        let c = best.expect("at least one method").1;
-        calibration = Some(c);
-        scales = scales_for(c);
+        let (_, a, c) = best.expect("at least one candidate");
+        (act, calibration) = (a, c);
     }
+    let scales = scales_for(calibration);
+    let plan_of =
+        |name: &str, m: &[LayerMode]| Plan::from_modes(name, m, &scales, act, calibration);
 
     for (name, m) in [
         ("ffn-only", vec![LayerMode::FfnOnly; layers]),
         ("fully-quant", all_full.clone()),
     ] {
-        model.apply_plan(&plan_of(name, &m, &scales, calibration))?;
+        model.apply_plan(&plan_of(name, &m))?;
         let s = eval.evaluate(model)?;
         progress.step(&format!("{name}: {} {:.4}", eval.metric(), s.value));
         trials.push(mk(name, "preset", &m, s));
@@ -272,7 +291,7 @@ pub fn search(model: &mut Model, eval: &Evaluator, opts: &SearchOptions) -> Resu
         for &mode in modes {
             let mut m = all_float.clone();
             m[i] = mode;
-            model.apply_plan(&plan_of("sensitivity", &m, &scales, calibration))?;
+            model.apply_plan(&plan_of("sensitivity", &m))?;
             let s = eval.evaluate(model)?;
             drop[i][mode_index(mode)] = float_score - s.value;
             progress.step(&format!(
@@ -316,7 +335,7 @@ pub fn search(model: &mut Model, eval: &Evaluator, opts: &SearchOptions) -> Resu
         }
         let Some((_, i, next)) = best else { break };
         current[i] = next;
-        model.apply_plan(&plan_of("samp", &current, &scales, calibration))?;
+        model.apply_plan(&plan_of("samp", &current))?;
         let s = eval.evaluate(model)?;
         progress.total = progress.total.max(progress.done + 1);
         progress.step(&format!(
@@ -336,9 +355,10 @@ pub fn search(model: &mut Model, eval: &Evaluator, opts: &SearchOptions) -> Resu
     }
 
     // The choice.
+    let z = opts.margin_se;
     let meets = |t: &Trial| match opts.requirement {
-        MaxDrop(d) => t.score >= float_score - d - 1e-12,
-        MinScore(s) => t.score >= s,
+        MaxDrop(d) => float_score - t.score + z * t.drop_se <= d + 1e-12,
+        MinScore(s) => t.score - z * t.drop_se >= s,
         Knee => true,
     };
     use Requirement::*;
@@ -366,7 +386,7 @@ pub fn search(model: &mut Model, eval: &Evaluator, opts: &SearchOptions) -> Resu
             ..float_plan.clone()
         }
     } else {
-        plan_of("samp", &chosen_modes, &scales, calibration)
+        plan_of("samp", &chosen_modes)
     };
 
     // Measured end to end, after the search: the presets and the choice.
@@ -376,17 +396,9 @@ pub fn search(model: &mut Model, eval: &Evaluator, opts: &SearchOptions) -> Resu
         ("float32".to_string(), float_plan.clone()),
         (
             "ffn-only".into(),
-            plan_of(
-                "ffn-only",
-                &vec![LayerMode::FfnOnly; layers],
-                &scales,
-                calibration,
-            ),
+            plan_of("ffn-only", &vec![LayerMode::FfnOnly; layers]),
         ),
-        (
-            "fully-quant".into(),
-            plan_of("fully-quant", &all_full, &scales, calibration),
-        ),
+        ("fully-quant".into(), plan_of("fully-quant", &all_full)),
         ("samp".into(), chosen_plan.clone()),
     ] {
         model.apply_plan(&plan)?;
@@ -412,8 +424,9 @@ pub fn search(model: &mut Model, eval: &Evaluator, opts: &SearchOptions) -> Resu
         calib_texts: opts.calib.len(),
         requirement: opts.requirement,
         mode: opts.mode,
-        activations: opts.activations,
+        activations: act,
         calibration,
+        margin_se: opts.margin_se,
         float_score,
         layer_ms,
         other_ms,
@@ -565,8 +578,14 @@ pub fn write_report(dir: &Path, report: &Report) -> std::io::Result<()> {
 pub fn markdown(r: &Report) -> String {
     let mut s = String::new();
     let req = match r.requirement {
-        Requirement::MaxDrop(d) => format!("at most {d} below float"),
-        Requirement::MinScore(m) => format!("at least {m}"),
+        Requirement::MaxDrop(d) => format!(
+            "at most {d} below float, with a margin of {} bootstrap standard errors of the drop",
+            r.margin_se
+        ),
+        Requirement::MinScore(m) => format!(
+            "at least {m}, with a margin of {} bootstrap standard errors",
+            r.margin_se
+        ),
         Requirement::Knee => "none (knee of the frontier)".into(),
     };
     s += &format!("# samp quantize: {}\n\n", r.model);
@@ -607,18 +626,19 @@ pub fn markdown(r: &Report) -> String {
         );
     }
     s += &format!(
-        "\n## Every plan tried\n\nThroughput estimated from per-layer latencies measured here ({} texts, {} tokens per batch).\n\n| plan | kind | layers | {} | drop | est. texts/s |\n|---|---|---|---:|---:|---:|\n",
+        "\n## Every plan tried\n\nThroughput estimated from per-layer latencies measured here ({} texts, {} tokens per batch).\n\n| plan | kind | layers | {} | drop | drop s.e. | est. texts/s |\n|---|---|---|---:|---:|---:|---:|\n",
         r.timing_batch, r.timing_tokens, r.metric
     );
     for (i, t) in r.trials.iter().enumerate() {
         let mark = if i == r.chosen { " **(chosen)**" } else { "" };
         s += &format!(
-            "| {}{mark} | {} | {} | {:.4} | {:+.4} | {:.0} |\n",
+            "| {}{mark} | {} | {} | {:.4} | {:+.4} | {:.4} | {:.0} |\n",
             t.name,
             t.kind,
             t.layers,
             t.score,
             r.float_score - t.score,
+            t.drop_se,
             t.est_texts_per_s
         );
     }

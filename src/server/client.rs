@@ -11,14 +11,35 @@ pub enum Call {
     Classify { texts: Vec<String>, pairs: bool },
     Tag { texts: Vec<String> },
     Models,
+    Health { service: String },
 }
 
 /// Connect to `addr` (e.g. `http://127.0.0.1:50051`), make the call, return JSON lines.
 pub async fn call(addr: &str, model: &str, call: Call) -> anyhow::Result<Vec<serde_json::Value>> {
-    let mut c = SampClient::connect(addr.to_string())
+    let channel = tonic::transport::Endpoint::from_shared(addr.to_string())
+        .map_err(|e| anyhow::anyhow!("bad address {addr}: {e}"))?
+        .connect()
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to {addr}: {e}"))?;
     let status = |s: tonic::Status| anyhow::anyhow!("{:?}: {}", s.code(), s.message());
+    if let Call::Health { service } = &call {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        let r = tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.clone(),
+            })
+            .await
+            .map_err(status)?
+            .into_inner();
+        let st = ServingStatus::try_from(r.status).unwrap_or(ServingStatus::Unknown);
+        if st != ServingStatus::Serving {
+            anyhow::bail!("service {service:?} is {}", st.as_str_name());
+        }
+        return Ok(vec![
+            json!({"service": service, "status": st.as_str_name()}),
+        ]);
+    }
+    let mut c = SampClient::new(channel);
     Ok(match call {
         Call::Embed { texts, dims } => {
             let r = c
@@ -121,5 +142,6 @@ pub async fn call(addr: &str, model: &str, call: Call) -> anyhow::Result<Vec<ser
                 })
                 .collect()
         }
+        Call::Health { .. } => unreachable!("answered above"),
     })
 }

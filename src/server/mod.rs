@@ -3,6 +3,7 @@
 //! The only module that sees proto types.
 
 pub mod client;
+pub mod loadgen;
 pub mod service;
 pub mod status;
 

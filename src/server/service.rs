@@ -289,8 +289,9 @@ impl CancelGuard {
 impl Drop for CancelGuard {
     fn drop(&mut self) {
         if self.armed {
-            metrics::counter!(m::REQUESTS_TOTAL, "rpc" => self.rpc, "model" => "", "outcome" => "cancelled")
-                .increment(1);
+            metrics::counter!(m::REQUESTS_TOTAL, "rpc" => self.rpc, "model" => "", "variant" => "",
+                "outcome" => "cancelled")
+            .increment(1);
             metrics::histogram!(m::REQUEST_SECONDS, "rpc" => self.rpc, "model" => "")
                 .record(self.start.elapsed().as_secs_f64());
         }
@@ -298,15 +299,16 @@ impl Drop for CancelGuard {
 }
 
 /// Count the outcome and latency of one call.
-fn record<T>(guard: &mut CancelGuard, model: &str, r: &Result<T, ServeError>) {
+fn record<T>(guard: &mut CancelGuard, model: &str, variant: &str, r: &Result<T, ServeError>) {
     guard.armed = false;
     let (rpc, start) = (guard.rpc, guard.start);
     let outcome = match r {
         Ok(_) => "ok",
         Err(e) => e.outcome(),
     };
-    metrics::counter!(m::REQUESTS_TOTAL, "rpc" => rpc, "model" => model.to_string(), "outcome" => outcome)
-        .increment(1);
+    metrics::counter!(m::REQUESTS_TOTAL, "rpc" => rpc, "model" => model.to_string(),
+        "variant" => variant.to_string(), "outcome" => outcome)
+    .increment(1);
     metrics::histogram!(m::REQUEST_SECONDS, "rpc" => rpc, "model" => model.to_string())
         .record(start.elapsed().as_secs_f64());
 }
@@ -326,6 +328,7 @@ fn record_stages(
     metrics::histogram!(m::INFERENCE_SECONDS, "rpc" => rpc, "model" => model.clone())
         .record(done.inference.as_secs_f64());
     metrics::histogram!(m::BATCH_INPUTS, "model" => model.clone()).record(done.batch_inputs as f64);
+    metrics::histogram!(m::BATCH_TOKENS, "model" => model.clone()).record(done.batch_tokens as f64);
     metrics::counter!(m::INPUTS_TOTAL, "rpc" => rpc, "model" => model).increment(inputs as u64);
 }
 
@@ -338,10 +341,12 @@ impl proto::samp_server::Samp for SampService {
         let mut guard = CancelGuard::new("embed");
         let deadline = deadline(&req);
         let r = req.into_inner();
-        let mut resolved = r.model.clone();
+        // Labels only from the closed set of loaded models: a request naming an unknown model
+        // is counted under model="".
+        let mut resolved = (String::new(), String::new());
         let result = async {
             let worker = self.pick(&r.model, &r.variant, Task::Embed)?;
-            resolved = worker.model.name.clone();
+            resolved = (worker.model.name.clone(), worker.variant.clone());
             let n = self.check_texts(
                 r.texts
                     .iter()
@@ -382,7 +387,7 @@ impl proto::samp_server::Samp for SampService {
             })
         }
         .await;
-        record(&mut guard, &resolved, &result);
+        record(&mut guard, &resolved.0, &resolved.1, &result);
         result.map(Response::new).map_err(Status::from)
     }
 
@@ -393,10 +398,12 @@ impl proto::samp_server::Samp for SampService {
         let mut guard = CancelGuard::new("classify");
         let deadline = deadline(&req);
         let r = req.into_inner();
-        let mut resolved = r.model.clone();
+        // Labels only from the closed set of loaded models: a request naming an unknown model
+        // is counted under model="".
+        let mut resolved = (String::new(), String::new());
         let result = async {
             let worker = self.pick(&r.model, &r.variant, Task::Classify)?;
-            resolved = worker.model.name.clone();
+            resolved = (worker.model.name.clone(), worker.variant.clone());
             let mut inputs = Vec::with_capacity(r.inputs.len());
             let mut fields = Vec::new();
             for (i, inp) in r.inputs.iter().enumerate() {
@@ -451,7 +458,7 @@ impl proto::samp_server::Samp for SampService {
             })
         }
         .await;
-        record(&mut guard, &resolved, &result);
+        record(&mut guard, &resolved.0, &resolved.1, &result);
         result.map(Response::new).map_err(Status::from)
     }
 
@@ -462,10 +469,12 @@ impl proto::samp_server::Samp for SampService {
         let mut guard = CancelGuard::new("tag");
         let deadline = deadline(&req);
         let r = req.into_inner();
-        let mut resolved = r.model.clone();
+        // Labels only from the closed set of loaded models: a request naming an unknown model
+        // is counted under model="".
+        let mut resolved = (String::new(), String::new());
         let result = async {
             let worker = self.pick(&r.model, &r.variant, Task::Tag)?;
-            resolved = worker.model.name.clone();
+            resolved = (worker.model.name.clone(), worker.variant.clone());
             let n = self.check_texts(
                 r.texts
                     .iter()
@@ -505,7 +514,7 @@ impl proto::samp_server::Samp for SampService {
             })
         }
         .await;
-        record(&mut guard, &resolved, &result);
+        record(&mut guard, &resolved.0, &resolved.1, &result);
         result.map(Response::new).map_err(Status::from)
     }
 

@@ -23,6 +23,9 @@ BIN = ROOT / "target" / "release" / "samp"
 MODELS = ROOT / "models"
 
 
+ADDR = {}
+
+
 @pytest.fixture(scope="module")
 def server():
     assert BIN.exists(), "build first: cargo build --release"
@@ -42,6 +45,7 @@ def server():
         if m:
             addr = m.group(1)
     assert addr, "the server did not report its address"
+    ADDR["grpc"] = addr
     channel = grpc.insecure_channel(addr)
     grpc.channel_ready_future(channel).result(timeout=30)
     yield proc, channel
@@ -79,6 +83,17 @@ def test_health_is_serving(server):
     for service in ("", "samp.v1.Samp"):
         r = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
         assert r.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_samp_client_health_command(server):
+    """The health check the Dockerfile's HEALTHCHECK runs: exit 0 and SERVING; a dead address fails."""
+    ok = subprocess.run([str(BIN), "client", "--addr", f"http://{ADDR['grpc']}", "--timeout-ms", "5000", "health"],
+                        capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0, ok.stderr
+    assert "SERVING" in ok.stdout
+    dead = subprocess.run([str(BIN), "client", "--addr", "http://127.0.0.1:1", "--timeout-ms", "2000", "health"],
+                          capture_output=True, text=True, timeout=30)
+    assert dead.returncode != 0 and "127.0.0.1:1" in dead.stderr
 
 
 def test_every_rpc(server):

@@ -1,0 +1,189 @@
+//! Overload soak against the real binary: measure the server's capacity with the load
+//! generator, then offer twice that for a sustained period. The server must keep answering
+//! (OK, or RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED by its admission control and deadlines, and
+//! nothing else), keep serving near capacity, count every request it received exactly once
+//! (none lost), and hold its memory flat.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::model_dir;
+use samp::server::loadgen::{self, Options, Rpc};
+
+struct Server {
+    child: Child,
+    grpc: String,
+    metrics: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start() -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_samp"))
+        .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "127.0.0.1:0", "--queue-capacity", "32"])
+        .arg("--model")
+        .arg(model_dir("all-MiniLM-L6-v2"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut grpc, mut metrics) = (String::new(), String::new());
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        let f = if v["fields"].is_object() {
+            &v["fields"]
+        } else {
+            &v
+        };
+        if let (Some(g), Some(m)) = (f["grpc"].as_str(), f["metrics"].as_str()) {
+            grpc = g.to_string();
+            metrics = m.to_string();
+            break;
+        }
+    }
+    assert!(!grpc.is_empty(), "server did not report its address");
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Server {
+        child,
+        grpc,
+        metrics,
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Requests the server counted (every outcome), from its metrics.
+async fn counted(metrics: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(metrics).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    body.lines()
+        .filter(|l| l.starts_with("samp_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn texts() -> Vec<String> {
+    let raw = std::fs::read(common::root().join("data/vader/movieReviewSnippets_GroundTruth.txt"))
+        .expect("run scripts/fetch_models.sh");
+    String::from_utf8_lossy(&raw)
+        .lines()
+        .filter_map(|l| l.splitn(3, '\t').nth(2))
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .take(500)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twice_the_capacity_is_refused_cleanly_and_nothing_is_lost() {
+    let server = start();
+    let pid = server.child.id();
+    let base = Options {
+        addr: format!("http://{}", server.grpc),
+        rpc: Rpc::Embed,
+        model: String::new(),
+        variant: String::new(),
+        texts: texts(),
+        inputs_per_request: 4,
+        concurrency: 8,
+        connections: 2,
+        requests: None,
+        duration: Some(Duration::from_secs(4)),
+        rate: None,
+        timeout: Duration::from_secs(10),
+    };
+    let cap = loadgen::run(base.clone()).await.unwrap();
+    assert_eq!(
+        cap.status.keys().collect::<Vec<_>>(),
+        ["OK"],
+        "{:?}",
+        cap.status
+    );
+    let capacity = cap.requests_per_s;
+    assert!(capacity > 1.0, "capacity {capacity}");
+
+    let before = counted(&server.metrics).await;
+    let soak_secs = 15;
+    let sampler = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        for _ in 0..(soak_secs * 2) {
+            std::thread::sleep(Duration::from_millis(500));
+            v.push(rss_kib(pid));
+        }
+        v
+    });
+    let soak = loadgen::run(Options {
+        concurrency: 256,
+        duration: Some(Duration::from_secs(soak_secs)),
+        rate: Some(2.0 * capacity),
+        timeout: Duration::from_secs(2),
+        ..base
+    })
+    .await
+    .unwrap();
+    let rss = sampler.join().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = counted(&server.metrics).await;
+
+    eprintln!(
+        "capacity {capacity:.1} req/s; offered {:.1} req/s for {soak_secs} s: {:?}, ok p99 {:.0} ms; \
+         RSS MiB {:?}",
+        2.0 * capacity,
+        soak.status,
+        soak.latency_ms.p99,
+        rss.iter().map(|k| k / 1024).collect::<Vec<_>>()
+    );
+    // Every answer is one the server gives on purpose under overload.
+    for code in soak.status.keys() {
+        assert!(
+            ["OK", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "CANCELLED"].contains(&code.as_str()),
+            "unexpected status {code}: {:?}",
+            soak.status
+        );
+    }
+    // It keeps serving near capacity while refusing the excess.
+    let ok_rate = soak.ok as f64 / soak.seconds;
+    assert!(
+        ok_rate >= 0.5 * capacity,
+        "ok {ok_rate:.1}/s vs capacity {capacity:.1}/s"
+    );
+    assert!(
+        soak.status.get("RESOURCE_EXHAUSTED").copied().unwrap_or(0) > 0 || soak.status.len() > 1
+    );
+    // Nothing lost: the server counted every request the generator sent.
+    assert_eq!(
+        after - before,
+        soak.requests as f64,
+        "server counted {} of {}",
+        after - before,
+        soak.requests
+    );
+    // Memory flat: the last third of the soak holds no more than the first third (+10%, +16 MiB).
+    let third = rss.len() / 3;
+    let early = *rss[..third].iter().max().unwrap();
+    let late = *rss[rss.len() - third..].iter().max().unwrap();
+    assert!(
+        late as f64 <= early as f64 * 1.10 + 16.0 * 1024.0,
+        "RSS grew from {early} KiB to {late} KiB"
+    );
+}
