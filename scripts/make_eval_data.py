@@ -6,7 +6,8 @@ scripts/fetch_models.sh put under data/ (standard library only; deterministic).
   was never trained on; label POSITIVE when the mean human rating is > 0, else NEGATIVE.
   calib 256 texts, eval 1000, test 2000 (disjoint).
 - ner (models/rampart-pii): no gold entities ship for it, so the metric is fidelity to the float
-  model; texts are VADER's NYT editorial and Amazon snippets. calib 256 tweets, eval 500, test 1000.
+  model; texts are VADER's NYT editorial and Amazon snippets. calib 256 tweets, eval 1000,
+  test 1000.
 - lee (models/all-MiniLM-L6-v2): the Lee document-similarity pairs from gensim's test data,
   Spearman of cosine vs the human score. Documents 0-24 and their pairs are the eval split,
   documents 25-49 the test split, so the test pairs share no document with the search; calib is
@@ -56,15 +57,15 @@ def main():
     docs = vader("nytEditorialSnippets") + vader("amazonReviewSnippets")
     rng.shuffle(docs)
     write("ner-calib.jsonl", [r[1] for r in tweets[:256]])
-    write("ner-eval.jsonl", [r[1] for r in docs[:500]])
-    write("ner-test.jsonl", [r[1] for r in docs[500:1500]])
+    write("ner-eval.jsonl", [r[1] for r in docs[:1000]])
+    write("ner-test.jsonl", [r[1] for r in docs[1000:2000]])
 
     lee = [l.strip() for l in (data / "lee" / "lee.cor").read_text("utf-8", "replace").splitlines() if l.strip()]
     sims = [[float(v) for v in l.split()] for l in (data / "lee" / "similarities0-1.txt").read_text().splitlines() if l.strip()]
     assert len(lee) == 50 and len(sims) == 50, (len(lee), len(sims))
     def pairs(lo, hi):
         return [{"text": lee[i], "text_pair": lee[j], "score": sims[i][j]} for i in range(lo, hi) for j in range(i + 1, hi)]
-    write("lee-calib.jsonl", [r[1] for r in docs[1500:1756]])
+    write("lee-calib.jsonl", [r[1] for r in docs[2000:2256]])
     write("lee-eval.jsonl", pairs(0, 25))
     write("lee-test.jsonl", pairs(25, 50))
     for p in sorted(out.glob("*.jsonl")):

@@ -133,7 +133,7 @@ pub struct QuantizeArgs {
     pub activations: String,
     /// A plan meets the requirement only with this many bootstrap standard errors of its drop
     /// to spare (guards against choosing on the noise of a finite evaluation set; 0 = none).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 2.0)]
     pub margin_se: f64,
     /// Use at most this many calibration texts.
     #[arg(long, default_value_t = 512)]

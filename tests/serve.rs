@@ -642,3 +642,46 @@ async fn a_quantized_variant_serves_beside_the_float_default() {
     assert!(e.message().contains("float32, int8"), "{}", e.message());
     s.shutdown().await;
 }
+
+/// Streaming: pipelined requests on one stream come back in order, each equal to its unary
+/// answer; a bad request ends the stream with its status after the earlier answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_answer_in_order_and_end_on_the_first_error() {
+    let s = start(config(&["all-MiniLM-L6-v2"])).await;
+    let mut c = s.client().await;
+    let texts: Vec<String> = (0..12)
+        .map(|i| format!("sentence number {i} about {}", "streams ".repeat(i % 5)))
+        .collect();
+    let reqs: Vec<proto::EmbedRequest> = texts.iter().map(|t| embed_req(&[t])).collect();
+    let mut answers = c
+        .embed_stream(tokio_stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut n = 0;
+    while let Some(r) = answers.message().await.unwrap() {
+        let want = library_embedding(&texts[n]);
+        assert!(
+            max_abs_diff(&r.embeddings[0].values, &want) < 1e-6,
+            "answer {n}"
+        );
+        n += 1;
+    }
+    assert_eq!(n, texts.len());
+
+    let reqs = vec![
+        embed_req(&["fine"]),
+        embed_req(&[""]),
+        embed_req(&["never answered"]),
+    ];
+    let mut answers = c
+        .embed_stream(tokio_stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answers.message().await.unwrap().is_some());
+    let e = answers.message().await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("texts[0]"), "{}", e.message());
+    s.shutdown().await;
+}

@@ -365,13 +365,18 @@ pub fn search(model: &mut Model, eval: &Evaluator, opts: &SearchOptions) -> Resu
     let (chosen, met) = match opts.requirement {
         Knee => (knee(&trials, &frontier), true),
         _ => {
-            let best = (0..trials.len())
-                .filter(|&i| meets(&trials[i]))
-                .max_by(|&a, &b| {
-                    trials[a]
-                        .est_texts_per_s
-                        .total_cmp(&trials[b].est_texts_per_s)
-                });
+            // Candidates: the frontier up to (not including) its first step that misses the
+            // requirement — a later step that meets it again does so by the luck of the
+            // evaluation set more often than not — and the presets (ffn-only, fully-quant:
+            // fixed plans, not selected).
+            let prefix = frontier.iter().take_while(|&&i| meets(&trials[i])).copied();
+            let presets =
+                (0..trials.len()).filter(|&i| trials[i].kind == "preset" && meets(&trials[i]));
+            let best = prefix.chain(presets).max_by(|&a, &b| {
+                trials[a]
+                    .est_texts_per_s
+                    .total_cmp(&trials[b].est_texts_per_s)
+            });
             match best {
                 Some(i) => (i, true),
                 // Nothing meets it (not even float, for MinScore): the float plan, flagged.
