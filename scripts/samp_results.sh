@@ -3,14 +3,16 @@
 # every plan (float32, Quant-FFN-Only, Fully-Quant, the chosen SAMP plan) scored on the held-out
 # test split with `samp eval` and timed with `samp bench` (batch 32, same run). Prints a Markdown
 # table (the one in README.md). Needs scripts/fetch_models.sh first. ~15 minutes on 2 cores.
-# Usage: scripts/samp_results.sh [OUT_DIR] (default target/samp-results)
+# Usage: scripts/samp_results.sh [OUT_DIR] (default target/samp-results); SKIP_QUANTIZE=1 reuses
+# the quantized models already in OUT_DIR and only re-scores and re-times them.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 out="${1:-target/samp-results}"
 bin="${SAMP_BIN:-target/release/samp}"
 [ -x "$bin" ] || cargo build --release --locked
-rm -rf "$out"; mkdir -p "$out"
+[ "${SKIP_QUANTIZE:-0}" = 1 ] || rm -rf "$out"
+mkdir -p "$out"
 
 # name model requirement-flags
 runs=(
@@ -25,9 +27,14 @@ for r in "${runs[@]}"; do
   set -- $r
   name=$1 model=$2; shift 2
   q="$out/$name"
-  echo "== $name: samp quantize $* ==" >&2
-  "$bin" quantize --model "$model" --calib "data/eval/$name-calib.jsonl" --eval "data/eval/$name-eval.jsonl" \
-    "$@" --out "$q" > "$out/$name-quantize.json"
+  if [ "${SKIP_QUANTIZE:-0}" = 1 ] && [ -f "$q/samp-plan.json" ]; then
+    echo "== $name: reusing $q ==" >&2
+  else
+    echo "== $name: samp quantize $* ==" >&2
+    rm -rf "$q"
+    "$bin" quantize --model "$model" --calib "data/eval/$name-calib.jsonl" --eval "data/eval/$name-eval.jsonl" \
+      "$@" --out "$q" > "$out/$name-quantize.json"
+  fi
   float_score=""; float_tps=""
   for plan in float32 ffn-only fully-quant-static fully-quant-dynamic samp; do
     case $plan in
