@@ -2,7 +2,7 @@
 # SAMP on the three real models: `samp quantize` on the calibration + evaluation splits, then
 # every plan (float32, Quant-FFN-Only, Fully-Quant, the chosen SAMP plan) scored on the held-out
 # test split with `samp eval` and timed with `samp bench` (batch 32, same run). Prints a Markdown
-# table (the one in README.md). Needs scripts/fetch_models.sh first. ~15 minutes on 2 cores.
+# table (the one in README.md). Needs scripts/fetch_models.sh first. ~25 minutes on 2 cores.
 # Usage: scripts/samp_results.sh [OUT_DIR] (default target/samp-results); SKIP_QUANTIZE=1 reuses
 # the quantized models already in OUT_DIR and only re-scores and re-times them.
 set -euo pipefail
