@@ -4,6 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch_models.sh
+# NVRTC from PyPI, so the CUDA kernels compile in the tests even without a GPU (required here).
+if [ ! -x .venv-nvrtc/bin/python ]; then
+  python3 -m venv .venv-nvrtc
+fi
+.venv-nvrtc/bin/pip install -q --disable-pip-version-check -r scripts/requirements-nvrtc.txt
+SAMP_CUDA_LIB_DIR="$(.venv-nvrtc/bin/python -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "lib"))')"
+export SAMP_CUDA_LIB_DIR SAMP_REQUIRE_NVRTC=1
 cargo test --release --all-targets --locked
 cargo build --release --locked
 if [ ! -x .venv-test/bin/python ]; then

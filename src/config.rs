@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::backend::device::Device;
 use crate::batching::BatchPolicy;
 
 /// One model to load.
@@ -25,6 +26,9 @@ pub struct ModelEntry {
     /// on its own compute thread; requests pick one by name.
     #[serde(default)]
     pub variants: std::collections::BTreeMap<String, PathBuf>,
+    /// Where this model's encoder runs [default: the server's `device`].
+    #[serde(default)]
+    pub device: Option<Device>,
 }
 
 /// Per-request limits.
@@ -64,6 +68,10 @@ pub struct ServeConfig {
     /// Share (0..=1) of requests to a quantized variant that are run again, in the background,
     /// through the same model's float32 variant (when it has one) to export online fidelity.
     pub fidelity_sample_rate: f64,
+    /// Where encoders run: `cpu` or `cuda[:N]` (CPU fallback, logged, without a usable GPU).
+    pub device: Device,
+    /// Directories with the CUDA libraries when they are not on the loader path.
+    pub cuda_lib_dir: Option<PathBuf>,
 }
 
 impl Default for ServeConfig {
@@ -76,6 +84,8 @@ impl Default for ServeConfig {
             limits: Limits::default(),
             shutdown_grace_seconds: 30,
             fidelity_sample_rate: 0.01,
+            device: Device::Cpu,
+            cuda_lib_dir: None,
         }
     }
 }
@@ -103,6 +113,7 @@ impl ServeConfig {
                 path: DEFAULT_MODEL.into(),
                 plan: None,
                 variants: Default::default(),
+                device: None,
             });
         }
         let mut seen = std::collections::HashSet::new();
@@ -152,6 +163,7 @@ pub fn parse_model_arg(s: &str) -> Result<ModelEntry, String> {
         path,
         plan: None,
         variants: Default::default(),
+        device: None,
     })
 }
 

@@ -54,6 +54,10 @@ pub enum SampError {
         has: &'static str,
     },
 
+    /// The GPU failed during a pass (the message is for the log, not the client).
+    #[error("GPU: {0}")]
+    Device(String),
+
     /// A caller-supplied input is not acceptable; `field` names it.
     #[error("invalid {field}: {reason}")]
     InvalidInput { field: String, reason: String },

@@ -35,6 +35,10 @@ pub const FIDELITY_AGREED_TOTAL: &str = "samp_fidelity_agreed_total";
 pub const FIDELITY_SKIPPED_TOTAL: &str = "samp_fidelity_skipped_total";
 /// How far that score is below the float model's.
 pub const VARIANT_SCORE_DROP: &str = "samp_variant_score_drop";
+/// Device memory held by a GPU backend (labels: device, kind = weights | activations).
+pub const DEVICE_MEMORY_BYTES: &str = "samp_device_memory_bytes";
+/// 1 per loaded model variant, labelled with the device it runs on (`cpu`, `cuda:0`).
+pub const MODEL_DEVICE: &str = "samp_model_device";
 /// Jobs dropped before compute: `reason` is `cancelled` (client gone) or `deadline`.
 pub const DROPPED_TOTAL: &str = "samp_dropped_total";
 

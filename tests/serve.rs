@@ -48,6 +48,7 @@ fn config(models: &[&str]) -> ServeConfig {
             path: model_dir(m),
             plan: None,
             variants: Default::default(),
+            device: None,
         })
         .collect();
     c.shutdown_grace_seconds = 20;

@@ -3,6 +3,11 @@
 //! `batching`), drops jobs whose client left or whose deadline passed, runs one encoder pass
 //! for the whole batch, and hands each request its own results. Tokio never runs a forward.
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod device;
+pub mod gpu_plan;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;

@@ -81,29 +81,36 @@ impl Embeddings {
         })
     }
 
-    fn forward(&self, cfg: &ModelConfig, batch: &Batch) -> Result<Vec<f32>> {
-        let h = cfg.hidden;
-        let mut x = vec![0.0f32; batch.tokens() * h];
+    /// Refuse sequences over the position limit and ids outside the vocabulary.
+    fn check(cfg: &ModelConfig, batch: &Batch) -> Result<()> {
         for s in 0..batch.len() {
-            let range = batch.seq(s);
-            if range.len() > cfg.position_limit() {
+            let len = batch.seq(s).len();
+            if len > cfg.position_limit() {
                 return Err(SampError::invalid(
                     format!("texts[{s}]"),
                     format!(
-                        "{} tokens, over the model's limit of {}",
-                        range.len(),
+                        "{len} tokens, over the model's limit of {}",
                         cfg.position_limit()
                     ),
                 ));
             }
-            for (p, t) in range.enumerate() {
+        }
+        if let Some(&id) = batch.ids.iter().find(|&&id| id as usize >= cfg.vocab_size) {
+            return Err(SampError::invalid(
+                "token id",
+                format!("{id} is outside the vocabulary of {}", cfg.vocab_size),
+            ));
+        }
+        Ok(())
+    }
+
+    fn forward(&self, cfg: &ModelConfig, batch: &Batch) -> Result<Vec<f32>> {
+        Self::check(cfg, batch)?;
+        let h = cfg.hidden;
+        let mut x = vec![0.0f32; batch.tokens() * h];
+        for s in 0..batch.len() {
+            for (p, t) in batch.seq(s).enumerate() {
                 let id = batch.ids[t] as usize;
-                if id >= cfg.vocab_size {
-                    return Err(SampError::invalid(
-                        "token id",
-                        format!("{id} is outside the vocabulary of {}", cfg.vocab_size),
-                    ));
-                }
                 let row = &mut x[t * h..(t + 1) * h];
                 let pos = (p + cfg.position_offset()) * h;
                 row.copy_from_slice(&self.word[id * h..(id + 1) * h]);
@@ -185,9 +192,9 @@ impl LayerNames {
     }
 }
 
-struct LayerNorm {
-    gamma: Vec<f32>,
-    beta: Vec<f32>,
+pub struct LayerNorm {
+    pub gamma: Vec<f32>,
+    pub beta: Vec<f32>,
 }
 
 impl LayerNorm {
@@ -222,6 +229,11 @@ impl Layer {
             down: Linear::load(w, &n.down, f, h)?,
             ln2: LayerNorm::load(w, &n.ln2, h)?,
         })
+    }
+
+    /// The LayerNorms after attention and after the FFN.
+    pub fn norms(&self) -> [&LayerNorm; 2] {
+        [&self.ln1, &self.ln2]
     }
 
     pub fn linear(&self, g: Gemm) -> &Linear {
@@ -303,6 +315,15 @@ impl Layer {
     }
 }
 
+/// Borrowed embedding tables, row-major `[rows, H]`.
+pub struct EmbeddingTables<'a> {
+    pub word: &'a [f32],
+    pub position: &'a [f32],
+    pub token_type: Option<&'a [f32]>,
+    pub gamma: &'a [f32],
+    pub beta: &'a [f32],
+}
+
 /// Embeddings plus the layer stack of one checkpoint.
 pub struct Encoder {
     pub cfg: ModelConfig,
@@ -329,6 +350,30 @@ impl Encoder {
 
     pub fn layers_mut(&mut self) -> &mut [Layer] {
         &mut self.layers
+    }
+
+    /// The embedding tables and their LayerNorm, for uploading to another device.
+    pub fn embedding_tables(&self) -> EmbeddingTables<'_> {
+        let e = &self.embeddings;
+        EmbeddingTables {
+            word: &e.word,
+            position: &e.position,
+            token_type: e.token_type.as_deref(),
+            gamma: &e.ln_gamma,
+            beta: &e.ln_beta,
+        }
+    }
+
+    /// Check a batch as the embedding step does (lengths, ids), for a pass on another device.
+    pub fn check(&self, batch: &Batch) -> Result<()> {
+        Embeddings::check(&self.cfg, batch)
+    }
+
+    /// Position id of every token of the batch.
+    pub fn positions(&self, batch: &Batch) -> Vec<u32> {
+        (0..batch.len())
+            .flat_map(|s| (0..batch.seq(s).len()).map(|p| (p + self.cfg.position_offset()) as u32))
+            .collect()
     }
 
     /// The embedding output `[T, H]` (the first layer's input).

@@ -53,6 +53,11 @@ impl Linear {
         })
     }
 
+    /// The float weights in PyTorch layout `[out, in]` (unpacked; for another device).
+    pub fn float_rows(&self) -> Vec<f32> {
+        self.weights.to_rows()
+    }
+
     /// The INT8 weights (quantized from the float ones on first use).
     pub fn qweights(&self) -> Arc<QWeights> {
         self.qweights

@@ -88,6 +88,17 @@ pub struct Tagging {
     pub truncated: bool,
 }
 
+/// An encoder pass on another device (the CUDA backend implements it). The CPU encoder stays
+/// loaded: it checks batches, and the quantization search and calibration run on it.
+pub trait Accelerator: Send + Sync {
+    /// Hidden states `[T, H]` of the last layer, as [`Encoder::forward`] returns them.
+    fn forward(&self, encoder: &Encoder, batch: &Batch) -> Result<Vec<f32>>;
+    /// Where it runs, for logs and `GetModel`, e.g. `cuda:0 (NVIDIA H200, sm_90)`.
+    fn device(&self) -> String;
+    /// Called once when a model starts using it (export its memory, for instance).
+    fn on_attach(&self) {}
+}
+
 const DEFAULT_MAX_BATCH_TOKENS: usize = 16 * 1024;
 
 pub struct Model {
@@ -102,6 +113,7 @@ pub struct Model {
     head: Head,
     max_batch_tokens: usize,
     plan: Plan,
+    accelerator: Option<Box<dyn Accelerator>>,
 }
 
 impl Model {
@@ -173,6 +185,7 @@ impl Model {
             head,
             max_batch_tokens: opts.max_batch_tokens.unwrap_or(DEFAULT_MAX_BATCH_TOKENS),
             plan,
+            accelerator: None,
         };
         if let Some(path) = &opts.plan {
             model.load_plan(path)?;
@@ -219,7 +232,27 @@ impl Model {
             }
         }
         self.plan = plan.clone();
+        if let Some(acc) = self.accelerator.take() {
+            tracing::warn!(
+                model = %self.name,
+                "plan changed: {} detached, the CPU runs this model now",
+                acc.device()
+            );
+        }
         Ok(())
+    }
+
+    /// Run encoder passes on `acc` from now on (it was built from this model and its plan).
+    pub fn set_accelerator(&mut self, acc: Box<dyn Accelerator>) {
+        acc.on_attach();
+        self.accelerator = Some(acc);
+    }
+
+    /// Where encoder passes run: `cpu` or the accelerator's description.
+    pub fn device(&self) -> String {
+        self.accelerator
+            .as_ref()
+            .map_or_else(|| "cpu".to_string(), |a| a.device())
     }
 
     /// The plan this model runs (all float32 unless one was applied).
@@ -317,13 +350,22 @@ impl Model {
                 batch.push(e.get_ids(), e.get_type_ids());
                 i += 1;
             }
-            let states = self.encoder.forward(&batch)?;
+            let states = self.forward(&batch)?;
             for s in 0..batch.len() {
                 let r = batch.seq(s);
                 f(first + s, &states[r.start * h..r.end * h])?;
             }
         }
         Ok(())
+    }
+
+    /// Last-layer hidden states `[T, H]` of one packed batch, on the accelerator when the model
+    /// has one.
+    pub fn forward(&self, batch: &Batch) -> Result<Vec<f32>> {
+        match &self.accelerator {
+            Some(acc) => acc.forward(&self.encoder, batch),
+            None => self.encoder.forward(batch),
+        }
     }
 
     /// Check per-call embed options against this model.

@@ -58,6 +58,8 @@ pub async fn prepare(
             let (name, path) = (entry.name.clone(), entry.path.clone());
             tracing::info!(model = %name, path = %path.display(), plan = ?plan, "loading");
             let plan2 = plan.clone();
+            let device = entry.device.unwrap_or(cfg.device);
+            let lib_dirs = crate::backend::device::lib_dirs(cfg.cuda_lib_dir.as_deref());
             let model = tokio::task::spawn_blocking(move || -> anyhow::Result<Model> {
                 let opts = LoadOptions {
                     plan: plan2,
@@ -66,6 +68,7 @@ pub async fn prepare(
                 let mut m = Model::load(&path, &opts)
                     .map_err(|e| anyhow::anyhow!("model {name}: {e:#}"))?;
                 m.name = name;
+                crate::backend::device::place(&mut m, device, &lib_dirs);
                 // Warm-up: one pass so the first request doesn't pay for page faults.
                 m.embed(&[Input::from("warm up")], &EmbedOptions::default())?;
                 Ok(m)
@@ -108,6 +111,15 @@ pub async fn serve(
     for w in &workers {
         metrics::gauge!(crate::metrics::MODEL_INFO, "model" => w.model.name.clone(),
             "task" => w.model.task.name(), "variant" => w.variant.clone())
+        .set(1.0);
+        let device = w.model.device();
+        let device = device
+            .split_whitespace()
+            .next()
+            .unwrap_or("cpu")
+            .to_string();
+        metrics::gauge!(crate::metrics::MODEL_DEVICE, "model" => w.model.name.clone(),
+            "variant" => w.variant.clone(), "device" => device)
         .set(1.0);
     }
     // Per model, its variants in load order: the default first.

@@ -1,0 +1,489 @@
+//! Command-line interface: clap-derive subcommands and the one-shot commands (`embed`,
+//! `classify`, `tag`) that load a model, run it on texts from the arguments or a JSON Lines
+//! file, and print one JSON object per input.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::error::SampError;
+use crate::model::config::{Pooling, Task};
+use crate::model::heads::tag::Aggregation;
+use crate::model::{EmbedOptions, LoadOptions, Model};
+use crate::tokenize::{Input, Truncation};
+
+mod bench;
+mod loadgen;
+mod quantize;
+
+pub use bench::{run_bench, BenchArgs};
+pub use loadgen::{run_loadgen, LoadgenArgs};
+pub use quantize::{run_eval, run_quantize, EvalArgs, QuantizeArgs};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "samp",
+    version,
+    about = "Serve BERT-class encoders with Self-Adaptive Mixed-Precision"
+)]
+pub struct Cli {
+    /// Compute threads (default: all cores).
+    #[arg(long, global = true, env = "SAMP_THREADS")]
+    pub threads: Option<usize>,
+
+    /// Log format.
+    #[arg(long, global = true, env = "SAMP_LOG_FORMAT", default_value = "human", value_parser = ["human", "json"])]
+    pub log_format: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Embed texts with a model; prints one JSON object per text.
+    Embed(EmbedArgs),
+    /// Classify texts (or text pairs with --pairs); prints one JSON object per input.
+    Classify(ClassifyArgs),
+    /// Tag entities in texts; prints one JSON object per text.
+    Tag(TagArgs),
+    /// Measure in-process throughput on a file of texts; prints one JSON object.
+    Bench(BenchArgs),
+    /// Serve models over gRPC (samp.v1, health, reflection) with Prometheus metrics.
+    Serve(ServeArgs),
+    /// Call a running server; prints one JSON object per input.
+    Client(ClientArgs),
+    /// Pick the fastest per-layer INT8/float plan that meets an accuracy requirement (SAMP).
+    Quantize(QuantizeArgs),
+    /// Print the metrics of one precision plan on a data file.
+    Eval(EvalArgs),
+    /// Load a running server (like ghz): throughput, latency percentiles, status codes.
+    Loadgen(LoadgenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (models, batching, limits, ports); flags override it.
+    #[arg(long, env = "SAMP_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// gRPC address [default: 0.0.0.0:50051].
+    #[arg(long, env = "SAMP_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Prometheus metrics address (HTTP) [default: 0.0.0.0:9090].
+    #[arg(long, env = "SAMP_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Model to serve, NAME=DIR or DIR; repeatable [default: models/all-MiniLM-L6-v2].
+    #[arg(long = "model", env = "SAMP_MODELS", value_delimiter = ',', value_parser = crate::config::parse_model_arg)]
+    pub models: Vec<crate::config::ModelEntry>,
+    /// Another variant of a loaded model, MODEL:VARIANT=PLAN (PLAN a samp-plan file or
+    /// float32); repeatable. The model's own plan stays its default variant.
+    #[arg(long = "variant", env = "SAMP_VARIANTS", value_delimiter = ',', value_parser = crate::config::parse_variant_arg)]
+    pub variants: Vec<(String, String, PathBuf)>,
+    /// Most tokens in one forward pass.
+    #[arg(long, env = "SAMP_MAX_BATCH_TOKENS")]
+    pub max_batch_tokens: Option<usize>,
+    /// Most inputs in one forward pass.
+    #[arg(long, env = "SAMP_MAX_BATCH_SIZE")]
+    pub max_batch_size: Option<usize>,
+    /// How long a batch waits for more requests, in milliseconds.
+    #[arg(long, env = "SAMP_MAX_WAIT_MS")]
+    pub max_wait_ms: Option<u64>,
+    /// Queued requests per model before new ones get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "SAMP_QUEUE_CAPACITY")]
+    pub queue_capacity: Option<usize>,
+    /// Longest drain after SIGTERM/SIGINT, in seconds.
+    #[arg(long, env = "SAMP_SHUTDOWN_GRACE_SECONDS")]
+    pub shutdown_grace_seconds: Option<u64>,
+    /// Share of requests to quantized variants re-run on the float32 variant for online
+    /// fidelity metrics [default: 0.01].
+    #[arg(long, env = "SAMP_FIDELITY_SAMPLE_RATE")]
+    pub fidelity_sample_rate: Option<f64>,
+    /// Where encoders run: `cpu` or `cuda[:N]`; without a usable GPU the CPU serves and the
+    /// log says why [default: cpu].
+    #[arg(long, env = "SAMP_DEVICE")]
+    pub device: Option<crate::backend::device::Device>,
+    /// Directories (colon-separated) with the CUDA libraries, when not on the loader path.
+    #[arg(long, env = "SAMP_CUDA_LIB_DIR")]
+    pub cuda_lib_dir: Option<PathBuf>,
+    /// Validate the configuration (file, flags and env together), print it as JSON and exit
+    /// without loading models or binding ports.
+    #[arg(long)]
+    pub check: bool,
+}
+
+impl ServeArgs {
+    /// The file (if any) with the flags on top, validated.
+    pub fn config(&self) -> anyhow::Result<crate::config::ServeConfig> {
+        let mut c = match &self.config {
+            Some(p) => crate::config::ServeConfig::from_file(p)?,
+            None => Default::default(),
+        };
+        if let Some(v) = self.listen {
+            c.listen = v;
+        }
+        if let Some(v) = self.metrics_listen {
+            c.metrics_listen = v;
+        }
+        if !self.models.is_empty() {
+            c.models = self.models.clone();
+        }
+        if !self.variants.is_empty() && c.models.is_empty() {
+            c = c.validate()?;
+        }
+        for (model, variant, plan) in &self.variants {
+            let names: Vec<String> = c.models.iter().map(|m| m.name.clone()).collect();
+            let entry = c
+                .models
+                .iter_mut()
+                .find(|m| m.name == *model)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--variant {model}:{variant}: no model {model:?} (models: {names:?})"
+                    )
+                })?;
+            entry.variants.insert(variant.clone(), plan.clone());
+        }
+        if let Some(v) = self.max_batch_tokens {
+            c.batching.max_batch_tokens = v;
+        }
+        if let Some(v) = self.max_batch_size {
+            c.batching.max_batch_size = v;
+        }
+        if let Some(v) = self.max_wait_ms {
+            c.batching.max_wait = std::time::Duration::from_millis(v);
+        }
+        if let Some(v) = self.queue_capacity {
+            c.batching.queue_capacity = v;
+        }
+        if let Some(v) = self.shutdown_grace_seconds {
+            c.shutdown_grace_seconds = v;
+        }
+        if let Some(v) = self.fidelity_sample_rate {
+            c.fidelity_sample_rate = v;
+        }
+        if let Some(v) = self.device {
+            c.device = v;
+        }
+        if let Some(v) = &self.cuda_lib_dir {
+            c.cuda_lib_dir = Some(v.clone());
+        }
+        c.validate()
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Server address.
+    #[arg(long, env = "SAMP_ADDR", default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+    /// Model name (optional when one loaded model does the task).
+    #[arg(long, default_value = "")]
+    pub model: String,
+    /// Give up after this long (connecting included), in milliseconds.
+    #[arg(long, env = "SAMP_CLIENT_TIMEOUT_MS", default_value_t = 30_000)]
+    pub timeout_ms: u64,
+    #[command(subcommand)]
+    pub call: ClientCall,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCall {
+    /// Embed texts.
+    Embed {
+        texts: Vec<String>,
+        /// Keep only the first N dimensions.
+        #[arg(long, default_value_t = 0)]
+        dims: u32,
+    },
+    /// Classify texts (or pairs with --pairs).
+    Classify {
+        texts: Vec<String>,
+        #[arg(long)]
+        pairs: bool,
+    },
+    /// Tag entities.
+    Tag { texts: Vec<String> },
+    /// List the loaded models.
+    Models,
+    /// grpc.health.v1 check: exits 0 when the service is SERVING, 1 otherwise (for container
+    /// health checks and exec probes).
+    Health {
+        /// Service to check ("" = the server as a whole, or samp.v1.Samp).
+        #[arg(long, default_value = "")]
+        service: String,
+    },
+}
+
+/// Where the encoder runs.
+#[derive(Debug, Clone, Args)]
+pub struct DeviceArgs {
+    /// `cpu`, or `cuda[:N]` for the GPU backend. Without a usable GPU (or in a build without
+    /// the `cuda` feature) the model runs on the CPU and the log says why.
+    #[arg(long, env = "SAMP_DEVICE", default_value = "cpu")]
+    pub device: crate::backend::device::Device,
+    /// Directories (colon-separated) with libcuda / libnvrtc / libcublasLt when they are not
+    /// on the loader path (e.g. NVIDIA's pip wheels: site-packages/nvidia/cu13/lib).
+    #[arg(long, env = "SAMP_CUDA_LIB_DIR")]
+    pub cuda_lib_dir: Option<PathBuf>,
+}
+
+impl DeviceArgs {
+    /// Load a model directory and place its encoder on the requested device.
+    pub fn load(&self, dir: &Path, opts: &LoadOptions) -> anyhow::Result<Model> {
+        let mut model = Model::load(dir, opts)?;
+        let dirs = crate::backend::device::lib_dirs(self.cuda_lib_dir.as_deref());
+        crate::backend::device::place(&mut model, self.device, &dirs);
+        Ok(model)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// Hugging Face model directory (config.json, tokenizer.json, model.safetensors).
+    #[arg(long, env = "SAMP_MODEL")]
+    pub model: PathBuf,
+
+    /// Texts to process.
+    pub texts: Vec<String>,
+
+    /// JSON Lines file of inputs: each line a JSON string, or {"text": ..., "text_pair": ...}.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+
+    /// Refuse texts longer than the model's limit instead of truncating them.
+    #[arg(long)]
+    pub no_truncate: bool,
+
+    /// Precision plan: a file, or `float32` [default: DIR/samp-plan.json when present].
+    #[arg(long)]
+    pub plan: Option<String>,
+
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+impl ModelArgs {
+    fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            plan: crate::quant::plan::resolve(&self.model, self.plan.as_deref()),
+            ..Default::default()
+        }
+    }
+
+    fn truncation(&self) -> Truncation {
+        if self.no_truncate {
+            Truncation::Error
+        } else {
+            Truncation::Truncate
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Pooling (default: from the sentence-transformers files, else mean).
+    #[arg(long)]
+    pub pooling: Option<Pooling>,
+    /// L2-normalise (default: as the model's modules.json says).
+    #[arg(long)]
+    pub normalize: Option<bool>,
+    /// Keep only the first N dimensions.
+    #[arg(long)]
+    pub dims: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct ClassifyArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Take the positional texts two at a time as (sentence A, sentence B) pairs.
+    #[arg(long)]
+    pub pairs: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TagArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// How sub-words and B-/I- tags merge into entities.
+    #[arg(long, default_value = "simple")]
+    pub aggregation: Aggregation,
+}
+
+/// Read a file of texts: JSON Lines when every line parses as such, else one text per line.
+pub fn read_texts(path: &Path) -> Result<Vec<Input>, SampError> {
+    read_inputs(path).or_else(|_| {
+        let bytes = std::fs::read(path).map_err(|source| SampError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|e| SampError::malformed(path, format!("invalid UTF-8 ({e})")))?;
+        Ok(text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(Input::from)
+            .collect())
+    })
+}
+
+/// Read a JSON Lines input file; errors name the line.
+pub fn read_inputs(path: &Path) -> Result<Vec<Input>, SampError> {
+    Ok(crate::quant::eval::read_examples(path)?
+        .into_iter()
+        .map(|e| e.input)
+        .collect())
+}
+
+fn gather(args: &ModelArgs, pairs: bool) -> anyhow::Result<Vec<Input>> {
+    let mut inputs = Vec::new();
+    if pairs {
+        if !args.texts.len().is_multiple_of(2) {
+            anyhow::bail!(
+                "--pairs needs an even number of texts, got {}",
+                args.texts.len()
+            );
+        }
+        for p in args.texts.chunks(2) {
+            inputs.push(Input::Pair(p[0].clone(), p[1].clone()));
+        }
+    } else {
+        inputs.extend(args.texts.iter().map(|t| Input::Single(t.clone())));
+    }
+    if let Some(path) = &args.input {
+        inputs.extend(read_inputs(path)?);
+    }
+    if inputs.is_empty() {
+        anyhow::bail!("no input: give texts as arguments or --input FILE.jsonl");
+    }
+    Ok(inputs)
+}
+
+fn print_lines<T: serde::Serialize>(items: &[T]) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for item in items {
+        serde_json::to_writer(&mut out, item)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+pub fn run_embed(a: &EmbedArgs) -> anyhow::Result<()> {
+    let inputs = gather(&a.model, false)?;
+    let model = a.model.device.load(
+        &a.model.model,
+        &LoadOptions {
+            task: Some(Task::Embed),
+            pooling: a.pooling,
+            plan: crate::quant::plan::resolve(&a.model.model, a.model.plan.as_deref()),
+            ..Default::default()
+        },
+    )?;
+    let opts = EmbedOptions {
+        normalize: a.normalize,
+        dims: a.dims,
+        truncation: a.model.truncation(),
+    };
+    print_lines(&model.embed(&inputs, &opts)?)
+}
+
+pub fn run_classify(a: &ClassifyArgs) -> anyhow::Result<()> {
+    let inputs = gather(&a.model, a.pairs)?;
+    let model = a
+        .model
+        .device
+        .load(&a.model.model, &a.model.load_options())?;
+    print_lines(&model.classify(&inputs, a.model.truncation())?)
+}
+
+pub fn run_tag(a: &TagArgs) -> anyhow::Result<()> {
+    let inputs = gather(&a.model, false)?;
+    let texts = inputs
+        .into_iter()
+        .enumerate()
+        .map(|(i, inp)| match inp {
+            Input::Single(t) => Ok(t),
+            Input::Pair(..) => Err(anyhow::anyhow!(
+                "input {i}: tag takes single texts, not pairs"
+            )),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let model = a
+        .model
+        .device
+        .load(&a.model.model, &a.model.load_options())?;
+    print_lines(&model.tag(&texts, a.aggregation, a.model.truncation())?)
+}
+
+pub fn run_serve(a: &ServeArgs) -> anyhow::Result<()> {
+    let cfg = a.config()?;
+    if a.check {
+        println!(
+            "{}",
+            serde_json::json!({
+                "listen": cfg.listen,
+                "metrics_listen": cfg.metrics_listen,
+                "models": cfg.models.iter().map(|m| serde_json::json!({
+                    "name": m.name, "path": m.path, "plan": m.plan, "variants": m.variants,
+                })).collect::<Vec<_>>(),
+                "shutdown_grace_seconds": cfg.shutdown_grace_seconds,
+                "fidelity_sample_rate": cfg.fidelity_sample_rate,
+                "device": cfg.device.to_string(),
+                "cuda_built": crate::backend::device::CUDA_BUILT,
+                "batching": format!("{:?}", cfg.batching),
+                "limits": format!("{:?}", cfg.limits),
+            })
+        );
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("samp-io")
+        .build()?;
+    rt.block_on(async move {
+        let (workers, grpc, metrics) = crate::server::prepare(&cfg).await?;
+        tracing::info!(grpc = %grpc.local_addr()?, metrics = %metrics.local_addr()?, "serving");
+        crate::server::serve(cfg, workers, grpc, metrics, crate::server::signal()).await
+    })
+}
+
+pub fn run_client(a: &ClientArgs) -> anyhow::Result<()> {
+    use crate::server::client::Call;
+    let call = match &a.call {
+        ClientCall::Embed { texts, dims } => Call::Embed {
+            texts: texts.clone(),
+            dims: *dims,
+        },
+        ClientCall::Classify { texts, pairs } => Call::Classify {
+            texts: texts.clone(),
+            pairs: *pairs,
+        },
+        ClientCall::Tag { texts } => Call::Tag {
+            texts: texts.clone(),
+        },
+        ClientCall::Models => Call::Models,
+        ClientCall::Health { service } => Call::Health {
+            service: service.clone(),
+        },
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let timeout = std::time::Duration::from_millis(a.timeout_ms);
+    let lines = rt
+        .block_on(async {
+            tokio::time::timeout(
+                timeout,
+                crate::server::client::call(&a.addr, &a.model, call),
+            )
+            .await
+        })
+        .map_err(|_| anyhow::anyhow!("no answer from {} within {} ms", a.addr, a.timeout_ms))??;
+    print_lines(&lines)
+}
