@@ -205,7 +205,7 @@ pub fn run_quantize(a: &QuantizeArgs) -> anyhow::Result<()> {
     let refs: Vec<(String, &crate::model::kernels::int8::QWeights)> =
         q.iter().map(|(n, w)| (n.clone(), w.as_ref())).collect();
     artifact::write(&a.out.join(artifact::INT8_FILE), &refs)?;
-    search::write_report(&a.out, &report)?;
+    crate::quant::report::write_report(&a.out, &report)?;
     let c = &report.trials[report.chosen];
     let m = report.measured.iter().find(|m| m.name == "samp");
     eprintln!(

@@ -5,4 +5,5 @@ pub mod artifact;
 pub mod eval;
 pub mod observer;
 pub mod plan;
+pub mod report;
 pub mod search;

@@ -3,9 +3,11 @@
 //! The only module that sees proto types.
 
 pub mod client;
+mod fidelity;
 pub mod loadgen;
 pub mod service;
 pub mod status;
+mod stream;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use tonic::{Request, Response, Status};
 
+use super::fidelity::spawn_shadow;
 use super::proto;
 use super::status::ServeError;
+use super::stream::{pipeline, Answers};
 use crate::backend::{Done, Job, ModelWorker, Output, Work};
 use crate::config::Limits;
 use crate::metrics as m;
@@ -332,51 +334,6 @@ fn record_stages(
     metrics::counter!(m::INPUTS_TOTAL, "rpc" => rpc, "model" => model).increment(inputs as u64);
 }
 
-/// Requests of one stream in flight at once.
-const STREAM_WINDOW: usize = 32;
-
-type Answers<T> = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<T, Status>> + Send>>;
-
-/// Answer each message of a client stream with the unary handler `f`, up to `STREAM_WINDOW` at a
-/// time, in order; the first error ends the stream. The stream's own grpc-timeout, if any,
-/// applies to every message.
-fn pipeline<Req, Resp, F, Fut>(req: Request<tonic::Streaming<Req>>, f: F) -> Answers<Resp>
-where
-    Req: Send + 'static,
-    Resp: Send + 'static,
-    F: Fn(Request<Req>) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<Response<Resp>, Status>> + Send + 'static,
-{
-    use futures_util::StreamExt;
-    let timeout = req.metadata().get("grpc-timeout").cloned();
-    let messages = req.into_inner();
-    let answers = messages
-        .map(move |m| {
-            let timeout = timeout.clone();
-            let call = m.map(|m| {
-                let mut r = Request::new(m);
-                if let Some(t) = timeout {
-                    r.metadata_mut().insert("grpc-timeout", t);
-                }
-                f(r)
-            });
-            async move {
-                match call {
-                    Ok(fut) => fut.await.map(Response::into_inner),
-                    Err(status) => Err(status),
-                }
-            }
-        })
-        .buffered(STREAM_WINDOW);
-    // End the stream after the first error (gRPC closes it with that status).
-    let mut failed = false;
-    Box::pin(answers.take_while(move |r| {
-        let go = !failed;
-        failed |= r.is_err();
-        std::future::ready(go)
-    }))
-}
-
 #[tonic::async_trait]
 impl proto::samp_server::Samp for SampService {
     type EmbedStreamStream = Answers<proto::EmbedResponse>;
@@ -663,54 +620,4 @@ fn precision_summary(plan: &crate::quant::plan::Plan) -> String {
             plan.activations
         ),
     }
-}
-
-/// Run a sampled request again on the float variant, in the background, and export how close
-/// the quantized answer was. Never blocks or fails the request: a full float queue skips it.
-fn spawn_shadow(
-    served: &Arc<ModelWorker>,
-    float: Arc<ModelWorker>,
-    encoded: Vec<crate::tokenize::Encoded>,
-    work: Work,
-    output: Output,
-) {
-    let (model, variant) = (served.model.name.clone(), served.variant.clone());
-    let (job, rx) = Job::new(encoded, work, None);
-    if float.submit(job).is_err() {
-        metrics::counter!(m::FIDELITY_SKIPPED_TOTAL, "model" => model, "variant" => variant)
-            .increment(1);
-        return;
-    }
-    tokio::spawn(async move {
-        let Ok(Ok(reference)) = rx.await else {
-            return;
-        };
-        let labels = [("model", model), ("variant", variant)];
-        match (&output, &reference.output) {
-            (Output::Embed(q), Output::Embed(f)) => {
-                for (a, b) in q.iter().zip(f) {
-                    let c = crate::quant::eval::cosine(&a.embedding, &b.embedding);
-                    metrics::histogram!(m::FIDELITY_COSINE, &labels).record(c);
-                }
-            }
-            (Output::Classify(q), Output::Classify(f)) => {
-                for (a, b) in q.iter().zip(f) {
-                    metrics::counter!(m::FIDELITY_COMPARED_TOTAL, &labels).increment(1);
-                    if a.label == b.label {
-                        metrics::counter!(m::FIDELITY_AGREED_TOTAL, &labels).increment(1);
-                    }
-                }
-            }
-            (Output::Tag(q), Output::Tag(f)) => {
-                for (a, b) in q.iter().zip(f) {
-                    let f1 = crate::quant::eval::entity_f1(
-                        std::slice::from_ref(&a.entities),
-                        std::slice::from_ref(&b.entities),
-                    );
-                    metrics::histogram!(m::FIDELITY_ENTITY_F1, &labels).record(f1);
-                }
-            }
-            _ => {}
-        }
-    });
 }

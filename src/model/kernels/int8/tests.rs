@@ -1,0 +1,148 @@
+use super::*;
+use crate::model::config::Activation;
+
+#[test]
+fn the_detected_kernel_passes_its_self_check() {
+    let k = Kernel::detect();
+    eprintln!(
+        "int8 kernels on this CPU: {:?}; detected {k:?}",
+        Kernel::available()
+    );
+    assert!(k.self_check() || k == Kernel::Portable);
+    for k in [Kernel::AvxVnni, Kernel::Avx512Vnni] {
+        if !k.supported() {
+            eprintln!("SKIPPED: {k:?} kernel not testable here (CPU lacks the feature)");
+        }
+    }
+}
+
+fn data(len: usize, seed: usize, scale: f32) -> Vec<f32> {
+    (0..len)
+        .map(|i| (((i * 7919 + seed * 104729) % 2001) as f32 - 1000.0) / 1000.0 * scale)
+        .collect()
+}
+
+/// The f64 product of exactly what the kernel multiplies (dequantized operands).
+fn reference(x: &[f32], m: usize, k: usize, scale: ActScale, w: &QWeights) -> Vec<f64> {
+    let q = w.rows();
+    let mut y = vec![0.0f64; m * w.n];
+    for r in 0..m {
+        let row = &x[r * k..(r + 1) * k];
+        let s = match scale {
+            ActScale::Static(s) => s,
+            ActScale::Dynamic => row.iter().fold(0.0f32, |a, &v| a.max(v.abs())) / 127.0,
+        };
+        let xq: Vec<f64> = row
+            .iter()
+            .map(|&v| (v / s).round_ties_even().clamp(-127.0, 127.0) as f64 * s as f64)
+            .collect();
+        for o in 0..w.n {
+            y[r * w.n + o] = (0..k)
+                .map(|i| xq[i] * q[o * k + i] as f64 * w.scales[o] as f64)
+                .sum();
+        }
+    }
+    y
+}
+
+#[test]
+fn every_kernel_matches_f64_reference_on_ragged_shapes() {
+    for kernel in Kernel::available() {
+        for (m, n, k) in [
+            (1, 1, 1),
+            (3, 17, 5),
+            (4, 16, 8),
+            (7, 33, 70),
+            (13, 40, 600),
+            (70, 48, 384),
+        ] {
+            let x = data(m * k, 1, 3.0);
+            let wf = data(n * k, 2, 0.2);
+            let w = QWeights::quantize(&wf, n, k);
+            let bias = data(n, 3, 1.0);
+            for scale in [ActScale::Static(3.0 / 127.0), ActScale::Dynamic] {
+                let mut q = QActs::new();
+                q.quantize(&x, m, k, scale);
+                let want = reference(&x, m, k, scale, &w);
+                let mut y = vec![0.5f32; m * n];
+                let ep = Epilogue {
+                    bias: Some(&bias),
+                    accumulate: true,
+                    act: None,
+                };
+                matmul_with(&q, &w, &mut y, ep, kernel);
+                for i in 0..m * n {
+                    let expect = want[i] + bias[i % n] as f64 + 0.5;
+                    assert!(
+                        (y[i] as f64 - expect).abs() < 1e-4 * (1.0 + expect.abs()),
+                        "{kernel:?} {scale:?} {m}x{n}x{k} at {i}: {} vs {expect}",
+                        y[i]
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn kernels_agree_bit_for_bit_at_saturation_edges() {
+    // Extreme activations (all ±127 → bytes 1 and 255) against extreme weights (±63):
+    // the pair sums are as large as they get; a saturating i16 would show here.
+    let (m, n, k) = (9, 20, 64);
+    let x: Vec<f32> = (0..m * k)
+        .map(|i| if i % 3 == 0 { -1.0 } else { 1.0 })
+        .collect();
+    let wf: Vec<f32> = (0..n * k)
+        .map(|i| if i % 5 == 0 { -1.0 } else { 1.0 })
+        .collect();
+    let w = QWeights::quantize(&wf, n, k);
+    let mut q = QActs::new();
+    q.quantize(&x, m, k, ActScale::Static(1.0 / 127.0));
+    let want = reference(&x, m, k, ActScale::Static(1.0 / 127.0), &w);
+    let mut outs = Vec::new();
+    for kernel in Kernel::available() {
+        let mut y = vec![0.0f32; m * n];
+        let ep = Epilogue {
+            bias: None,
+            accumulate: false,
+            act: Some(Activation::Relu),
+        };
+        matmul_with(&q, &w, &mut y, ep, kernel);
+        for i in 0..m * n {
+            assert!(
+                (y[i] as f64 - want[i].max(0.0)).abs() < 1e-4,
+                "{kernel:?} at {i}"
+            );
+        }
+        outs.push(y);
+    }
+    assert!(outs.windows(2).all(|p| p[0] == p[1]));
+}
+
+#[test]
+fn weights_round_trip_and_bad_artifacts_are_refused() {
+    let (n, k) = (19, 13);
+    let w = QWeights::quantize(&data(n * k, 4, 1.0), n, k);
+    let back = QWeights::from_parts(&w.rows(), w.scales.clone(), n, k).unwrap();
+    assert_eq!(back.rows(), w.rows());
+    let mut bad = w.rows();
+    bad[3] = 100;
+    let err = QWeights::from_parts(&bad, w.scales.clone(), n, k).err();
+    assert!(err.unwrap_or_default().contains("outside"));
+    assert!(QWeights::from_parts(&w.rows(), vec![0.0; n], n, k).is_err());
+    assert!(QWeights::from_parts(&w.rows()[1..], w.scales.clone(), n, k).is_err());
+}
+
+#[test]
+fn zero_and_non_finite_inputs_stay_finite() {
+    let (m, n, k) = (3, 8, 8);
+    let mut x = vec![0.0f32; m * k];
+    x[9] = f32::NAN;
+    x[10] = f32::INFINITY;
+    let w = QWeights::quantize(&data(n * k, 5, 1.0), n, k);
+    let mut q = QActs::new();
+    q.quantize(&x, m, k, ActScale::Dynamic);
+    let mut y = vec![0.0f32; m * n];
+    matmul(&q, &w, &mut y, Epilogue::default());
+    assert!(y.iter().all(|v| v.is_finite()));
+}
