@@ -7,26 +7,15 @@
 
 use std::path::PathBuf;
 
+mod common;
+
+use common::sentences;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use samp::model::encoder::Batch;
 use samp::model::{EmbedOptions, LoadOptions, Model};
 use samp::quant::observer::Calibration;
 use samp::quant::plan::{ActMode, LayerMode, Plan};
 use samp::tokenize::{Input, Truncation};
-
-fn sentences(n: usize) -> Vec<Input> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let p = root.join("data/vader/movieReviewSnippets_GroundTruth.txt");
-    let raw = std::fs::read(&p)
-        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/fetch_models.sh)", p.display()));
-    String::from_utf8_lossy(&raw)
-        .lines()
-        .filter_map(|l| l.splitn(3, '\t').nth(2))
-        .map(|t| Input::from(t.trim()))
-        .filter(|i| !i.first().is_empty())
-        .take(n)
-        .collect()
-}
 
 /// The plans compared: float32, fully-quant with static (percentile) scales, fully-quant dynamic.
 fn plans(model: &mut Model, calib: &[Input]) -> Vec<(&'static str, Plan)> {

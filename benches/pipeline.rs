@@ -5,24 +5,13 @@
 
 use std::path::PathBuf;
 
+mod common;
+
+use common::sentences;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use samp::batching::{BatchPolicy, Fill};
 use samp::model::encoder::Batch;
-use samp::tokenize::{Input, Tokenizer, Truncation};
-
-fn sentences(n: usize) -> Vec<Input> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let p = root.join("data/vader/movieReviewSnippets_GroundTruth.txt");
-    let raw = std::fs::read(&p)
-        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/fetch_models.sh)", p.display()));
-    String::from_utf8_lossy(&raw)
-        .lines()
-        .filter_map(|l| l.splitn(3, '\t').nth(2))
-        .map(|t| Input::from(t.trim()))
-        .filter(|i| !i.first().is_empty())
-        .take(n)
-        .collect()
-}
+use samp::tokenize::{Tokenizer, Truncation};
 
 fn bench(c: &mut Criterion) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2");

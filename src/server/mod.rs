@@ -5,6 +5,7 @@
 pub mod client;
 mod fidelity;
 pub mod loadgen;
+mod observe;
 pub mod service;
 pub mod status;
 mod stream;

@@ -1,0 +1,71 @@
+//! Per-call metrics of the samp.v1 handlers: outcome and latency counters, the stage timings of
+//! a served request, and counting clients that went away as `cancelled`.
+
+use std::time::{Duration, Instant};
+
+use super::status::ServeError;
+use crate::backend::{Done, ModelWorker};
+use crate::metrics as m;
+
+/// Counts a call whose client went away (tonic drops the handler) as `cancelled`.
+pub struct CancelGuard {
+    rpc: &'static str,
+    start: Instant,
+    armed: bool,
+}
+
+impl CancelGuard {
+    pub fn new(rpc: &'static str) -> Self {
+        CancelGuard {
+            rpc,
+            start: Instant::now(),
+            armed: true,
+        }
+    }
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            metrics::counter!(m::REQUESTS_TOTAL, "rpc" => self.rpc, "model" => "", "variant" => "",
+                "outcome" => "cancelled")
+            .increment(1);
+            metrics::histogram!(m::REQUEST_SECONDS, "rpc" => self.rpc, "model" => "")
+                .record(self.start.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// Count the outcome and latency of one call.
+pub fn record<T>(guard: &mut CancelGuard, model: &str, variant: &str, r: &Result<T, ServeError>) {
+    guard.armed = false;
+    let (rpc, start) = (guard.rpc, guard.start);
+    let outcome = match r {
+        Ok(_) => "ok",
+        Err(e) => e.outcome(),
+    };
+    metrics::counter!(m::REQUESTS_TOTAL, "rpc" => rpc, "model" => model.to_string(),
+        "variant" => variant.to_string(), "outcome" => outcome)
+    .increment(1);
+    metrics::histogram!(m::REQUEST_SECONDS, "rpc" => rpc, "model" => model.to_string())
+        .record(start.elapsed().as_secs_f64());
+}
+
+pub fn record_stages(
+    rpc: &'static str,
+    worker: &ModelWorker,
+    done: &Done,
+    tokenize: Duration,
+    inputs: usize,
+) {
+    let model = worker.model.name.clone();
+    metrics::histogram!(m::TOKENIZE_SECONDS, "rpc" => rpc, "model" => model.clone())
+        .record(tokenize.as_secs_f64());
+    metrics::histogram!(m::QUEUE_SECONDS, "rpc" => rpc, "model" => model.clone())
+        .record(done.queue.as_secs_f64());
+    metrics::histogram!(m::INFERENCE_SECONDS, "rpc" => rpc, "model" => model.clone())
+        .record(done.inference.as_secs_f64());
+    metrics::histogram!(m::BATCH_INPUTS, "model" => model.clone()).record(done.batch_inputs as f64);
+    metrics::histogram!(m::BATCH_TOKENS, "model" => model.clone()).record(done.batch_tokens as f64);
+    metrics::counter!(m::INPUTS_TOTAL, "rpc" => rpc, "model" => model).increment(inputs as u64);
+}
