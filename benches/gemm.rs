@@ -67,7 +67,7 @@ fn int8_vs_f32(c: &mut Criterion) {
         let x: Vec<f32> = (0..m * k).map(|j| (j % 13) as f32 * 0.1 - 0.6).collect();
         let mut y = vec![0.0f32; m * n];
         let pf = PackedWeights::from_rows(&w, n, k);
-        let pq = QWeights::quantize(&w, n, k);
+        let pq = QWeights::quantize(&w, n, k, 8);
         g.throughput(Throughput::Elements((2 * m * k * n) as u64));
         let shape = format!("{m}x{k}x{n}");
         g.bench_function(BenchmarkId::new("f32", &shape), |b| {

@@ -20,6 +20,7 @@ fn main() -> std::process::ExitCode {
         Command::Classify(a) => cli::run_classify(a),
         Command::Tag(a) => cli::run_tag(a),
         Command::Bench(a) => cli::run_bench(a),
+        Command::Kernels(a) => cli::run_kernels(a),
         Command::Serve(a) => cli::run_serve(a),
         Command::Client(a) => cli::run_client(a),
         Command::Quantize(a) => cli::run_quantize(a),

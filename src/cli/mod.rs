@@ -14,10 +14,12 @@ use crate::model::{EmbedOptions, LoadOptions, Model};
 use crate::tokenize::{Input, Truncation};
 
 mod bench;
+mod kernels;
 mod loadgen;
 mod quantize;
 
 pub use bench::{run_bench, BenchArgs};
+pub use kernels::{run_kernels, KernelsArgs};
 pub use loadgen::{run_loadgen, LoadgenArgs};
 pub use quantize::{run_eval, run_quantize, EvalArgs, QuantizeArgs};
 
@@ -60,6 +62,9 @@ pub enum Command {
     Eval(EvalArgs),
     /// Load a running server (like ghz): throughput, latency percentiles, status codes.
     Loadgen(LoadgenArgs),
+    /// The GEMM kernel each precision uses on this CPU, self-checks, rates at the model
+    /// shapes and the instruction peaks; prints one JSON object.
+    Kernels(KernelsArgs),
 }
 
 #[derive(Debug, Args)]

@@ -19,6 +19,8 @@ pub struct Linear {
     weights: PackedWeights,
     pub bias: Vec<f32>,
     qweights: OnceLock<Arc<QWeights>>,
+    /// Width of the INT8 weights made from the float ones (the plan's `weight_bits`).
+    weight_bits: u32,
     /// `Some` when this layer runs in INT8.
     int8: Option<ActScale>,
     observer: Mutex<Option<Observer>>,
@@ -48,6 +50,7 @@ impl Linear {
             weights: PackedWeights::from_rows(&rows, outputs * names.len(), inputs),
             bias,
             qweights: OnceLock::new(),
+            weight_bits: crate::quant::plan::preferred_weight_bits(),
             int8: None,
             observer: Mutex::new(None),
         })
@@ -66,6 +69,7 @@ impl Linear {
                     &self.weights.to_rows(),
                     self.weights.n,
                     self.weights.k,
+                    self.weight_bits,
                 ))
             })
             .clone()
@@ -82,8 +86,22 @@ impl Linear {
                 self.inputs()
             ));
         }
+        self.weight_bits = q.bits;
         self.qweights = OnceLock::from(Arc::new(q));
         Ok(())
+    }
+
+    /// Make INT8 weights of this width from now on; weights of another width are dropped
+    /// (and re-made from the float ones on next use).
+    pub fn set_weight_bits(&mut self, bits: u32) {
+        if self.weight_bits != bits {
+            self.weight_bits = bits;
+            self.qweights = OnceLock::new();
+        }
+    }
+
+    pub fn weight_bits(&self) -> u32 {
+        self.weight_bits
     }
 
     /// Run in INT8 with this activation scaling, or in float (`None`).

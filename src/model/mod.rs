@@ -201,6 +201,17 @@ impl Model {
         let int8 = path.with_file_name(artifact::INT8_FILE);
         if int8.is_file() {
             let mut saved = artifact::read(&int8)?;
+            if let Some(q) = saved.values().find(|q| q.bits != plan.weight_bits) {
+                return Err(SampError::malformed(
+                    &int8,
+                    format!(
+                        "holds {}-bit weights, the plan {} says weight_bits = {}",
+                        q.bits,
+                        path.display(),
+                        plan.weight_bits
+                    ),
+                ));
+            }
             for (i, layer) in self.encoder.layers_mut().iter_mut().enumerate() {
                 for g in Gemm::ALL {
                     if let Some(q) = saved.remove(&artifact::tensor_name(i, g.name())) {
@@ -228,6 +239,7 @@ impl Model {
                     }
                     _ => None,
                 };
+                layer.linear_mut(g).set_weight_bits(plan.weight_bits);
                 layer.linear_mut(g).set_int8(act);
             }
         }

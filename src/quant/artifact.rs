@@ -34,9 +34,16 @@ pub fn write(path: &Path, tensors: &[(String, &QWeights)]) -> Result<()> {
         let scales: Vec<u8> = q.scales.iter().flat_map(|s| s.to_le_bytes()).collect();
         put(format!("{name}.scale"), "F32", vec![q.n], &scales);
     }
+    let bits = tensors.first().map_or(7, |(_, q)| q.bits);
+    if let Some((name, q)) = tensors.iter().find(|(_, q)| q.bits != bits) {
+        return Err(SampError::invalid(
+            "int8 artifact",
+            format!("{name} has {}-bit weights, the others {bits}", q.bits),
+        ));
+    }
     header.insert(
         "__metadata__".into(),
-        serde_json::json!({"format": "samp-int8/1", "weight_bits": "7"}),
+        serde_json::json!({"format": "samp-int8/1", "weight_bits": bits.to_string()}),
     );
     let mut head = serde_json::to_vec(&header).expect("header serializes");
     while !head.len().is_multiple_of(8) {
@@ -71,6 +78,17 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, QWeights>> {
     let header: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(&bytes[8..8 + hlen]).map_err(|e| bad(format!("header: {e}")))?;
     let data = &bytes[8 + hlen..];
+    // Artifacts written before the width was recorded hold 7-bit weights.
+    let bits: u32 = match header
+        .get("__metadata__")
+        .and_then(|m| m.get("weight_bits"))
+    {
+        None => 7,
+        Some(v) => v
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad(format!("__metadata__.weight_bits: {v} is not a bit count")))?,
+    };
     let tensor = |name: &str, dtype: &str| -> Result<(Vec<usize>, &[u8])> {
         let t = header
             .get(name)
@@ -114,7 +132,8 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, QWeights>> {
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
             .collect();
-        let qw = QWeights::from_parts(&q, scales, n, k).map_err(|e| bad(format!("{name}: {e}")))?;
+        let qw = QWeights::from_parts(&q, scales, n, k, bits)
+            .map_err(|e| bad(format!("{name}: {e}")))?;
         out.insert(name.to_string(), qw);
     }
     Ok(out)
@@ -129,12 +148,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(INT8_FILE);
         let w: Vec<f32> = (0..35).map(|i| i as f32 - 17.0).collect();
-        let q = QWeights::quantize(&w, 5, 7);
-        write(&path, &[(tensor_name(0, "qkv"), &q)]).unwrap();
-        let back = read(&path).unwrap();
-        let got = &back["layers.0.qkv"];
-        assert_eq!(got.rows(), q.rows());
-        assert_eq!(got.scales, q.scales);
+        for bits in [7, 8] {
+            let q = QWeights::quantize(&w, 5, 7, bits);
+            write(&path, &[(tensor_name(0, "qkv"), &q)]).unwrap();
+            let back = read(&path).unwrap();
+            let got = &back["layers.0.qkv"];
+            assert_eq!(got.rows(), q.rows());
+            assert_eq!(got.scales, q.scales);
+            assert_eq!(got.bits, bits);
+        }
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
         let e = read(&path).unwrap_err().to_string();

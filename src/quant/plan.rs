@@ -157,7 +157,8 @@ pub struct Plan {
     /// How the static scales were found (absent for float or dynamic plans).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<Calibration>,
-    /// Bits of the INT8 weights actually used (7 on CPUs without VNNI; see kernels::int8).
+    /// Bits of the INT8 weights (7 or 8; see kernels::int8). Every CPU computes the same
+    /// integers for them; plans written before this field existed used 7.
     #[serde(default = "default_weight_bits")]
     pub weight_bits: u32,
     pub layers: Vec<LayerPlan>,
@@ -167,6 +168,18 @@ fn default_weight_bits() -> u32 {
     7
 }
 
+/// The weight width new plans get on this host: 8 bits where the fastest INT8 kernel is exact
+/// for them at full speed (VNNI), else 7 (AVX2's `vpmaddubsw`; 8-bit weights would run on a
+/// slower exact kernel there).
+pub fn preferred_weight_bits() -> u32 {
+    use crate::model::kernels::int8::Int8Kernel;
+    if Int8Kernel::detect(8) == Int8Kernel::detect(7) {
+        8
+    } else {
+        7
+    }
+}
+
 impl Plan {
     pub fn float(layers: usize) -> Self {
         Plan {
@@ -174,7 +187,7 @@ impl Plan {
             name: "float32".into(),
             activations: ActMode::Static,
             calibration: None,
-            weight_bits: default_weight_bits(),
+            weight_bits: preferred_weight_bits(),
             layers: vec![LayerPlan::FLOAT; layers],
         }
     }
@@ -218,7 +231,7 @@ impl Plan {
             } else {
                 None
             },
-            weight_bits: default_weight_bits(),
+            weight_bits: preferred_weight_bits(),
             layers,
         }
     }
@@ -255,9 +268,9 @@ impl Plan {
                 self.layers.len()
             ));
         }
-        if self.weight_bits != 7 {
+        if !crate::model::kernels::int8::WEIGHT_BITS.contains(&self.weight_bits) {
             return Err(format!(
-                "weight_bits is {}; this build's INT8 kernels use 7-bit weights",
+                "weight_bits is {}; INT8 weights are 7 or 8 bits",
                 self.weight_bits
             ));
         }

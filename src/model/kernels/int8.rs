@@ -9,31 +9,38 @@
 //! operand; the `128 · Σ w` that this adds to every output is subtracted in the epilogue from a
 //! per-column sum computed at pack time.
 //!
-//! `vpmaddubsw` adds two u8·s8 products into a saturating i16. With activations up to 255 the
-//! weights must stay within ±63 for the pair sum to fit (255·63·2 = 32130), so weights are
-//! quantized to 7 bits ([`WEIGHT_MAX`]) — the "reduced range" that FBGEMM also uses on CPUs
-//! without VNNI. The result is then exact: the AVX2 and portable kernels agree bit for bit.
+//! Weight width is a property of the weights ([`QWeights::bits`], recorded in the plan and the
+//! artifact), never of the host. `vpdpbusd` (AVX-512 VNNI, AVX-VNNI) sums four u8·s8 products
+//! into i32 without saturation, so it is exact for full 8-bit weights (±127). AVX2's
+//! `vpmaddubsw` adds two products into a saturating i16: with activations up to 255 the weights
+//! must stay within ±63 for that to be exact (255·63·2 = 32130), the 7-bit "reduced range" that
+//! FBGEMM also uses on CPUs without VNNI. An AVX2 host given 8-bit weights runs an exact, slower
+//! kernel that widens both operands to i16 (`vpmaddwd`). Every kernel therefore computes the
+//! same integers for the same weights, and they agree bit for bit.
 //!
-//! Kernels: AVX2 (`vpmaddubsw` + `vpmaddwd`; written and measured on this AVX2 machine), AVX-VNNI
-//! and AVX-512 VNNI (`vpdpbusd`; written without a VNNI machine to test on, so each must pass a
-//! self-check against the portable kernel before it is used), and a portable one. The 7-bit
-//! weights are kept on VNNI too, so every kernel computes the same integers.
+//! The micro-kernels are a table ([`INT8_KERNELS`]): tile shape (`mr` rows × `np` adjacent
+//! panels), the widest weights each computes exactly, `supported()`, a self-check against the
+//! portable kernel, and the tile function; one driver ([`matmul_with`]) serves them all.
 
 use rayon::prelude::*;
 
 use super::packed::{finish, Epilogue, NR};
-use super::SharedOut;
+use super::{Isa, SharedOut};
 
-/// Largest weight magnitude after quantization (7 bits; see the module docs).
-pub const WEIGHT_MAX: i32 = 63;
 /// Largest activation magnitude after quantization.
 pub const ACT_MAX: i32 = 127;
 /// Depth of one group: four bytes of a row are broadcast as one 32-bit lane.
 const KG: usize = 4;
-/// Rows per micro-tile.
-const MR: usize = 6;
-/// Depth per pass over a panel (multiple of KG): KC × NR bytes (8 KiB) stay in L1.
-const KC: usize = 512;
+/// Most rows of any entry's micro-tile.
+const MAX_MR: usize = 16;
+
+/// Largest weight magnitude for `bits`-bit weights (7 → 63, 8 → 127).
+pub fn weight_max(bits: u32) -> i32 {
+    (1 << (bits.clamp(2, 8) - 1)) - 1
+}
+
+/// The weight widths a plan may ask for.
+pub const WEIGHT_BITS: [u32; 2] = [7, 8];
 
 /// Weights `[k, n]` quantized per output column and packed into panels of `NR` columns.
 #[derive(Clone)]
@@ -51,24 +58,33 @@ pub struct QWeights {
     pub n: usize,
     /// `k` rounded up to a multiple of 4.
     kp: usize,
+    /// Weight width: values lie within ±[`weight_max`]`(bits)`.
+    pub bits: u32,
 }
 
 impl std::fmt::Debug for QWeights {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "QWeights [{}, {}] int8", self.n, self.k)
+        write!(
+            f,
+            "QWeights [{}, {}] int8 ({}-bit)",
+            self.n, self.k, self.bits
+        )
     }
 }
 
 impl QWeights {
-    /// Quantize float weights in PyTorch layout `[n, k]`, symmetric per output row.
-    pub fn quantize(w: &[f32], n: usize, k: usize) -> Self {
+    /// Quantize float weights in PyTorch layout `[n, k]`, symmetric per output row, to `bits`
+    /// (7 or 8) bits.
+    pub fn quantize(w: &[f32], n: usize, k: usize, bits: u32) -> Self {
         assert_eq!(w.len(), n * k, "weight size");
+        assert!(WEIGHT_BITS.contains(&bits), "weight bits {bits}");
+        let wmax = weight_max(bits);
         let mut q = vec![0i8; n * k];
         let mut scales = vec![0.0f32; n];
         for (o, row) in w.chunks_exact(k.max(1)).enumerate().take(n) {
             let max = row.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
             let scale = if max > 0.0 && max.is_finite() {
-                max / WEIGHT_MAX as f32
+                max / wmax as f32
             } else {
                 1.0
             };
@@ -76,15 +92,27 @@ impl QWeights {
             for (d, &v) in q[o * k..(o + 1) * k].iter_mut().zip(row) {
                 *d = (v / scale)
                     .round_ties_even()
-                    .clamp(-WEIGHT_MAX as f32, WEIGHT_MAX as f32) as i8;
+                    .clamp(-wmax as f32, wmax as f32) as i8;
             }
         }
-        Self::from_parts(&q, scales, n, k).expect("quantized weights are in range")
+        Self::from_parts(&q, scales, n, k, bits).expect("quantized weights are in range")
     }
 
     /// From already-quantized rows `[n, k]` and per-row scales (a saved artifact). Values must
-    /// lie within ±[`WEIGHT_MAX`].
-    pub fn from_parts(q: &[i8], scales: Vec<f32>, n: usize, k: usize) -> Result<Self, String> {
+    /// lie within ±[`weight_max`]`(bits)`.
+    pub fn from_parts(
+        q: &[i8],
+        scales: Vec<f32>,
+        n: usize,
+        k: usize,
+        bits: u32,
+    ) -> Result<Self, String> {
+        if !WEIGHT_BITS.contains(&bits) {
+            return Err(format!(
+                "int8 weights: {bits}-bit weights (7 or 8 expected)"
+            ));
+        }
+        let wmax = weight_max(bits);
         if q.len() != n * k || scales.len() != n {
             return Err(format!(
                 "int8 weights: {} values and {} scales for [{n}, {k}]",
@@ -92,9 +120,9 @@ impl QWeights {
                 scales.len()
             ));
         }
-        if let Some(v) = q.iter().find(|v| (**v as i32).abs() > WEIGHT_MAX) {
+        if let Some(v) = q.iter().find(|v| (**v as i32).abs() > wmax) {
             return Err(format!(
-                "int8 weights: value {v} outside ±{WEIGHT_MAX} (7-bit weights expected)"
+                "int8 weights: value {v} outside ±{wmax} ({bits}-bit weights expected)"
             ));
         }
         if let Some(s) = scales.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
@@ -122,6 +150,7 @@ impl QWeights {
             k,
             n,
             kp,
+            bits,
         })
     }
 
@@ -191,7 +220,7 @@ impl QActs {
         self.data.resize(m * kp, 128);
         self.scales.clear();
         self.scales.resize(m, 1.0);
-        let avx2 = use_avx2();
+        let isa = Isa::detect();
         let body = |(row, (dst, s)): (&[f32], (&mut [u8], &mut f32))| {
             let sc = match scale {
                 ActScale::Static(s) => s,
@@ -201,14 +230,14 @@ impl QActs {
             };
             *s = if sc > 0.0 && sc.is_finite() { sc } else { 1.0 };
             let dst = &mut dst[..k];
-            #[cfg(target_arch = "x86_64")]
-            if avx2 {
-                // SAFETY: AVX2 and FMA were detected at run time.
-                unsafe { quantize_row_avx2(row, dst, 1.0 / *s) };
-                return;
+            match isa {
+                // SAFETY (both): the ISA was detected at run time.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { quantize_row_avx512(row, dst, 1.0 / *s) },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { quantize_row_avx2(row, dst, 1.0 / *s) },
+                _ => quantize_row(row, dst, 1.0 / *s),
             }
-            let _ = avx2;
-            quantize_row(row, dst, 1.0 / *s);
         };
         if k == 0 {
             return;
@@ -280,103 +309,200 @@ unsafe fn quantize_row_avx2(x: &[f32], q: &mut [u8], inv: f32) {
     quantize_row(&x[body..n], &mut q[body..n], inv);
 }
 
-fn use_avx2() -> bool {
+/// As [`quantize_row`], 16 values per step with AVX-512: `vcvtps2dq` rounds to nearest even
+/// (the default MXCSR mode) and `vpmovsdb` narrows with saturation after the clamp.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+unsafe fn quantize_row_avx512(x: &[f32], q: &mut [u8], inv: f32) {
+    use std::arch::x86_64::*;
+    let n = x.len().min(q.len());
+    let body = n / 16 * 16;
+    let (vinv, lo, hi) = (
+        _mm512_set1_ps(inv),
+        _mm512_set1_ps(-(ACT_MAX as f32)),
+        _mm512_set1_ps(ACT_MAX as f32),
+    );
+    let bias = _mm_set1_epi8(-128);
+    let xp = x.as_ptr();
+    let qp = q.as_mut_ptr();
+    for i in (0..body).step_by(16) {
+        // SAFETY: i + 16 <= body <= len of both slices.
+        let v = _mm512_mul_ps(_mm512_loadu_ps(xp.add(i)), vinv);
+        let v = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(v, lo), hi));
+        let bytes = _mm_xor_si128(_mm512_cvtsepi32_epi8(v), bias);
+        _mm_storeu_si128(qp.add(i) as *mut __m128i, bytes);
+    }
+    quantize_row(&x[body..n], &mut q[body..n], inv);
+}
+
+/// One micro-kernel call: `acc += a · b` for `rows` (≤ `mr`) rows and `np` (≤ the entry's `np`)
+/// adjacent panels over `kc` bytes of depth (a multiple of 4).
+///
+/// - `a`: row `i` at `a + i * lda`, `kc` bytes (`q + 128`).
+/// - `b`: panel `p` at depth `k0`: `kc / 4` groups of `NR × 4` bytes; panel `p + q` starts
+///   `q * bstride` bytes later.
+/// - `acc`: `np × mr` rows of `NR` i32, panel-major (`acc[q * mr + i]`).
+///
+/// # Safety
+/// The CPU must have the entry's features; every pointer must address what is described above.
+pub type Int8Tile = unsafe fn(
+    rows: usize,
+    np: usize,
+    kc: usize,
+    a: *const u8,
+    lda: usize,
+    b: *const i8,
+    bstride: usize,
+    acc: *mut [i32; NR],
+);
+
+/// An entry of the INT8 kernel table.
+pub struct Int8Kernel {
+    pub name: &'static str,
+    pub mr: usize,
+    pub np: usize,
+    /// The widest weights this kernel computes exactly.
+    pub max_bits: u32,
+    /// Depth per pass, in bytes (a multiple of 4).
+    kc: usize,
+    /// The ISA the dequantizing epilogue runs with.
+    pub isa: Isa,
+    supported: fn() -> bool,
+    tile: Int8Tile,
+}
+
+impl std::fmt::Debug for Int8Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.name)
+    }
+}
+
+impl PartialEq for Int8Kernel {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+/// Every INT8 micro-kernel, fastest first.
+pub static INT8_KERNELS: &[Int8Kernel] = &[
     #[cfg(target_arch = "x86_64")]
-    {
-        super::has_avx2_fma()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
+    Int8Kernel {
+        name: "int8-avx512vnni-8x48",
+        mr: avx512::MR,
+        np: avx512::NP,
+        max_bits: 8,
+        kc: 512,
+        isa: Isa::Avx512,
+        supported: avx512::supported,
+        tile: avx512::tile,
+    },
+    #[cfg(target_arch = "x86_64")]
+    Int8Kernel {
+        name: "int8-avxvnni-6x16",
+        mr: avx2::MR,
+        np: 1,
+        max_bits: 8,
+        kc: 512,
+        isa: Isa::Avx2,
+        supported: avx2::supported_vnni,
+        tile: avx2::tile_vnni,
+    },
+    #[cfg(target_arch = "x86_64")]
+    Int8Kernel {
+        name: "int8-avx2-6x16",
+        mr: avx2::MR,
+        np: 1,
+        max_bits: 7,
+        kc: 512,
+        isa: Isa::Avx2,
+        supported: super::has_avx2_fma,
+        tile: avx2::tile,
+    },
+    #[cfg(target_arch = "x86_64")]
+    Int8Kernel {
+        name: "int8-avx2-wide-6x16",
+        mr: avx2::MR,
+        np: 1,
+        max_bits: 8,
+        kc: 512,
+        isa: Isa::Avx2,
+        supported: super::has_avx2_fma,
+        tile: avx2::tile_wide,
+    },
+    Int8Kernel {
+        name: "int8-portable",
+        mr: PORTABLE_MR,
+        np: 1,
+        max_bits: 8,
+        kc: 512,
+        isa: Isa::Portable,
+        supported: || true,
+        tile: portable_tile,
+    },
+];
 
-/// Which micro-kernel runs; [`Kernel::detect`] picks the best this CPU has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kernel {
-    Portable,
-    /// `vpmaddubsw` + `vpmaddwd`, 256-bit.
-    Avx2,
-    /// AVX-VNNI `vpdpbusd`, 256-bit (Alder Lake and later, Zen 5).
-    AvxVnni,
-    /// AVX-512 VNNI `vpdpbusd`, 512-bit: one register holds a whole 16-column group.
-    Avx512Vnni,
-}
-
-impl Kernel {
+impl Int8Kernel {
     /// Whether this CPU can run the kernel.
-    pub fn supported(self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            match self {
-                Kernel::Portable => true,
-                Kernel::Avx2 => use_avx2(),
-                Kernel::AvxVnni => use_avx2() && is_x86_feature_detected!("avxvnni"),
-                Kernel::Avx512Vnni => {
-                    use_avx2()
-                        && is_x86_feature_detected!("avx512f")
-                        && is_x86_feature_detected!("avx512bw")
-                        && is_x86_feature_detected!("avx512vnni")
-                }
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            self == Kernel::Portable
-        }
+    pub fn supported(&self) -> bool {
+        (self.supported)()
     }
 
-    /// The fastest kernel this CPU runs that also passes [`Kernel::self_check`]. The VNNI
-    /// kernels were written without a VNNI machine to test on, so before one is used it must
-    /// reproduce the portable kernel exactly on a ragged problem; if it does not, the next
-    /// kernel is used and the failure logged. Decided once per process.
-    pub fn detect() -> Self {
-        static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
-        *BEST.get_or_init(|| {
-            for k in [Kernel::Avx512Vnni, Kernel::AvxVnni, Kernel::Avx2] {
+    pub fn portable() -> &'static Int8Kernel {
+        INT8_KERNELS.last().expect("the portable kernel")
+    }
+
+    /// The fastest entry this CPU runs exactly for `bits`-bit weights that also passes its
+    /// self-check. Kernels written without hardware to test on are only used after they
+    /// reproduce the portable kernel exactly; a failure is logged and the next entry used.
+    /// Decided once per process and width.
+    pub fn detect(bits: u32) -> &'static Int8Kernel {
+        static BEST: [std::sync::OnceLock<&'static Int8Kernel>; 2] =
+            [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
+        BEST[usize::from(bits >= 8)].get_or_init(|| {
+            for k in INT8_KERNELS.iter().filter(|k| k.max_bits >= bits) {
                 if !k.supported() {
                     continue;
                 }
-                if k.self_check() {
-                    tracing::debug!(kernel = ?k, "int8 GEMM kernel");
+                if k.self_check(bits) {
+                    tracing::debug!(kernel = k.name, bits, "int8 GEMM kernel");
                     return k;
                 }
-                tracing::error!(kernel = ?k, "int8 kernel disagrees with the portable kernel; not using it");
+                tracing::error!(
+                    kernel = k.name,
+                    bits,
+                    "int8 kernel disagrees with the portable kernel; not using it"
+                );
             }
-            Kernel::Portable
+            Int8Kernel::portable()
         })
     }
 
-    /// Every kernel this CPU can run (tests compare them).
-    pub fn available() -> Vec<Self> {
-        [
-            Kernel::Portable,
-            Kernel::Avx2,
-            Kernel::AvxVnni,
-            Kernel::Avx512Vnni,
-        ]
-        .into_iter()
-        .filter(|k| k.supported())
-        .collect()
+    /// Every entry this CPU can run for `bits`-bit weights (tests compare them).
+    pub fn available(bits: u32) -> Vec<&'static Int8Kernel> {
+        INT8_KERNELS
+            .iter()
+            .filter(|k| k.supported() && k.max_bits >= bits)
+            .collect()
     }
 
-    /// Exact agreement with the portable kernel on a ragged problem with extreme values.
-    pub fn self_check(self) -> bool {
-        if !self.supported() {
+    /// Exact agreement with the portable kernel on a ragged problem with extreme values
+    /// (every row count of a tile, a partial panel group, more than one depth pass).
+    pub fn self_check(&self, bits: u32) -> bool {
+        if !self.supported() || self.max_bits < bits {
             return false;
         }
-        let (m, n, k) = (23, 37, 203);
+        let (m, n, k) = (2 * MAX_MR + 7, 5 * NR + 5, 3 * 203);
         let x: Vec<f32> = (0..m * k)
             .map(|i| (((i * 7919) % 255) as f32 - 127.0) / 127.0)
             .collect();
         let w: Vec<f32> = (0..n * k)
-            .map(|i| (((i * 104_729) % 127) as f32 - 63.0) / 63.0)
+            .map(|i| (((i * 104_729) % 255) as f32 - 127.0) / 127.0)
             .collect();
-        let w = QWeights::quantize(&w, n, k);
+        let w = QWeights::quantize(&w, n, k, bits);
         let mut q = QActs::new();
         q.quantize(&x, m, k, ActScale::Static(1.0 / 127.0));
         let (mut a, mut b) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
-        matmul_with(&q, &w, &mut a, Epilogue::default(), Kernel::Portable);
+        matmul_with(&q, &w, &mut a, Epilogue::default(), Int8Kernel::portable());
         matmul_with(&q, &w, &mut b, Epilogue::default(), self);
         a == b
     }
@@ -384,14 +510,19 @@ impl Kernel {
 
 /// `y[m, n] = epilogue(x · W)` with `x` already quantized.
 pub fn matmul(x: &QActs, w: &QWeights, y: &mut [f32], ep: Epilogue<'_>) {
-    matmul_with(x, w, y, ep, Kernel::detect())
+    matmul_with(x, w, y, ep, Int8Kernel::detect(w.bits))
 }
 
 /// As [`matmul`], with the kernel chosen by the caller.
-pub fn matmul_with(x: &QActs, w: &QWeights, y: &mut [f32], ep: Epilogue<'_>, kernel: Kernel) {
+pub fn matmul_with(x: &QActs, w: &QWeights, y: &mut [f32], ep: Epilogue<'_>, kernel: &Int8Kernel) {
     assert!(
         kernel.supported(),
         "int8 kernel {kernel:?} is not supported by this CPU"
+    );
+    assert!(
+        kernel.max_bits >= w.bits,
+        "int8 kernel {kernel:?} is not exact for {}-bit weights",
+        w.bits
     );
     let (m, n) = (x.m, w.n);
     assert_eq!(x.kp, w.kp, "int8 matmul: depth mismatch");
@@ -403,16 +534,17 @@ pub fn matmul_with(x: &QActs, w: &QWeights, y: &mut [f32], ep: Epilogue<'_>, ker
         return;
     }
     let panels = w.panels();
+    let groups = panels.div_ceil(kernel.np);
     let threads = rayon::current_num_threads().max(1);
     let tasks = if m * n * w.k < 128 * 1024 * threads {
         1
     } else {
-        threads.min(panels)
+        threads.min(groups)
     };
-    let per_task = panels.div_ceil(tasks);
+    let per_task = groups.div_ceil(tasks) * kernel.np;
     let out = SharedOut(y.as_mut_ptr());
     let run = |t: usize| {
-        let p0 = t * per_task;
+        let p0 = (t * per_task).min(panels);
         let p1 = ((t + 1) * per_task).min(panels);
         // SAFETY: task t writes only columns p0*NR..p1*NR (clipped to n) of y; the tasks'
         // column ranges are disjoint and y holds m*n floats (asserted above).
@@ -427,8 +559,8 @@ pub fn matmul_with(x: &QActs, w: &QWeights, y: &mut [f32], ep: Epilogue<'_>, ker
 
 /// Rows per block: the block's activations (`mc × kp` bytes) stay in L2 while every panel of
 /// the task passes over them.
-fn row_block(kp: usize) -> usize {
-    ((128 * 1024 / kp.max(1)) / MR * MR).max(MR)
+fn row_block(kp: usize, mr: usize) -> usize {
+    ((128 * 1024 / kp.max(1)) / mr * mr).max(mr)
 }
 
 /// # Safety
@@ -440,75 +572,71 @@ unsafe fn panels_range(
     y: *mut f32,
     ep: Epilogue<'_>,
     panels: std::ops::Range<usize>,
-    kernel: Kernel,
+    kernel: &Int8Kernel,
 ) {
-    let (m, n, kp) = (x.m, w.n, w.kp);
-    let mc = row_block(kp);
-    let mut acc: Vec<[[i32; NR]; MR]> = Vec::new();
-    let mut tile_f = [[0.0f32; NR]; MR];
+    let (m, n, kp, mr, np) = (x.m, w.n, w.kp, kernel.mr, kernel.np);
+    let mc = row_block(kp, mr);
+    let mut acc: Vec<[i32; NR]> = Vec::new();
+    let mut tile_f = [[0.0f32; NR]; MAX_MR];
     for r0 in (0..m).step_by(mc) {
         let r1 = (r0 + mc).min(m);
-        let tiles = (r1 - r0).div_ceil(MR);
-        for p in panels.clone() {
-            let b = w.panel(p);
-            let c0 = p * NR;
-            let cols = NR.min(n - c0);
+        let tiles = (r1 - r0).div_ceil(mr);
+        for p in panels.clone().step_by(np) {
+            let gp = np.min(panels.end - p);
+            let b = w.panel(p).as_ptr();
             acc.clear();
-            acc.resize(tiles, [[0i32; NR]; MR]);
-            for k0 in (0..kp).step_by(KC) {
-                let kc = KC.min(kp - k0);
-                let bk = &b[k0 * NR..(k0 + kc) * NR];
-                for (t, tile) in acc.iter_mut().enumerate() {
-                    let r = r0 + t * MR;
-                    let rows = MR.min(r1 - r);
-                    let a = &x.data[r * kp + k0..(r + rows - 1) * kp + k0 + kc];
-                    match kernel {
-                        // SAFETY (all three): a kernel runs only where `supported()` said the
-                        // CPU has its features (checked in `matmul_with`); `a` spans `rows` rows
-                        // of kc bytes at stride kp, `bk` kc/4 groups.
-                        #[cfg(target_arch = "x86_64")]
-                        Kernel::Avx2 => avx2::tile(rows, kc, a, kp, bk, tile),
-                        #[cfg(target_arch = "x86_64")]
-                        Kernel::AvxVnni => avx2::tile_vnni(rows, kc, a, kp, bk, tile),
-                        #[cfg(target_arch = "x86_64")]
-                        Kernel::Avx512Vnni => avx512::tile(rows, kc, a, kp, bk, tile),
-                        _ => portable_tile(rows, kc, a, kp, bk, tile),
-                    }
+            acc.resize(tiles * np * mr, [0i32; NR]);
+            for k0 in (0..kp).step_by(kernel.kc) {
+                let kc = kernel.kc.min(kp - k0);
+                for t in 0..tiles {
+                    let r = r0 + t * mr;
+                    let rows = mr.min(r1 - r);
+                    // SAFETY: a kernel runs only where `supported()` said the CPU has its
+                    // features (asserted in `matmul_with`); rows r..r+rows of x hold kp bytes
+                    // each, panels p..p+gp lie in w, and tile t owns np × mr accumulator rows.
+                    (kernel.tile)(
+                        rows,
+                        gp,
+                        kc,
+                        x.data.as_ptr().add(r * kp + k0),
+                        kp,
+                        b.add(k0 * NR),
+                        kp * NR,
+                        acc.as_mut_ptr().add(t * np * mr),
+                    );
                 }
             }
-            let offset = &w.offset[c0..c0 + NR];
-            let ws = &w.scales_pad[c0..c0 + NR];
-            for (t, tile) in acc.iter().enumerate() {
-                let r = r0 + t * MR;
-                let rows = MR.min(r1 - r);
-                let sa = &x.scales[r..r + rows];
-                let avx2 = kernel != Kernel::Portable;
-                #[cfg(target_arch = "x86_64")]
-                if avx2 {
-                    // SAFETY: AVX2 was detected (the Avx2 kernel is only chosen then).
-                    unsafe { dequant_avx2(tile, sa, offset, ws, &mut tile_f) };
-                } else {
-                    dequant(tile, sa, offset, ws, &mut tile_f);
+            for q in 0..gp {
+                let c0 = (p + q) * NR;
+                let cols = NR.min(n - c0);
+                let offset = &w.offset[c0..c0 + NR];
+                let ws = &w.scales_pad[c0..c0 + NR];
+                for t in 0..tiles {
+                    let r = r0 + t * mr;
+                    let rows = mr.min(r1 - r);
+                    let sa = &x.scales[r..r + rows];
+                    let tile = &acc[(t * np + q) * mr..(t * np + q) * mr + rows];
+                    let out = &mut tile_f[..rows];
+                    match kernel.isa {
+                        // SAFETY (both): the kernel's ISA was detected at run time.
+                        #[cfg(target_arch = "x86_64")]
+                        Isa::Avx512 => unsafe { dequant_avx512(tile, sa, offset, ws, out) },
+                        #[cfg(target_arch = "x86_64")]
+                        Isa::Avx2 => unsafe { dequant_avx2(tile, sa, offset, ws, out) },
+                        _ => dequant(tile, sa, offset, ws, out),
+                    }
+                    // SAFETY: rows r..r+rows < m and columns c0..c0+cols < n lie inside y; this
+                    // task owns these columns.
+                    unsafe { finish(y.add(r * n + c0), n, out, cols, ep, c0, kernel.isa) };
                 }
-                #[cfg(not(target_arch = "x86_64"))]
-                dequant(tile, sa, offset, ws, &mut tile_f);
-                // SAFETY: rows r..r+rows < m and columns c0..c0+cols < n lie inside y; this task
-                // owns these columns.
-                unsafe { finish(y.add(r * n + c0), n, &tile_f[..rows], cols, ep, c0, avx2) };
             }
         }
     }
 }
 
-/// `out = (acc + offset) · sa[row] · ws[col]` for the first `sa.len()` rows of a tile.
+/// `out = (acc + offset) · sa[row] · ws[col]`, row by row.
 #[inline(always)]
-fn dequant(
-    acc: &[[i32; NR]; MR],
-    sa: &[f32],
-    offset: &[i32],
-    ws: &[f32],
-    out: &mut [[f32; NR]; MR],
-) {
+fn dequant(acc: &[[i32; NR]], sa: &[f32], offset: &[i32], ws: &[f32], out: &mut [[f32; NR]]) {
     let (offset, ws): (&[i32; NR], &[f32; NR]) = (
         offset.try_into().expect("NR offsets"),
         ws.try_into().expect("NR scales"),
@@ -523,31 +651,57 @@ fn dequant(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dequant_avx2(
-    acc: &[[i32; NR]; MR],
+    acc: &[[i32; NR]],
     sa: &[f32],
     offset: &[i32],
     ws: &[f32],
-    out: &mut [[f32; NR]; MR],
+    out: &mut [[f32; NR]],
 ) {
     dequant(acc, sa, offset, ws, out)
 }
 
-/// `a`: `rows` rows of `k` bytes at stride `lda`; `b`: `k / 4` groups of `NR × 4` bytes.
-fn portable_tile(
-    rows: usize,
-    k: usize,
-    a: &[u8],
-    lda: usize,
-    b: &[i8],
-    tile: &mut [[i32; NR]; MR],
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+unsafe fn dequant_avx512(
+    acc: &[[i32; NR]],
+    sa: &[f32],
+    offset: &[i32],
+    ws: &[f32],
+    out: &mut [[f32; NR]],
 ) {
-    for g in 0..k / KG {
-        let bg = &b[g * NR * KG..(g + 1) * NR * KG];
-        for (i, t) in tile.iter_mut().take(rows).enumerate() {
-            let av = &a[i * lda + g * KG..i * lda + g * KG + KG];
-            for (j, acc) in t.iter_mut().enumerate() {
-                let bj = &bg[j * KG..j * KG + KG];
-                *acc += (0..KG).map(|q| av[q] as i32 * bj[q] as i32).sum::<i32>();
+    dequant(acc, sa, offset, ws, out)
+}
+
+const PORTABLE_MR: usize = 6;
+
+/// The portable entry: the plain sum of products, the reference every other entry must match.
+///
+/// # Safety
+/// As [`Int8Tile`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn portable_tile(
+    rows: usize,
+    np: usize,
+    kc: usize,
+    a: *const u8,
+    lda: usize,
+    b: *const i8,
+    bstride: usize,
+    acc: *mut [i32; NR],
+) {
+    for q in 0..np {
+        // SAFETY: the caller vouches for a, b and acc as described by `Int8Tile`.
+        let b = std::slice::from_raw_parts(b.add(q * bstride), kc * NR);
+        let tile = std::slice::from_raw_parts_mut(acc.add(q * PORTABLE_MR), rows);
+        for (i, t) in tile.iter_mut().enumerate() {
+            let a = std::slice::from_raw_parts(a.add(i * lda), kc);
+            for g in 0..kc / KG {
+                let bg = &b[g * NR * KG..(g + 1) * NR * KG];
+                let av = &a[g * KG..g * KG + KG];
+                for (j, acc) in t.iter_mut().enumerate() {
+                    let bj = &bg[j * KG..j * KG + KG];
+                    *acc += (0..KG).map(|q| av[q] as i32 * bj[q] as i32).sum::<i32>();
+                }
             }
         }
     }

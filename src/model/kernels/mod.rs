@@ -4,6 +4,7 @@
 
 pub mod int8;
 pub mod packed;
+pub mod peak;
 
 use rayon::prelude::*;
 
@@ -249,6 +250,43 @@ pub fn bias_act(x: &mut [f32], bias: &[f32], act: Option<Activation>) {
 pub(crate) fn has_avx2_fma() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+}
+
+/// AVX-512 F, BW, DQ and VL (every AVX-512 server CPU since Skylake-SP has all four).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx512() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        has_avx2_fma()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512dq")
+            && is_x86_feature_detected!("avx512vl")
+    })
+}
+
+/// The vector ISA an element-wise routine (an epilogue, a quantizer) is compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    Portable,
+    Avx2,
+    Avx512,
+}
+
+impl Isa {
+    /// The widest this CPU runs.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if has_avx512() {
+                return Isa::Avx512;
+            }
+            if has_avx2_fma() {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
 }
 
 /// The same loop compiled for AVX2 + FMA, so it vectorises 8-wide with fused multiply-adds.

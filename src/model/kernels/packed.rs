@@ -3,21 +3,24 @@
 //! The `gemm` crate re-packs the right-hand matrix on every call, which costs as much as the
 //! multiplication itself when the left side has few rows (a batch of one sentence) and the
 //! weights are cold in cache. Here the weights live in panels of [`NR`] output columns
-//! (`k × NR` contiguous floats each) and a 6×16 register-tiled AVX2+FMA micro-kernel streams
-//! them once per row block. A portable kernel over the same layout serves other CPUs; the choice
-//! is made at run time.
+//! (`k × NR` contiguous floats each), packed once. One macro-kernel driver ([`matmul_with`])
+//! splits output panels over threads, blocks rows and depth, and runs the fused epilogue; the
+//! micro-kernels behind it are a table ([`F32_KERNELS`]) of per-ISA entries, each with its tile
+//! shape (`mr` rows × `np` adjacent panels), a `supported()` test, and a start-up self-check
+//! against the portable kernel. Adding an ISA is one file and one table entry.
+//!
+//! Entries: AVX-512 (12 rows × 2 panels = 24 zmm accumulators), AVX2+FMA (6 × 1 panel, two ymm
+//! per row), portable.
 
 use rayon::prelude::*;
 
-use super::{gelu_erf_impl, gelu_tanh, SharedOut};
+use super::{gelu_erf_impl, gelu_tanh, Isa, SharedOut};
 use crate::model::config::Activation;
 
-/// Output columns per panel: two 8-float AVX registers.
+/// Output columns per panel: one 16-float zmm, or two 8-float ymm.
 pub const NR: usize = 16;
-/// Rows per micro-tile.
-const MR: usize = 6;
-/// Depth of one pass over a panel: KC × NR floats (16 KiB) stay in L1.
-const KC: usize = 256;
+/// Most rows and panels of any entry's micro-tile (sizes the accumulator blocks).
+const MAX_MR: usize = 16;
 
 /// Weights `[k, n]` packed into `ceil(n / NR)` panels of `k × NR` (zero-padded).
 #[derive(Clone)]
@@ -33,7 +36,7 @@ impl PackedWeights {
         assert_eq!(w.len(), n * k, "weight size");
         let panels = n.div_ceil(NR);
         let mut data = vec![0.0f32; panels * k * NR];
-        for (o, row) in w.chunks_exact(k).enumerate() {
+        for (o, row) in w.chunks_exact(k.max(1)).enumerate().take(n) {
             let (p, j) = (o / NR, o % NR);
             let panel = &mut data[p * k * NR..(p + 1) * k * NR];
             for (i, &v) in row.iter().enumerate() {
@@ -64,6 +67,151 @@ impl PackedWeights {
     }
 }
 
+/// One micro-kernel call: `acc += a · b` for a tile of `rows` (≤ `mr`) rows and `np` (≤ the
+/// entry's `np`) adjacent panels over `kc` steps of depth.
+///
+/// - `a`: the packed row tile at depth `k0`: step `kk` holds `mr` floats (`a[kk * mr + i]`).
+/// - `b`: panel `p` at depth `k0` (`b[kk * NR + j]`); panel `p + q` starts `q * bstride` later.
+/// - `acc`: `np × mr` rows of `NR` floats, panel-major (`acc[q * mr + i]`).
+///
+/// # Safety
+/// The CPU must have the entry's features; every pointer must address what is described above.
+pub type F32Tile = unsafe fn(
+    rows: usize,
+    np: usize,
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    bstride: usize,
+    acc: *mut [f32; NR],
+);
+
+/// An entry of the f32 kernel table.
+pub struct F32Kernel {
+    pub name: &'static str,
+    /// Rows per micro-tile (the packing stride of the row tiles).
+    pub mr: usize,
+    /// Adjacent panels per micro-tile.
+    pub np: usize,
+    /// Depth per pass over a panel group: `kc × np × NR` floats of weights stay in L1.
+    kc: usize,
+    /// The ISA the epilogue runs with.
+    pub isa: Isa,
+    supported: fn() -> bool,
+    tile: F32Tile,
+}
+
+impl std::fmt::Debug for F32Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.name)
+    }
+}
+
+impl PartialEq for F32Kernel {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+/// Every f32 micro-kernel, fastest first.
+pub static F32_KERNELS: &[F32Kernel] = &[
+    #[cfg(target_arch = "x86_64")]
+    F32Kernel {
+        name: "f32-avx512-12x32",
+        mr: avx512::MR,
+        np: avx512::NP,
+        kc: 256,
+        isa: Isa::Avx512,
+        supported: super::has_avx512,
+        tile: avx512::tile,
+    },
+    #[cfg(target_arch = "x86_64")]
+    F32Kernel {
+        name: "f32-avx2-6x16",
+        mr: avx2::MR,
+        np: 1,
+        kc: 256,
+        isa: Isa::Avx2,
+        supported: super::has_avx2_fma,
+        tile: avx2::tile,
+    },
+    F32Kernel {
+        name: "f32-portable-6x16",
+        mr: PORTABLE_MR,
+        np: 1,
+        kc: 256,
+        isa: Isa::Portable,
+        supported: || true,
+        tile: portable_tile,
+    },
+];
+
+impl F32Kernel {
+    pub fn supported(&self) -> bool {
+        (self.supported)()
+    }
+
+    pub fn portable() -> &'static F32Kernel {
+        F32_KERNELS.last().expect("the portable kernel")
+    }
+
+    /// The fastest entry this CPU runs that also passes its self-check; one that fails is
+    /// logged and skipped. Decided once per process.
+    pub fn detect() -> &'static F32Kernel {
+        static BEST: std::sync::OnceLock<&'static F32Kernel> = std::sync::OnceLock::new();
+        BEST.get_or_init(|| {
+            for k in F32_KERNELS {
+                if !k.supported() {
+                    continue;
+                }
+                if k.self_check() {
+                    tracing::debug!(kernel = k.name, "f32 GEMM kernel");
+                    return k;
+                }
+                tracing::error!(
+                    kernel = k.name,
+                    "f32 kernel disagrees with the portable kernel; not using it"
+                );
+            }
+            F32Kernel::portable()
+        })
+    }
+
+    /// Every entry this CPU can run (tests compare them).
+    pub fn available() -> Vec<&'static F32Kernel> {
+        F32_KERNELS.iter().filter(|k| k.supported()).collect()
+    }
+
+    /// Agreement with the portable kernel on a ragged problem (every row count of a tile, a
+    /// partial panel group, a depth past one `kc` pass), within f32 rounding of the sums.
+    pub fn self_check(&self) -> bool {
+        if !self.supported() {
+            return false;
+        }
+        let (m, n, k) = (2 * MAX_MR + 7, 3 * NR + 5, 300);
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7919) % 255) as f32 / 127.0 - 1.0)
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 104_729) % 127) as f32 / 63.0 - 1.0)
+            .collect();
+        let w = PackedWeights::from_rows(&w, n, k);
+        let (mut a, mut b) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
+        matmul_with(
+            &x,
+            m,
+            &w,
+            &mut a,
+            Epilogue::default(),
+            F32Kernel::portable(),
+        );
+        matmul_with(&x, m, &w, &mut b, Epilogue::default(), self);
+        a.iter()
+            .zip(&b)
+            .all(|(a, b)| (a - b).abs() <= 1e-4 * (1.0 + a.abs()))
+    }
+}
+
 /// What happens to each output after the product.
 #[derive(Clone, Copy, Default)]
 pub struct Epilogue<'a> {
@@ -76,18 +224,23 @@ pub struct Epilogue<'a> {
 /// `y[m, n] = epilogue(x[m, k] · W)`, `x` and `y` row-major. Splits output panels over the
 /// rayon pool when there is enough work.
 pub fn matmul(x: &[f32], m: usize, w: &PackedWeights, y: &mut [f32], ep: Epilogue<'_>) {
-    matmul_with(x, m, w, y, ep, use_avx2())
+    matmul_with(x, m, w, y, ep, F32Kernel::detect())
 }
 
-/// As [`matmul`], with the kernel chosen by the caller (tests run both).
+/// As [`matmul`], with the kernel chosen by the caller (tests run every entry).
 pub fn matmul_with(
     x: &[f32],
     m: usize,
     w: &PackedWeights,
     y: &mut [f32],
     ep: Epilogue<'_>,
-    avx2: bool,
+    kernel: &F32Kernel,
 ) {
+    assert!(
+        kernel.supported(),
+        "f32 kernel {} is not supported here",
+        kernel.name
+    );
     let (k, n) = (w.k, w.n);
     assert!(
         x.len() >= m * k && y.len() >= m * n,
@@ -99,22 +252,22 @@ pub fn matmul_with(
     if m == 0 || n == 0 {
         return;
     }
-    let panels = w.panels();
+    let groups = w.panels().div_ceil(kernel.np);
     let threads = rayon::current_num_threads().max(1);
     // Below ~64k multiply-adds per thread the fork costs more than it saves.
     let tasks = if m * n * k < 64 * 1024 * threads {
         1
     } else {
-        threads.min(panels)
+        threads.min(groups)
     };
-    let per_task = panels.div_ceil(tasks);
+    let per_task = groups.div_ceil(tasks) * kernel.np;
     let out = SharedOut(y.as_mut_ptr());
     let run = |t: usize| {
-        let p0 = t * per_task;
-        let p1 = ((t + 1) * per_task).min(panels);
+        let p0 = (t * per_task).min(w.panels());
+        let p1 = ((t + 1) * per_task).min(w.panels());
         // SAFETY: task t writes only columns p0*NR..p1*NR (clipped to n) of y; tasks' column
         // ranges are disjoint and y holds m*n floats (asserted above).
-        unsafe { panels_range(x, m, w, out.ptr(), ep, p0..p1, avx2) }
+        unsafe { panels_range(x, m, w, out.ptr(), ep, p0..p1, kernel) }
     };
     if tasks == 1 {
         run(0);
@@ -123,20 +276,9 @@ pub fn matmul_with(
     }
 }
 
-fn use_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        super::has_avx2_fma()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// Rows per block: keep the block of `x` (`mc × k` floats) within ~256 KiB of L2.
-fn row_block(k: usize) -> usize {
-    ((64 * 1024 / k.max(1)) / MR * MR).max(MR)
+fn row_block(k: usize, mr: usize) -> usize {
+    ((64 * 1024 / k.max(1)) / mr * mr).max(mr)
 }
 
 /// # Safety
@@ -149,63 +291,66 @@ unsafe fn panels_range(
     y: *mut f32,
     ep: Epilogue<'_>,
     panels: std::ops::Range<usize>,
-    avx2: bool,
+    kernel: &F32Kernel,
 ) {
-    let (k, n) = (w.k, w.n);
-    let mc = row_block(k);
-    // The row block of x, re-laid as micro-panels: for each MR-row tile, k steps of MR floats.
-    let mut apack = vec![0.0f32; mc.min(m).div_ceil(MR) * MR * k];
-    let mut acc: Vec<[[f32; NR]; MR]> = Vec::new();
+    let (k, n, mr, np) = (w.k, w.n, kernel.mr, kernel.np);
+    let mc = row_block(k, mr);
+    // The row block of x, re-laid as micro-panels: for each mr-row tile, k steps of mr floats.
+    let mut apack = vec![0.0f32; mc.min(m).div_ceil(mr) * mr * k];
+    let mut acc: Vec<[f32; NR]> = Vec::new();
     for r0 in (0..m).step_by(mc) {
         let r1 = (r0 + mc).min(m);
-        for (t, r) in (r0..r1).step_by(MR).enumerate() {
-            let rows = MR.min(r1 - r);
-            let tile = &mut apack[t * MR * k..(t + 1) * MR * k];
+        for (t, r) in (r0..r1).step_by(mr).enumerate() {
+            let rows = mr.min(r1 - r);
+            let tile = &mut apack[t * mr * k..(t + 1) * mr * k];
             for i in 0..rows {
                 let src = &x[(r + i) * k..(r + i + 1) * k];
                 for (kk, &v) in src.iter().enumerate() {
-                    tile[kk * MR + i] = v;
+                    tile[kk * mr + i] = v;
                 }
             }
-            for i in rows..MR {
+            for i in rows..mr {
                 for kk in 0..k {
-                    tile[kk * MR + i] = 0.0;
+                    tile[kk * mr + i] = 0.0;
                 }
             }
         }
-        let tiles = (r1 - r0).div_ceil(MR);
-        for p in panels.clone() {
-            let b = w.panel(p);
-            let c0 = p * NR;
-            let cols = NR.min(n - c0);
-            // Accumulators of every micro-tile of the block, kept across k-chunks so that a
-            // KC × NR slice of the panel stays in L1 while all tiles pass over it.
+        let tiles = (r1 - r0).div_ceil(mr);
+        for p in panels.clone().step_by(np) {
+            let gp = np.min(panels.end - p);
+            let b = w.panel(p).as_ptr();
+            // Accumulators of every micro-tile of the block, kept across depth passes so that
+            // a kc-deep slice of the panel group stays in L1 while all tiles pass over it.
             acc.clear();
-            acc.resize(tiles, [[0.0f32; NR]; MR]);
-            for k0 in (0..k).step_by(KC) {
-                let kc = KC.min(k - k0);
-                let bk = &b[k0 * NR..(k0 + kc) * NR];
-                for (t, tile) in acc.iter_mut().enumerate() {
-                    let rows = MR.min(r1 - r0 - t * MR);
-                    let a = &apack[t * MR * k + k0 * MR..t * MR * k + (k0 + kc) * MR];
-                    #[cfg(target_arch = "x86_64")]
-                    if avx2 {
-                        // SAFETY: AVX2 and FMA were detected by the caller; `a` is a kc × MR
-                        // micro-panel and `bk` a kc × NR panel slice.
-                        avx2::tile(rows, kc, a, bk, tile);
-                    } else {
-                        portable_tile(rows, kc, a, bk, tile);
-                    }
-                    #[cfg(not(target_arch = "x86_64"))]
-                    portable_tile(rows, kc, a, bk, tile);
+            acc.resize(tiles * np * mr, [0.0f32; NR]);
+            for k0 in (0..k).step_by(kernel.kc) {
+                let kc = kernel.kc.min(k - k0);
+                for t in 0..tiles {
+                    let rows = mr.min(r1 - r0 - t * mr);
+                    // SAFETY: the row tile holds k steps of mr floats, the panels p..p+gp lie
+                    // in w (gp ≤ panels.end - p), and tile t's accumulators are np × mr rows.
+                    (kernel.tile)(
+                        rows,
+                        gp,
+                        kc,
+                        apack.as_ptr().add(t * mr * k + k0 * mr),
+                        b.add(k0 * NR),
+                        k * NR,
+                        acc.as_mut_ptr().add(t * np * mr),
+                    );
                 }
             }
-            for (t, tile) in acc.iter().enumerate() {
-                let r = r0 + t * MR;
-                let rows = MR.min(r1 - r);
-                // SAFETY: rows r..r+rows < m and columns c0..c0+cols < n lie inside y; this task
-                // owns these columns.
-                unsafe { finish(y.add(r * n + c0), n, &tile[..rows], cols, ep, c0, avx2) };
+            for q in 0..gp {
+                let c0 = (p + q) * NR;
+                let cols = NR.min(n - c0);
+                for t in 0..tiles {
+                    let r = r0 + t * mr;
+                    let rows = mr.min(r1 - r);
+                    let tile = &acc[(t * np + q) * mr..(t * np + q) * mr + rows];
+                    // SAFETY: rows r..r+rows < m and columns c0..c0+cols < n lie inside y;
+                    // this task owns these columns.
+                    unsafe { finish(y.add(r * n + c0), n, tile, cols, ep, c0, kernel.isa) };
+                }
             }
         }
     }
@@ -214,7 +359,8 @@ unsafe fn panels_range(
 /// Apply the epilogue to one micro-tile and write it to `y` (row stride `ldy`).
 ///
 /// # Safety
-/// `y` must address `tile.len()` rows of `cols` writable floats at stride `ldy`.
+/// `y` must address `tile.len()` rows of `cols` writable floats at stride `ldy`; `isa` must be
+/// one this CPU runs.
 pub(super) unsafe fn finish(
     y: *mut f32,
     ldy: usize,
@@ -222,14 +368,16 @@ pub(super) unsafe fn finish(
     cols: usize,
     ep: Epilogue<'_>,
     c0: usize,
-    avx2: bool,
+    isa: Isa,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: AVX2 and FMA were detected at run time; the caller vouches for `y`.
-        return finish_avx2(y, ldy, tile, cols, ep, c0);
+    match isa {
+        // SAFETY (both): the ISA was detected at run time; the caller vouches for `y`.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => finish_avx512(y, ldy, tile, cols, ep, c0),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => finish_avx2(y, ldy, tile, cols, ep, c0),
+        _ => finish_impl::<false>(y, ldy, tile, cols, ep, c0),
     }
-    finish_impl::<false>(y, ldy, tile, cols, ep, c0)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -245,6 +393,18 @@ unsafe fn finish_avx2(
     finish_impl::<true>(y, ldy, tile, cols, ep, c0)
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+unsafe fn finish_avx512(
+    y: *mut f32,
+    ldy: usize,
+    tile: &[[f32; NR]],
+    cols: usize,
+    ep: Epilogue<'_>,
+    c0: usize,
+) {
+    finish_impl::<true>(y, ldy, tile, cols, ep, c0)
+}
 /// Branches hoisted out of the loops, so each variant is a straight vectorisable loop.
 #[inline(always)]
 unsafe fn finish_impl<const FMA: bool>(
@@ -301,72 +461,43 @@ unsafe fn finish_impl<const FMA: bool>(
     }
 }
 
-/// `a` is a k × MR micro-panel (MR floats per step), `b` a k × NR panel.
-fn portable_tile(rows: usize, k: usize, a: &[f32], b: &[f32], tile: &mut [[f32; NR]; MR]) {
-    for kk in 0..k {
-        let brow = &b[kk * NR..(kk + 1) * NR];
-        for (i, t) in tile.iter_mut().take(rows).enumerate() {
-            let av = a[kk * MR + i];
-            for (acc, &bv) in t.iter_mut().zip(brow) {
-                *acc += av * bv;
+const PORTABLE_MR: usize = 6;
+
+/// The portable entry: plain loops over the same layout.
+///
+/// # Safety
+/// As [`F32Tile`].
+unsafe fn portable_tile(
+    rows: usize,
+    np: usize,
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    bstride: usize,
+    acc: *mut [f32; NR],
+) {
+    for q in 0..np {
+        // SAFETY: the caller vouches for a, b and acc as described by `F32Tile`.
+        let b = std::slice::from_raw_parts(b.add(q * bstride), kc * NR);
+        let a = std::slice::from_raw_parts(a, kc * PORTABLE_MR);
+        let tile = std::slice::from_raw_parts_mut(acc.add(q * PORTABLE_MR), rows);
+        for kk in 0..kc {
+            let brow = &b[kk * NR..(kk + 1) * NR];
+            for (i, t) in tile.iter_mut().enumerate() {
+                let av = a[kk * PORTABLE_MR + i];
+                for (acc, &bv) in t.iter_mut().zip(brow) {
+                    *acc += av * bv;
+                }
             }
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::{MR, NR};
-    /// Steps ahead (one cache line of weights per step) to prefetch.
-    const PREFETCH: usize = 8;
-    use std::arch::x86_64::*;
+mod avx2;
 
-    /// `tile[..rows] += a[..rows, ..k] · b` for one panel.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and FMA; `a` must be a `k × MR` micro-panel, `b` `k × NR`.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn tile(rows: usize, k: usize, a: &[f32], b: &[f32], tile: &mut [[f32; NR]; MR]) {
-        assert!(a.len() >= k * MR && b.len() >= k * NR && rows <= MR);
-        match rows {
-            6 => kernel::<6>(k, a, b, tile),
-            5 => kernel::<5>(k, a, b, tile),
-            4 => kernel::<4>(k, a, b, tile),
-            3 => kernel::<3>(k, a, b, tile),
-            2 => kernel::<2>(k, a, b, tile),
-            _ => kernel::<1>(k, a, b, tile),
-        }
-    }
-
-    #[inline(always)]
-    unsafe fn kernel<const R: usize>(k: usize, a: &[f32], b: &[f32], tile: &mut [[f32; NR]; MR]) {
-        let mut acc = [[_mm256_setzero_ps(); 2]; R];
-        for (i, acc) in acc.iter_mut().enumerate() {
-            acc[0] = _mm256_loadu_ps(tile[i].as_ptr());
-            acc[1] = _mm256_loadu_ps(tile[i].as_ptr().add(8));
-        }
-        let ap = a.as_ptr();
-        let bp = b.as_ptr();
-        for kk in 0..k {
-            // SAFETY (whole loop): kk < k, so b[kk*NR .. kk*NR+16] and a[kk*MR + i] for i < R
-            // are in bounds (asserted by `tile`).
-            // Weights stream from memory at small batches: ask for them early. A prefetch past
-            // the end of the slice is harmless (it never faults).
-            _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add((kk + PREFETCH) * NR) as *const i8);
-            let b0 = _mm256_loadu_ps(bp.add(kk * NR));
-            let b1 = _mm256_loadu_ps(bp.add(kk * NR + 8));
-            for (i, acc) in acc.iter_mut().enumerate() {
-                let av = _mm256_broadcast_ss(&*ap.add(kk * MR + i));
-                acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
-                acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
-            }
-        }
-        for (i, acc) in acc.iter().enumerate() {
-            _mm256_storeu_ps(tile[i].as_mut_ptr(), acc[0]);
-            _mm256_storeu_ps(tile[i].as_mut_ptr().add(8), acc[1]);
-        }
-    }
-}
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 #[cfg(test)]
 mod tests {
@@ -385,15 +516,15 @@ mod tests {
     }
 
     #[test]
-    fn matches_f64_reference_on_ragged_shapes_both_kernels() {
-        let kernels: &[bool] = if use_avx2() { &[false, true] } else { &[false] };
-        for &avx2 in kernels {
+    fn every_kernel_matches_f64_reference_on_ragged_shapes() {
+        for kernel in F32Kernel::available() {
             for (m, n, k) in [
                 (1, 1, 1),
                 (5, 17, 3),
                 (6, 16, 8),
                 (7, 33, 70),
                 (13, 40, 64),
+                (25, 80, 300),
                 (64, 48, 384),
             ] {
                 let x: Vec<f32> = (0..m * k)
@@ -411,12 +542,12 @@ mod tests {
                     accumulate: true,
                     act: None,
                 };
-                matmul_with(&x, m, &packed, &mut y, ep, avx2);
+                matmul_with(&x, m, &packed, &mut y, ep, kernel);
                 for i in 0..m * n {
                     let expect = want[i] + bias[i % n] as f64 + 1.0;
                     assert!(
                         (y[i] as f64 - expect).abs() < 1e-4,
-                        "avx2={avx2} {m}x{n}x{k} at {i}"
+                        "{kernel:?} {m}x{n}x{k} at {i}"
                     );
                 }
                 let mut g = vec![0.0f32; m * n];
@@ -425,11 +556,11 @@ mod tests {
                     accumulate: false,
                     act: Some(Activation::Gelu),
                 };
-                matmul_with(&x, m, &packed, &mut g, ep, avx2);
+                matmul_with(&x, m, &packed, &mut g, ep, kernel);
                 for i in 0..m * n {
                     let v = want[i];
                     let gelu = 0.5 * v * (1.0 + erf64(v / std::f64::consts::SQRT_2));
-                    assert!((g[i] as f64 - gelu).abs() < 1e-5, "gelu avx2={avx2} at {i}");
+                    assert!((g[i] as f64 - gelu).abs() < 1e-5, "gelu {kernel:?} at {i}");
                 }
             }
         }
@@ -445,6 +576,21 @@ mod tests {
             term *= -x * x / n;
         }
         sum * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    #[test]
+    fn every_supported_kernel_passes_its_self_check() {
+        let names: Vec<_> = F32Kernel::available().iter().map(|k| k.name).collect();
+        eprintln!(
+            "f32 kernels on this CPU: {names:?}; detected {:?}",
+            F32Kernel::detect()
+        );
+        for k in F32Kernel::available() {
+            assert!(k.self_check(), "{k:?}");
+        }
+        for k in F32_KERNELS.iter().filter(|k| !k.supported()) {
+            eprintln!("SKIPPED: {k:?} not testable here (CPU lacks the feature)");
+        }
     }
 
     #[test]

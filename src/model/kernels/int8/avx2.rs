@@ -1,95 +1,129 @@
-use super::{KG, MR, NR};
+//! 256-bit INT8 micro-kernels, 6 rows × one 16-column panel (two ymm per row): AVX2
+//! `vpmaddubsw` (exact for 7-bit weights), AVX2 widened to i16 with `vpmaddwd` (exact for 8-bit
+//! weights, about half the speed), and AVX-VNNI `vpdpbusd` (exact for 8-bit weights).
+
+use super::{KG, NR};
 use std::arch::x86_64::*;
 
-/// `tile[..rows] += a · b` for one panel slice.
-///
-/// # Safety
-/// The CPU must support AVX2. `a` must hold `rows` rows of `k` bytes at stride `lda` (the
-/// last row may end right after its `k` bytes); `b` must hold `k / 4` groups of 64 bytes.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn tile(
-    rows: usize,
-    k: usize,
-    a: &[u8],
-    lda: usize,
-    b: &[i8],
-    tile: &mut [[i32; NR]; MR],
-) {
-    assert!((1..=MR).contains(&rows) && k.is_multiple_of(KG));
-    assert!(a.len() >= (rows - 1) * lda + k && b.len() >= k * NR);
-    match rows {
-        6 => kernel::<6, false>(k, a, lda, b, tile),
-        5 => kernel::<5, false>(k, a, lda, b, tile),
-        4 => kernel::<4, false>(k, a, lda, b, tile),
-        3 => kernel::<3, false>(k, a, lda, b, tile),
-        2 => kernel::<2, false>(k, a, lda, b, tile),
-        _ => kernel::<1, false>(k, a, lda, b, tile),
-    }
+pub const MR: usize = 6;
+
+/// How the four u8·s8 products of a group reach the i32 accumulators.
+const MADDUBS: u8 = 0;
+const WIDE: u8 = 1;
+const VNNI: u8 = 2;
+
+pub fn supported_vnni() -> bool {
+    crate::model::kernels::has_avx2_fma() && is_x86_feature_detected!("avxvnni")
 }
 
-/// As [`tile`], with AVX-VNNI's `vpdpbusd` doing the u8·s8 products and their i32 sums.
-///
-/// # Safety
-/// As [`tile`], and the CPU must support AVX-VNNI.
-#[target_feature(enable = "avx2,fma,avxvnni")]
-pub unsafe fn tile_vnni(
-    rows: usize,
-    k: usize,
-    a: &[u8],
-    lda: usize,
-    b: &[i8],
-    tile: &mut [[i32; NR]; MR],
-) {
-    assert!((1..=MR).contains(&rows) && k.is_multiple_of(KG));
-    assert!(a.len() >= (rows - 1) * lda + k && b.len() >= k * NR);
-    match rows {
-        6 => kernel::<6, true>(k, a, lda, b, tile),
-        5 => kernel::<5, true>(k, a, lda, b, tile),
-        4 => kernel::<4, true>(k, a, lda, b, tile),
-        3 => kernel::<3, true>(k, a, lda, b, tile),
-        2 => kernel::<2, true>(k, a, lda, b, tile),
-        _ => kernel::<1, true>(k, a, lda, b, tile),
-    }
+macro_rules! entry {
+    ($(#[$doc:meta])* $name:ident, $features:literal, $mode:expr) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// The CPU must have the features named; the pointers as [`super::Int8Tile`] describes
+        /// (`np` is always 1 here).
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe fn $name(
+            rows: usize,
+            _np: usize,
+            kc: usize,
+            a: *const u8,
+            lda: usize,
+            b: *const i8,
+            _bstride: usize,
+            acc: *mut [i32; NR],
+        ) {
+            match rows {
+                6 => kernel::<6, { $mode }>(kc, a, lda, b, acc),
+                5 => kernel::<5, { $mode }>(kc, a, lda, b, acc),
+                4 => kernel::<4, { $mode }>(kc, a, lda, b, acc),
+                3 => kernel::<3, { $mode }>(kc, a, lda, b, acc),
+                2 => kernel::<2, { $mode }>(kc, a, lda, b, acc),
+                _ => kernel::<1, { $mode }>(kc, a, lda, b, acc),
+            }
+        }
+    };
 }
+
+entry!(
+    /// AVX2 `vpmaddubsw` + `vpmaddwd`: exact for weights within ±63 only.
+    tile, "avx2,fma", MADDUBS
+);
+entry!(
+    /// AVX2 with both operands widened to i16: exact for any 8-bit weights.
+    tile_wide, "avx2,fma", WIDE
+);
+entry!(
+    /// AVX-VNNI `vpdpbusd`.
+    tile_vnni, "avx2,fma,avxvnni", VNNI
+);
 
 #[inline(always)]
-unsafe fn kernel<const R: usize, const VNNI: bool>(
+unsafe fn kernel<const R: usize, const MODE: u8>(
     k: usize,
-    a: &[u8],
+    a: *const u8,
     lda: usize,
-    b: &[i8],
-    tile: &mut [[i32; NR]; MR],
+    b: *const i8,
+    tile: *mut [i32; NR],
 ) {
     let mut acc = [[_mm256_setzero_si256(); 2]; R];
     for (i, acc) in acc.iter_mut().enumerate() {
-        acc[0] = _mm256_loadu_si256(tile[i].as_ptr() as *const __m256i);
-        acc[1] = _mm256_loadu_si256(tile[i].as_ptr().add(8) as *const __m256i);
+        // SAFETY (whole function): the caller vouches for R accumulator rows, R rows of k bytes
+        // at stride lda from `a`, and k / 4 groups of 64 bytes at `b`.
+        let t = (*tile.add(i)).as_ptr();
+        acc[0] = _mm256_loadu_si256(t as *const __m256i);
+        acc[1] = _mm256_loadu_si256(t.add(8) as *const __m256i);
     }
     let ones = _mm256_set1_epi16(1);
-    let ap = a.as_ptr();
-    let bp = b.as_ptr();
+    let low_bytes = _mm256_set1_epi16(0x00ff);
     for g in 0..k / KG {
-        // SAFETY (whole loop): g < k/4, so the 64 bytes at b[g*64..] and the 4 bytes at
-        // a[i*lda + g*4..] for i < R are in bounds (asserted by `tile`).
-        _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add((g + 8) * NR * KG));
-        let b0 = _mm256_loadu_si256(bp.add(g * NR * KG) as *const __m256i);
-        let b1 = _mm256_loadu_si256(bp.add(g * NR * KG + 32) as *const __m256i);
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((g + 8) * NR * KG));
+        let b0 = _mm256_loadu_si256(b.add(g * NR * KG) as *const __m256i);
+        let b1 = _mm256_loadu_si256(b.add(g * NR * KG + 32) as *const __m256i);
+        // Wide mode: each i16 lane's low byte (k = 0, 2) and high byte (k = 1, 3), sign-extended.
+        let (b0e, b0o, b1e, b1o) = if MODE == WIDE {
+            (
+                _mm256_srai_epi16(_mm256_slli_epi16(b0, 8), 8),
+                _mm256_srai_epi16(b0, 8),
+                _mm256_srai_epi16(_mm256_slli_epi16(b1, 8), 8),
+                _mm256_srai_epi16(b1, 8),
+            )
+        } else {
+            (b0, b0, b1, b1)
+        };
         for (i, acc) in acc.iter_mut().enumerate() {
-            let av = _mm256_set1_epi32((ap.add(i * lda + g * KG) as *const i32).read_unaligned());
-            if VNNI {
-                acc[0] = _mm256_dpbusd_avx_epi32(acc[0], av, b0);
-                acc[1] = _mm256_dpbusd_avx_epi32(acc[1], av, b1);
-            } else {
-                // u8·s8 pairs → i16 (no saturation: |w| ≤ 63), then pairs of i16 → i32.
-                let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(av, b0), ones);
-                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(av, b1), ones);
-                acc[0] = _mm256_add_epi32(acc[0], p0);
-                acc[1] = _mm256_add_epi32(acc[1], p1);
+            let av = _mm256_set1_epi32((a.add(i * lda + g * KG) as *const i32).read_unaligned());
+            match MODE {
+                VNNI => {
+                    acc[0] = _mm256_dpbusd_avx_epi32(acc[0], av, b0);
+                    acc[1] = _mm256_dpbusd_avx_epi32(acc[1], av, b1);
+                }
+                WIDE => {
+                    // Activations are unsigned: zero-extend each byte to its i16 lane.
+                    let ae = _mm256_and_si256(av, low_bytes);
+                    let ao = _mm256_srli_epi16(av, 8);
+                    let p0 =
+                        _mm256_add_epi32(_mm256_madd_epi16(ae, b0e), _mm256_madd_epi16(ao, b0o));
+                    let p1 =
+                        _mm256_add_epi32(_mm256_madd_epi16(ae, b1e), _mm256_madd_epi16(ao, b1o));
+                    acc[0] = _mm256_add_epi32(acc[0], p0);
+                    acc[1] = _mm256_add_epi32(acc[1], p1);
+                }
+                _ => {
+                    // u8·s8 pairs → i16 (no saturation: |w| ≤ 63), then pairs of i16 → i32.
+                    let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(av, b0), ones);
+                    let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(av, b1), ones);
+                    acc[0] = _mm256_add_epi32(acc[0], p0);
+                    acc[1] = _mm256_add_epi32(acc[1], p1);
+                }
             }
         }
     }
     for (i, acc) in acc.iter().enumerate() {
-        _mm256_storeu_si256(tile[i].as_mut_ptr() as *mut __m256i, acc[0]);
-        _mm256_storeu_si256(tile[i].as_mut_ptr().add(8) as *mut __m256i, acc[1]);
+        let t = (*tile.add(i)).as_mut_ptr();
+        _mm256_storeu_si256(t as *mut __m256i, acc[0]);
+        _mm256_storeu_si256(t.add(8) as *mut __m256i, acc[1]);
     }
 }

@@ -1,55 +1,98 @@
-use super::{KG, MR, NR};
+//! The AVX-512 VNNI INT8 micro-kernel: 8 rows × three adjacent 16-column panels, one zmm
+//! accumulator per row and panel (24 of 32 registers). Per group of 4 depth steps: 3 weight
+//! loads and 8 broadcasts feed 24 `vpdpbusd` (the 6 × 16 tile it replaces needed 7 loads per 6).
+//! `vpdpbusd` does not saturate, so any 8-bit weights are exact.
+
+use super::{KG, NR};
 use std::arch::x86_64::*;
 
-/// `tile[..rows] += a · b` with AVX-512 VNNI: a 64-byte group (16 columns × 4 k) is one
-/// register, so each row needs one broadcast and one `vpdpbusd` per group.
+pub const MR: usize = 8;
+pub const NP: usize = 3;
+
+pub fn supported() -> bool {
+    crate::model::kernels::has_avx512() && is_x86_feature_detected!("avx512vnni")
+}
+
+/// The table entry: `rows` 1..=8, `np` 1..=3.
 ///
 /// # Safety
-/// The CPU must support AVX-512 F, BW and VNNI; `a` and `b` as for the AVX2 kernel.
+/// The CPU must support AVX-512 F, BW and VNNI; the pointers as [`super::Int8Tile`] describes.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn tile(
     rows: usize,
-    k: usize,
-    a: &[u8],
+    np: usize,
+    kc: usize,
+    a: *const u8,
     lda: usize,
-    b: &[i8],
-    tile: &mut [[i32; NR]; MR],
+    b: *const i8,
+    bstride: usize,
+    acc: *mut [i32; NR],
 ) {
-    assert!((1..=MR).contains(&rows) && k.is_multiple_of(KG));
-    assert!(a.len() >= (rows - 1) * lda + k && b.len() >= k * NR);
-    match rows {
-        6 => kernel::<6>(k, a, lda, b, tile),
-        5 => kernel::<5>(k, a, lda, b, tile),
-        4 => kernel::<4>(k, a, lda, b, tile),
-        3 => kernel::<3>(k, a, lda, b, tile),
-        2 => kernel::<2>(k, a, lda, b, tile),
-        _ => kernel::<1>(k, a, lda, b, tile),
+    match np {
+        3 => by_rows::<3>(rows, kc, a, lda, b, bstride, acc),
+        2 => by_rows::<2>(rows, kc, a, lda, b, bstride, acc),
+        _ => by_rows::<1>(rows, kc, a, lda, b, bstride, acc),
     }
 }
 
 #[inline(always)]
-unsafe fn kernel<const R: usize>(
-    k: usize,
-    a: &[u8],
+unsafe fn by_rows<const P: usize>(
+    rows: usize,
+    kc: usize,
+    a: *const u8,
     lda: usize,
-    b: &[i8],
-    tile: &mut [[i32; NR]; MR],
+    b: *const i8,
+    bstride: usize,
+    acc: *mut [i32; NR],
 ) {
-    let mut acc = [_mm512_setzero_si512(); R];
-    for (i, acc) in acc.iter_mut().enumerate() {
-        *acc = _mm512_loadu_si512(tile[i].as_ptr() as *const _);
+    match rows {
+        8 => kernel::<8, P>(kc, a, lda, b, bstride, acc),
+        7 => kernel::<7, P>(kc, a, lda, b, bstride, acc),
+        6 => kernel::<6, P>(kc, a, lda, b, bstride, acc),
+        5 => kernel::<5, P>(kc, a, lda, b, bstride, acc),
+        4 => kernel::<4, P>(kc, a, lda, b, bstride, acc),
+        3 => kernel::<3, P>(kc, a, lda, b, bstride, acc),
+        2 => kernel::<2, P>(kc, a, lda, b, bstride, acc),
+        _ => kernel::<1, P>(kc, a, lda, b, bstride, acc),
     }
-    let ap = a.as_ptr();
-    let bp = b.as_ptr();
-    for g in 0..k / KG {
-        // SAFETY (whole loop): as in the AVX2 kernel.
-        let bv = _mm512_loadu_si512(bp.add(g * NR * KG) as *const _);
-        for (i, acc) in acc.iter_mut().enumerate() {
-            let av = _mm512_set1_epi32((ap.add(i * lda + g * KG) as *const i32).read_unaligned());
-            *acc = _mm512_dpbusd_epi32(*acc, av, bv);
+}
+
+#[inline(always)]
+unsafe fn kernel<const R: usize, const P: usize>(
+    k: usize,
+    a: *const u8,
+    lda: usize,
+    b: *const i8,
+    bstride: usize,
+    tile: *mut [i32; NR],
+) {
+    let mut acc = [[_mm512_setzero_si512(); P]; R];
+    for (i, row) in acc.iter_mut().enumerate() {
+        for (q, v) in row.iter_mut().enumerate() {
+            // SAFETY (whole function): the caller vouches for P × MR accumulator rows, R rows
+            // of k bytes at stride lda from `a`, and k / 4 groups of 64 bytes at
+            // b + q * bstride for q < P.
+            *v = _mm512_loadu_si512((*tile.add(q * MR + i)).as_ptr() as *const _);
         }
     }
-    for (i, acc) in acc.iter().enumerate() {
-        _mm512_storeu_si512(tile[i].as_mut_ptr() as *mut _, *acc);
+    for g in 0..k / KG {
+        let mut bv = [_mm512_setzero_si512(); P];
+        for (q, v) in bv.iter_mut().enumerate() {
+            let bq = b.add(q * bstride + g * NR * KG);
+            _mm_prefetch::<_MM_HINT_T0>(bq.wrapping_add(8 * NR * KG));
+            *v = _mm512_loadu_si512(bq as *const _);
+        }
+        for (i, row) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_epi32((a.add(i * lda + g * KG) as *const i32).read_unaligned());
+            for (q, v) in row.iter_mut().enumerate() {
+                *v = _mm512_dpbusd_epi32(*v, av, bv[q]);
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        for (q, v) in row.iter().enumerate() {
+            _mm512_storeu_si512((*tile.add(q * MR + i)).as_mut_ptr() as *mut _, *v);
+        }
     }
 }

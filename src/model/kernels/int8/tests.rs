@@ -2,18 +2,30 @@ use super::*;
 use crate::model::config::Activation;
 
 #[test]
-fn the_detected_kernel_passes_its_self_check() {
-    let k = Kernel::detect();
-    eprintln!(
-        "int8 kernels on this CPU: {:?}; detected {k:?}",
-        Kernel::available()
-    );
-    assert!(k.self_check() || k == Kernel::Portable);
-    for k in [Kernel::AvxVnni, Kernel::Avx512Vnni] {
-        if !k.supported() {
-            eprintln!("SKIPPED: {k:?} kernel not testable here (CPU lacks the feature)");
+fn every_supported_kernel_passes_its_self_check() {
+    for bits in WEIGHT_BITS {
+        let k = Int8Kernel::detect(bits);
+        eprintln!(
+            "int8 kernels on this CPU for {bits}-bit weights: {:?}; detected {k:?}",
+            Int8Kernel::available(bits)
+        );
+        assert!(k.max_bits >= bits);
+        for k in Int8Kernel::available(bits) {
+            assert!(k.self_check(bits), "{k:?} {bits}-bit");
         }
     }
+    for k in INT8_KERNELS.iter().filter(|k| !k.supported()) {
+        eprintln!("SKIPPED: {k:?} kernel not testable here (CPU lacks the feature)");
+    }
+}
+
+#[test]
+fn seven_bit_only_kernels_are_never_chosen_for_eight_bit_weights() {
+    for k in INT8_KERNELS.iter().filter(|k| k.max_bits < 8) {
+        assert!(!Int8Kernel::available(8).contains(&k));
+        assert!(!k.self_check(8));
+    }
+    assert!(Int8Kernel::detect(8).max_bits == 8);
 }
 
 fn data(len: usize, seed: usize, scale: f32) -> Vec<f32> {
@@ -47,7 +59,10 @@ fn reference(x: &[f32], m: usize, k: usize, scale: ActScale, w: &QWeights) -> Ve
 
 #[test]
 fn every_kernel_matches_f64_reference_on_ragged_shapes() {
-    for kernel in Kernel::available() {
+    for (bits, kernel) in WEIGHT_BITS
+        .into_iter()
+        .flat_map(|b| Int8Kernel::available(b).into_iter().map(move |k| (b, k)))
+    {
         for (m, n, k) in [
             (1, 1, 1),
             (3, 17, 5),
@@ -55,10 +70,11 @@ fn every_kernel_matches_f64_reference_on_ragged_shapes() {
             (7, 33, 70),
             (13, 40, 600),
             (70, 48, 384),
+            (37, 100, 260),
         ] {
             let x = data(m * k, 1, 3.0);
             let wf = data(n * k, 2, 0.2);
-            let w = QWeights::quantize(&wf, n, k);
+            let w = QWeights::quantize(&wf, n, k, bits);
             let bias = data(n, 3, 1.0);
             for scale in [ActScale::Static(3.0 / 127.0), ActScale::Dynamic] {
                 let mut q = QActs::new();
@@ -86,21 +102,27 @@ fn every_kernel_matches_f64_reference_on_ragged_shapes() {
 
 #[test]
 fn kernels_agree_bit_for_bit_at_saturation_edges() {
-    // Extreme activations (all ±127 → bytes 1 and 255) against extreme weights (±63):
+    // Extreme activations (all ±127 → bytes 1 and 255) against extreme weights (±63 or ±127):
     // the pair sums are as large as they get; a saturating i16 would show here.
-    let (m, n, k) = (9, 20, 64);
+    for bits in WEIGHT_BITS {
+        saturation_edges(bits);
+    }
+}
+
+fn saturation_edges(bits: u32) {
+    let (m, n, k) = (9, 52, 64);
     let x: Vec<f32> = (0..m * k)
         .map(|i| if i % 3 == 0 { -1.0 } else { 1.0 })
         .collect();
     let wf: Vec<f32> = (0..n * k)
         .map(|i| if i % 5 == 0 { -1.0 } else { 1.0 })
         .collect();
-    let w = QWeights::quantize(&wf, n, k);
+    let w = QWeights::quantize(&wf, n, k, bits);
     let mut q = QActs::new();
     q.quantize(&x, m, k, ActScale::Static(1.0 / 127.0));
     let want = reference(&x, m, k, ActScale::Static(1.0 / 127.0), &w);
     let mut outs = Vec::new();
-    for kernel in Kernel::available() {
+    for kernel in Int8Kernel::available(bits) {
         let mut y = vec![0.0f32; m * n];
         let ep = Epilogue {
             bias: None,
@@ -111,7 +133,7 @@ fn kernels_agree_bit_for_bit_at_saturation_edges() {
         for i in 0..m * n {
             assert!(
                 (y[i] as f64 - want[i].max(0.0)).abs() < 1e-4,
-                "{kernel:?} at {i}"
+                "{kernel:?} {bits}-bit at {i}"
             );
         }
         outs.push(y);
@@ -122,15 +144,22 @@ fn kernels_agree_bit_for_bit_at_saturation_edges() {
 #[test]
 fn weights_round_trip_and_bad_artifacts_are_refused() {
     let (n, k) = (19, 13);
-    let w = QWeights::quantize(&data(n * k, 4, 1.0), n, k);
-    let back = QWeights::from_parts(&w.rows(), w.scales.clone(), n, k).unwrap();
+    let w = QWeights::quantize(&data(n * k, 4, 1.0), n, k, 7);
+    let back = QWeights::from_parts(&w.rows(), w.scales.clone(), n, k, 7).unwrap();
     assert_eq!(back.rows(), w.rows());
     let mut bad = w.rows();
     bad[3] = 100;
-    let err = QWeights::from_parts(&bad, w.scales.clone(), n, k).err();
+    let err = QWeights::from_parts(&bad, w.scales.clone(), n, k, 7).err();
     assert!(err.unwrap_or_default().contains("outside"));
-    assert!(QWeights::from_parts(&w.rows(), vec![0.0; n], n, k).is_err());
-    assert!(QWeights::from_parts(&w.rows()[1..], w.scales.clone(), n, k).is_err());
+    // The same value is fine at 8 bits, and -128 never is (not symmetric).
+    assert!(QWeights::from_parts(&bad, w.scales.clone(), n, k, 8).is_ok());
+    bad[3] = -128;
+    assert!(QWeights::from_parts(&bad, w.scales.clone(), n, k, 8).is_err());
+    assert!(QWeights::from_parts(&w.rows(), w.scales.clone(), n, k, 6).is_err());
+    assert!(QWeights::from_parts(&w.rows(), vec![0.0; n], n, k, 7).is_err());
+    assert!(QWeights::from_parts(&w.rows()[1..], w.scales.clone(), n, k, 7).is_err());
+    let w8 = QWeights::quantize(&data(n * k, 4, 1.0), n, k, 8);
+    assert_eq!(w8.rows().iter().map(|v| v.unsigned_abs()).max(), Some(127));
 }
 
 #[test]
@@ -139,7 +168,7 @@ fn zero_and_non_finite_inputs_stay_finite() {
     let mut x = vec![0.0f32; m * k];
     x[9] = f32::NAN;
     x[10] = f32::INFINITY;
-    let w = QWeights::quantize(&data(n * k, 5, 1.0), n, k);
+    let w = QWeights::quantize(&data(n * k, 5, 1.0), n, k, 8);
     let mut q = QActs::new();
     q.quantize(&x, m, k, ActScale::Dynamic);
     let mut y = vec![0.0f32; m * n];

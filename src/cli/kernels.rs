@@ -1,0 +1,149 @@
+//! `samp kernels`: which GEMM micro-kernel each precision uses on this host, whether every
+//! kernel the CPU supports passes its self-check, each one's rate at the model shapes, and the
+//! peak of the best multiply-add instruction (so rates read as a share of the hardware).
+
+use std::time::Instant;
+
+use clap::Args;
+
+use crate::model::kernels::int8::{ActScale, Int8Kernel, QActs, QWeights, INT8_KERNELS};
+use crate::model::kernels::packed::{matmul_with, Epilogue, F32Kernel, PackedWeights, F32_KERNELS};
+use crate::model::kernels::peak::Probe;
+
+#[derive(Debug, Args)]
+pub struct KernelsArgs {
+    /// Rows (tokens) of the activations.
+    #[arg(long, default_value_t = 1024)]
+    pub rows: usize,
+    /// Seconds to time each kernel at each shape (and each peak probe).
+    #[arg(long, default_value_t = 0.5)]
+    pub seconds: f64,
+    /// Only the detected kernels (not every supported one).
+    #[arg(long)]
+    pub detected_only: bool,
+}
+
+/// (name, k, n): the four GEMMs of a MiniLM layer and of a BERT-base layer.
+const SHAPES: [(&str, usize, usize); 8] = [
+    ("minilm.qkv", 384, 1152),
+    ("minilm.attn_out", 384, 384),
+    ("minilm.ffn_up", 384, 1536),
+    ("minilm.ffn_down", 1536, 384),
+    ("bert-base.qkv", 768, 2304),
+    ("bert-base.attn_out", 768, 768),
+    ("bert-base.ffn_up", 768, 3072),
+    ("bert-base.ffn_down", 3072, 768),
+];
+
+fn data(len: usize, seed: usize, scale: f32) -> Vec<f32> {
+    (0..len)
+        .map(|i| (((i * 7919 + seed * 104_729) % 2001) as f32 / 1000.0 - 1.0) * scale)
+        .collect()
+}
+
+/// Best of several timed runs of `f` over about `seconds`, as operations per second.
+fn rate(ops: f64, seconds: f64, mut f: impl FnMut()) -> f64 {
+    f();
+    let start = Instant::now();
+    let mut best = f64::INFINITY;
+    while start.elapsed().as_secs_f64() < seconds || best.is_infinite() {
+        let t = Instant::now();
+        f();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    ops / best
+}
+
+pub fn run_kernels(a: &KernelsArgs) -> anyhow::Result<()> {
+    let m = a.rows;
+    let threads = rayon::current_num_threads();
+    let mut peaks = serde_json::Map::new();
+    for p in Probe::ALL {
+        if let Some(r) = p.measure(a.seconds) {
+            eprintln!(
+                "peak {:<18} {:>8.1} Gop/s ({threads} threads)",
+                p.name(),
+                r / 1e9
+            );
+            peaks.insert(p.name().into(), serde_json::json!(r / 1e9));
+        }
+    }
+    let f32_detected = F32Kernel::detect();
+    let f32_kernels: Vec<&F32Kernel> = if a.detected_only {
+        vec![f32_detected]
+    } else {
+        F32_KERNELS.iter().filter(|k| k.supported()).collect()
+    };
+    let mut kernels = Vec::new();
+    for k in &f32_kernels {
+        kernels.push(serde_json::json!({
+            "precision": "float32", "kernel": k.name, "self_check": k.self_check(),
+            "detected": std::ptr::eq(*k, f32_detected),
+        }));
+    }
+    let mut int8: Vec<(u32, &Int8Kernel)> = Vec::new();
+    for bits in [8u32, 7] {
+        let det = Int8Kernel::detect(bits);
+        for k in INT8_KERNELS
+            .iter()
+            .filter(|k| k.supported() && k.max_bits >= bits)
+        {
+            if a.detected_only && !std::ptr::eq(k, det) {
+                continue;
+            }
+            kernels.push(serde_json::json!({
+                "precision": "int8", "weight_bits": bits, "kernel": k.name,
+                "self_check": k.self_check(bits), "detected": std::ptr::eq(k, det),
+            }));
+            int8.push((bits, k));
+        }
+    }
+    for k in INT8_KERNELS.iter().filter(|k| !k.supported()) {
+        eprintln!("not on this CPU: {}", k.name);
+    }
+    let mut rates = Vec::new();
+    for (shape, k, n) in SHAPES {
+        let x = data(m * k, 1, 2.0);
+        let w = data(n * k, 2, 0.1);
+        let mut y = vec![0.0f32; m * n];
+        let ops = 2.0 * (m * k * n) as f64;
+        let pw = PackedWeights::from_rows(&w, n, k);
+        for kern in &f32_kernels {
+            let r = rate(ops, a.seconds, || {
+                matmul_with(&x, m, &pw, &mut y, Epilogue::default(), kern)
+            });
+            eprintln!(
+                "{shape:<20} {m}x{k}x{n} {:<24} {:>8.1} GFLOP/s",
+                kern.name,
+                r / 1e9
+            );
+            rates.push(serde_json::json!({"shape": shape, "m": m, "k": k, "n": n,
+                "precision": "float32", "kernel": kern.name, "gops": r / 1e9}));
+        }
+        for (bits, kern) in &int8 {
+            let qw = QWeights::quantize(&w, n, k, *bits);
+            let mut q = QActs::new();
+            let r = rate(ops, a.seconds, || {
+                q.quantize(&x, m, k, ActScale::Dynamic);
+                crate::model::kernels::int8::matmul_with(&q, &qw, &mut y, Epilogue::default(), kern)
+            });
+            eprintln!(
+                "{shape:<20} {m}x{k}x{n} {:<24} {:>8.1} Gop/s ({bits}-bit, incl. quantizing)",
+                kern.name,
+                r / 1e9
+            );
+            rates.push(serde_json::json!({"shape": shape, "m": m, "k": k, "n": n,
+                "precision": "int8", "weight_bits": bits, "kernel": kern.name,
+                "includes_quantize": true, "gops": r / 1e9}));
+        }
+    }
+    let out = serde_json::json!({
+        "threads": threads,
+        "rows": m,
+        "peaks_gops": peaks,
+        "kernels": kernels,
+        "rates": rates,
+    });
+    println!("{out}");
+    Ok(())
+}

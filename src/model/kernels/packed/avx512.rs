@@ -1,0 +1,93 @@
+//! The AVX-512 f32 micro-kernel: 12 rows × two adjacent 16-column panels, one zmm accumulator
+//! per row and panel (24 of the 32 registers), two weight loads and 12 broadcasts per 24 FMAs.
+
+use super::NR;
+use std::arch::x86_64::*;
+
+pub const MR: usize = 12;
+pub const NP: usize = 2;
+/// Steps ahead (one cache line of weights per step and panel) to prefetch.
+const PREFETCH: usize = 8;
+
+/// The table entry: `rows` 1..=12, `np` 1 or 2.
+///
+/// # Safety
+/// The CPU must support AVX-512 F; the pointers as [`super::F32Tile`] describes.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub unsafe fn tile(
+    rows: usize,
+    np: usize,
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    bstride: usize,
+    acc: *mut [f32; NR],
+) {
+    if np >= 2 {
+        by_rows::<2>(rows, kc, a, b, bstride, acc)
+    } else {
+        by_rows::<1>(rows, kc, a, b, bstride, acc)
+    }
+}
+
+#[inline(always)]
+unsafe fn by_rows<const P: usize>(
+    rows: usize,
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    bstride: usize,
+    acc: *mut [f32; NR],
+) {
+    match rows {
+        12 => kernel::<12, P>(kc, a, b, bstride, acc),
+        11 => kernel::<11, P>(kc, a, b, bstride, acc),
+        10 => kernel::<10, P>(kc, a, b, bstride, acc),
+        9 => kernel::<9, P>(kc, a, b, bstride, acc),
+        8 => kernel::<8, P>(kc, a, b, bstride, acc),
+        7 => kernel::<7, P>(kc, a, b, bstride, acc),
+        6 => kernel::<6, P>(kc, a, b, bstride, acc),
+        5 => kernel::<5, P>(kc, a, b, bstride, acc),
+        4 => kernel::<4, P>(kc, a, b, bstride, acc),
+        3 => kernel::<3, P>(kc, a, b, bstride, acc),
+        2 => kernel::<2, P>(kc, a, b, bstride, acc),
+        _ => kernel::<1, P>(kc, a, b, bstride, acc),
+    }
+}
+
+#[inline(always)]
+unsafe fn kernel<const R: usize, const P: usize>(
+    k: usize,
+    a: *const f32,
+    b: *const f32,
+    bstride: usize,
+    tile: *mut [f32; NR],
+) {
+    let mut acc = [[_mm512_setzero_ps(); P]; R];
+    for (i, row) in acc.iter_mut().enumerate() {
+        for (q, v) in row.iter_mut().enumerate() {
+            // SAFETY (whole function): the caller vouches for P × MR rows of accumulators, k
+            // steps of MR floats at `a`, and k × NR floats at b + q * bstride for q < P.
+            *v = _mm512_loadu_ps((*tile.add(q * MR + i)).as_ptr());
+        }
+    }
+    for kk in 0..k {
+        let mut bv = [_mm512_setzero_ps(); P];
+        for (q, v) in bv.iter_mut().enumerate() {
+            let bq = b.add(q * bstride + kk * NR);
+            _mm_prefetch::<_MM_HINT_T0>(bq.wrapping_add(PREFETCH * NR) as *const i8);
+            *v = _mm512_loadu_ps(bq);
+        }
+        for (i, row) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_ps(*a.add(kk * MR + i));
+            for (q, v) in row.iter_mut().enumerate() {
+                *v = _mm512_fmadd_ps(av, bv[q], *v);
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        for (q, v) in row.iter().enumerate() {
+            _mm512_storeu_ps((*tile.add(q * MR + i)).as_mut_ptr(), *v);
+        }
+    }
+}
