@@ -41,20 +41,14 @@ pub fn map(plan: &Plan, cfg: &ModelConfig) -> Result<Vec<[GemmOp; 4]>, String> {
             cfg.heads
         ));
     }
-    // Float16 is a GPU precision; everything else is checked as for the CPU.
+    // Float16 is a GPU precision, and bfloat16 entries run as FP16 there (the GPU's fast half
+    // type); everything else is checked as for the CPU.
     let mut as_cpu = plan.clone();
-    for (i, l) in as_cpu.layers.iter_mut().enumerate() {
+    for l in as_cpu.layers.iter_mut() {
         for g in Gemm::ALL {
             let gp = l.get_mut(g);
-            match gp.precision {
-                Precision::Float16 => gp.precision = Precision::Float32,
-                Precision::Bfloat16 => {
-                    return Err(format!(
-                        "layers[{i}].{}.precision: bfloat16 is not implemented on the GPU backend (float32, float16 or int8)",
-                        g.name()
-                    ))
-                }
-                _ => {}
+            if gp.precision == Precision::Float16 {
+                gp.precision = Precision::Float32;
             }
         }
     }
@@ -131,13 +125,12 @@ mod tests {
     }
 
     #[test]
-    fn float16_entries_are_accepted_and_bfloat16_refused_by_name() {
+    fn float16_and_bfloat16_entries_run_as_fp16() {
         let mut p = plan(&[LayerMode::Float, LayerMode::Float], ActMode::Static);
         p.layers[1].ffn_up.precision = Precision::Float16;
         assert_eq!(map(&p, &cfg(64, 2, 2)).unwrap()[1], [GemmOp::Fp16; 4]);
         p.layers[1].ffn_up.precision = Precision::Bfloat16;
-        let e = map(&p, &cfg(64, 2, 2)).unwrap_err();
-        assert!(e.contains("layers[1].ffn_up"), "{e}");
+        assert_eq!(map(&p, &cfg(64, 2, 2)).unwrap()[1], [GemmOp::Fp16; 4]);
     }
 
     #[test]

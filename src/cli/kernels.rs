@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use clap::Args;
 
+use crate::model::kernels::bf16::{Bf16Acts, Bf16Kernel, Bf16Weights, BF16_KERNELS};
 use crate::model::kernels::int8::{ActScale, Int8Kernel, QActs, QWeights, INT8_KERNELS};
 use crate::model::kernels::packed::{matmul_with, Epilogue, F32Kernel, PackedWeights, F32_KERNELS};
 use crate::model::kernels::peak::Probe;
@@ -81,6 +82,17 @@ pub fn run_kernels(a: &KernelsArgs) -> anyhow::Result<()> {
             "detected": std::ptr::eq(*k, f32_detected),
         }));
     }
+    let bf16_detected = Bf16Kernel::detect();
+    let bf16_kernels: Vec<&Bf16Kernel> = BF16_KERNELS
+        .iter()
+        .filter(|k| k.supported() && (!a.detected_only || std::ptr::eq(*k, bf16_detected)))
+        .collect();
+    for k in &bf16_kernels {
+        kernels.push(serde_json::json!({
+            "precision": "bfloat16", "kernel": k.name, "self_check": k.self_check(),
+            "detected": std::ptr::eq(*k, bf16_detected),
+        }));
+    }
     let mut int8: Vec<(u32, &Int8Kernel)> = Vec::new();
     for bits in [8u32, 7] {
         let det = Int8Kernel::detect(bits);
@@ -119,6 +131,21 @@ pub fn run_kernels(a: &KernelsArgs) -> anyhow::Result<()> {
             );
             rates.push(serde_json::json!({"shape": shape, "m": m, "k": k, "n": n,
                 "precision": "float32", "kernel": kern.name, "gops": r / 1e9}));
+        }
+        let bw = Bf16Weights::from_rows(&w, n, k);
+        for kern in &bf16_kernels {
+            let mut b = Bf16Acts::new();
+            let r = rate(ops, a.seconds, || {
+                b.round(&x, m, k);
+                crate::model::kernels::bf16::matmul_with(&b, &bw, &mut y, Epilogue::default(), kern)
+            });
+            eprintln!(
+                "{shape:<20} {m}x{k}x{n} {:<24} {:>8.1} GFLOP/s (incl. rounding the input)",
+                kern.name,
+                r / 1e9
+            );
+            rates.push(serde_json::json!({"shape": shape, "m": m, "k": k, "n": n,
+                "precision": "bfloat16", "kernel": kern.name, "gops": r / 1e9}));
         }
         for (bits, kern) in &int8 {
             let qw = QWeights::quantize(&w, n, k, *bits);

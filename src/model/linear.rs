@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::error::Result;
 use crate::model::config::Activation;
+use crate::model::kernels::bf16::{self, Bf16Acts, Bf16Weights};
 use crate::model::kernels::int8::{self, ActScale, QActs, QWeights};
 use crate::model::kernels::packed::{self, Epilogue, PackedWeights};
 use crate::model::weights::Weights;
@@ -23,12 +24,17 @@ pub struct Linear {
     weight_bits: u32,
     /// `Some` when this layer runs in INT8.
     int8: Option<ActScale>,
+    /// The bf16 weights, made on first use; `bf16` says whether this layer runs on them.
+    bweights: OnceLock<Arc<Bf16Weights>>,
+    bf16: bool,
     observer: Mutex<Option<Observer>>,
 }
 
 thread_local! {
     /// Quantized activations, reused across calls on the compute thread.
     static QACTS: RefCell<QActs> = RefCell::new(QActs::new());
+    /// Activations rounded to bf16, likewise.
+    static BACTS: RefCell<Bf16Acts> = RefCell::new(Bf16Acts::new());
 }
 
 impl Linear {
@@ -52,6 +58,8 @@ impl Linear {
             qweights: OnceLock::new(),
             weight_bits: crate::quant::plan::preferred_weight_bits(),
             int8: None,
+            bweights: OnceLock::new(),
+            bf16: false,
             observer: Mutex::new(None),
         })
     }
@@ -116,6 +124,31 @@ impl Linear {
         self.int8
     }
 
+    /// Run in bf16 (`true`) or not; INT8, when also set, takes precedence.
+    pub fn set_bf16(&mut self, on: bool) {
+        if on {
+            self.bweights();
+        }
+        self.bf16 = on;
+    }
+
+    pub fn bf16(&self) -> bool {
+        self.bf16 && self.int8.is_none()
+    }
+
+    /// The weights rounded to bf16 (made from the float ones on first use).
+    pub fn bweights(&self) -> Arc<Bf16Weights> {
+        self.bweights
+            .get_or_init(|| {
+                Arc::new(Bf16Weights::from_rows(
+                    &self.weights.to_rows(),
+                    self.weights.n,
+                    self.weights.k,
+                ))
+            })
+            .clone()
+    }
+
     /// Start (or stop) recording the inputs of this layer.
     pub fn observe(&self, on: bool) {
         let mut o = self.observer.lock().unwrap_or_else(|e| e.into_inner());
@@ -164,6 +197,13 @@ impl Linear {
                 QACTS.with_borrow_mut(|qa| {
                     qa.quantize(x, rows, self.inputs(), scale);
                     int8::matmul(qa, &q, out, ep);
+                });
+            }
+            None if self.bf16 => {
+                let w = self.bweights();
+                BACTS.with_borrow_mut(|b| {
+                    b.round(x, rows, self.inputs());
+                    bf16::matmul(b, &w, out, ep);
                 });
             }
             None => packed::matmul(x, rows, &self.weights, out, ep),

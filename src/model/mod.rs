@@ -241,6 +241,9 @@ impl Model {
                 };
                 layer.linear_mut(g).set_weight_bits(plan.weight_bits);
                 layer.linear_mut(g).set_int8(act);
+                layer
+                    .linear_mut(g)
+                    .set_bf16(gp.precision == Precision::Bfloat16);
             }
         }
         self.plan = plan.clone();

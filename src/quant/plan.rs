@@ -113,11 +113,13 @@ impl LayerPlan {
 
     /// The layer's mode in the SAMP paper's terms.
     pub fn mode(&self) -> LayerMode {
-        let int8 = |g| self.get(g).precision == Precision::Int8;
-        match Gemm::ALL.map(int8) {
-            [false, false, false, false] => LayerMode::Float,
-            [false, false, true, true] => LayerMode::FfnOnly,
-            [true, true, true, true] => LayerMode::Full,
+        use Precision::{Bfloat16 as B, Float32 as F, Int8 as I};
+        match Gemm::ALL.map(|g| self.get(g).precision) {
+            [F, F, F, F] => LayerMode::Float,
+            [B, B, B, B] => LayerMode::Bf16,
+            [F, F, I, I] => LayerMode::FfnOnly,
+            [B, B, I, I] => LayerMode::FfnOnlyBf16,
+            [I, I, I, I] => LayerMode::Full,
             _ => LayerMode::Custom,
         }
     }
@@ -128,8 +130,13 @@ impl LayerPlan {
 #[serde(rename_all = "kebab-case")]
 pub enum LayerMode {
     Float,
+    /// All four GEMMs in bfloat16.
+    Bf16,
     /// Quant-FFN-Only: the FFN's two GEMMs in INT8, attention in float.
     FfnOnly,
+    /// Quant-FFN-Only with the attention GEMMs in bfloat16 (the SAMP paper's mix of half
+    /// precision and INT8).
+    FfnOnlyBf16,
     /// Fully-Quant: all four GEMMs in INT8.
     Full,
     Custom,
@@ -139,7 +146,9 @@ impl LayerMode {
     pub fn label(self) -> &'static str {
         match self {
             LayerMode::Float => "F",
+            LayerMode::Bf16 => "b",
             LayerMode::FfnOnly => "q",
+            LayerMode::FfnOnlyBf16 => "p",
             LayerMode::Full => "Q",
             LayerMode::Custom => "?",
         }
@@ -209,9 +218,17 @@ impl Plan {
                 for (gi, g) in Gemm::ALL.into_iter().enumerate() {
                     let on = match mode {
                         LayerMode::Full => true,
-                        LayerMode::FfnOnly => g.is_ffn(),
+                        LayerMode::FfnOnly | LayerMode::FfnOnlyBf16 => g.is_ffn(),
                         _ => false,
                     };
+                    let half = match mode {
+                        LayerMode::Bf16 => true,
+                        LayerMode::FfnOnlyBf16 => !g.is_ffn(),
+                        _ => false,
+                    };
+                    if half {
+                        lp.get_mut(g).precision = Precision::Bfloat16;
+                    }
                     if on {
                         *lp.get_mut(g) = GemmPlan {
                             precision: Precision::Int8,
@@ -279,11 +296,10 @@ impl Plan {
                 let gp = l.get(g);
                 let at = format!("layers[{i}].{}", g.name());
                 match gp.precision {
-                    Precision::Float32 => {}
-                    Precision::Bfloat16 | Precision::Float16 => {
+                    Precision::Float32 | Precision::Bfloat16 => {}
+                    Precision::Float16 => {
                         return Err(format!(
-                            "{at}.precision: {:?} is not available on the CPU backend (float32 or int8)",
-                            gp.precision
+                            "{at}.precision: float16 is not available on the CPU backend (float32, bfloat16 or int8)"
                         ))
                     }
                     Precision::Int8 => {
@@ -310,6 +326,14 @@ impl Plan {
     /// Layer modes at a glance, e.g. `QQqqFF`.
     pub fn summary(&self) -> String {
         self.layers.iter().map(|l| l.mode().label()).collect()
+    }
+
+    pub fn bf16_gemms(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|l| Gemm::ALL.map(|g| l.get(g).precision == Precision::Bfloat16))
+            .filter(|&b| b)
+            .count()
     }
 
     pub fn int8_gemms(&self) -> usize {
@@ -356,6 +380,31 @@ mod tests {
         let back: Plan = serde_json::from_str(&json).unwrap();
         assert_eq!(back, p);
         assert!(p.validate(4).unwrap_err().contains("3 entries"));
+    }
+
+    #[test]
+    fn bf16_modes_round_trip_and_float16_stays_refused_on_cpu() {
+        let modes = [
+            LayerMode::Bf16,
+            LayerMode::FfnOnlyBf16,
+            LayerMode::FfnOnly,
+            LayerMode::Float,
+        ];
+        let p = Plan::from_modes("m", &modes, &[[0.1; 4]; 4], ActMode::Static, None);
+        assert_eq!(p.summary(), "bpqF");
+        assert_eq!((p.bf16_gemms(), p.int8_gemms()), (6, 4));
+        assert_eq!(p.layers[1].qkv.precision, Precision::Bfloat16);
+        assert_eq!(p.layers[1].ffn_up.precision, Precision::Int8);
+        p.validate(4).unwrap();
+        let back: Plan = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+        let mut bad = p.clone();
+        bad.weight_bits = 6;
+        assert!(bad.validate(4).unwrap_err().contains("weight_bits"));
+        // Plans written before the field existed hold 7-bit weights.
+        let old: Plan =
+            serde_json::from_str(r#"{"format":"samp-plan/1","name":"x","layers":[]}"#).unwrap();
+        assert_eq!(old.weight_bits, 7);
     }
 
     #[test]

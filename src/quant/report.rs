@@ -83,11 +83,19 @@ pub fn markdown(r: &Report) -> String {
             t.est_texts_per_s
         );
     }
-    s += "\n## Layer latency (ms per batch)\n\n| layer | float32 | ffn-only | fully-quant |\n|---:|---:|---:|---:|\n";
+    s += "\n## Layer latency (ms per batch; F float32, b bf16, q ffn-only, p ffn-only with bf16 attention, Q fully-quant; - not timed on this CPU)\n\n| layer | F | b | q | p | Q |\n|---:|---:|---:|---:|---:|---:|\n";
+    let ms = |v: f64| {
+        if v.is_finite() {
+            format!("{v:.2}")
+        } else {
+            "-".into()
+        }
+    };
     for (i, l) in r.layer_ms.iter().enumerate() {
-        s += &format!("| {i} | {:.2} | {:.2} | {:.2} |\n", l[0], l[1], l[2]);
+        let cells: Vec<String> = l.iter().map(|&v| ms(v)).collect();
+        s += &format!("| {i} | {} |\n", cells.join(" | "));
     }
-    s += &format!("| other | {:.2} | | |\n", r.other_ms);
+    s += &format!("| other | {:.2} | | | | |\n", r.other_ms);
     s
 }
 

@@ -4,6 +4,7 @@
 //! first, the whole plan re-evaluated at every step — and pick the fastest plan that meets the
 //! requirement (without one, the knee of the frontier).
 
+use crate::model::kernels::bf16::Bf16Kernel;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -35,7 +36,8 @@ pub enum Requirement {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum SearchMode {
-    /// Each layer float, Quant-FFN-Only or Fully-Quant.
+    /// Each layer float, Quant-FFN-Only or Fully-Quant; where this CPU has a fast bf16
+    /// kernel also all-bf16 and Quant-FFN-Only with bf16 attention.
     Auto,
     /// Each layer float or Quant-FFN-Only.
     FfnOnly,
@@ -44,11 +46,18 @@ pub enum SearchMode {
 }
 
 impl SearchMode {
-    fn modes(self) -> &'static [LayerMode] {
+    fn modes(self) -> Vec<LayerMode> {
+        let bf16 = Bf16Kernel::accelerated();
         match self {
-            SearchMode::Auto => &[LayerMode::FfnOnly, LayerMode::Full],
-            SearchMode::FfnOnly => &[LayerMode::FfnOnly],
-            SearchMode::FullyQuant => &[LayerMode::Full],
+            SearchMode::Auto if bf16 => vec![
+                LayerMode::Bf16,
+                LayerMode::FfnOnly,
+                LayerMode::FfnOnlyBf16,
+                LayerMode::Full,
+            ],
+            SearchMode::Auto => vec![LayerMode::FfnOnly, LayerMode::Full],
+            SearchMode::FfnOnly => vec![LayerMode::FfnOnly],
+            SearchMode::FullyQuant => vec![LayerMode::Full],
         }
     }
 }
@@ -107,8 +116,10 @@ pub struct Report {
     /// Bootstrap standard errors a plan's drop had to stay within the requirement by.
     pub margin_se: f64,
     pub float_score: f64,
-    /// Milliseconds per timing batch for each layer in float, FFN-only and fully-quant.
-    pub layer_ms: Vec<[f64; 3]>,
+    /// Milliseconds per timing batch for each layer in each mode of [`MODES`] (float, bf16,
+    /// FFN-only, FFN-only with bf16 attention, fully-quant); modes not timed on this host (bf16
+    /// without a fast kernel) are infinite (`null` in JSON).
+    pub layer_ms: Vec<[f64; MODES.len()]>,
     /// Milliseconds per timing batch outside the encoder layers (tokenizer, embeddings, head).
     pub other_ms: f64,
     pub timing_batch: usize,
@@ -146,12 +157,18 @@ impl Progress {
     }
 }
 
+/// The layer modes the search times, in the order the greedy frontier may move through them
+/// (a layer only ever moves to a higher index).
+pub const MODES: [LayerMode; 5] = [
+    LayerMode::Float,
+    LayerMode::Bf16,
+    LayerMode::FfnOnly,
+    LayerMode::FfnOnlyBf16,
+    LayerMode::Full,
+];
+
 fn mode_index(m: LayerMode) -> usize {
-    match m {
-        LayerMode::FfnOnly => 1,
-        LayerMode::Full => 2,
-        _ => 0,
-    }
+    MODES.iter().position(|&x| x == m).unwrap_or(0)
 }
 
 fn summary(modes: &[LayerMode]) -> String {
@@ -203,7 +220,7 @@ pub fn search(model: &mut Model, eval: &Evaluator, opts: &SearchOptions) -> Resu
         timing_inputs.len(),
         timing_tokens,
         layer_ms.iter().map(|l| l[0]).sum::<f64>(),
-        layer_ms.iter().map(|l| l[2]).sum::<f64>()
+        layer_ms.iter().map(|l| l[mode_index(LayerMode::Full)]).sum::<f64>()
     ));
     let est = |m: &[LayerMode]| -> f64 {
         let ms = other_ms
@@ -285,9 +302,9 @@ pub fn search(model: &mut Model, eval: &Evaluator, opts: &SearchOptions) -> Resu
     }
 
     // Sensitivity: each layer alone in each mode.
-    let mut drop = vec![[0.0f64; 3]; layers];
+    let mut drop = vec![[0.0f64; MODES.len()]; layers];
     for i in 0..layers {
-        for &mode in modes {
+        for &mode in &modes {
             let mut m = all_float.clone();
             m[i] = mode;
             model.apply_plan(&plan_of("sensitivity", &m))?;
@@ -316,7 +333,7 @@ pub fn search(model: &mut Model, eval: &Evaluator, opts: &SearchOptions) -> Resu
         let mut best: Option<(f64, usize, LayerMode)> = None;
         for i in 0..layers {
             let cur = mode_index(current[i]);
-            for &next in modes {
+            for &next in &modes {
                 let n = mode_index(next);
                 if n <= cur {
                     continue;
@@ -487,7 +504,10 @@ fn time_ms(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 
 /// Per layer, milliseconds in float, FFN-only and fully-quant (static scales of 1/127: timing
 /// only), and the time outside the layers.
-fn time_layers(model: &mut Model, inputs: &[Input]) -> Result<(Vec<[f64; 3]>, f64, usize)> {
+fn time_layers(
+    model: &mut Model,
+    inputs: &[Input],
+) -> Result<(Vec<[f64; MODES.len()]>, f64, usize)> {
     let layers = model.cfg.layers;
     let before = model.plan().clone();
     let encoded = model.encode(inputs, Truncation::Truncate)?;
@@ -498,10 +518,17 @@ fn time_layers(model: &mut Model, inputs: &[Input]) -> Result<(Vec<[f64; 3]>, f6
     let x0 = model.encoder().embed(&batch)?;
     // Rounds alternate the precisions and keep each one's fastest time, so that a burst of
     // load from other processes on a shared machine skews no precision more than another.
-    let mut out = vec![[f64::INFINITY; 3]; layers];
+    // Modes that are not timed stay at infinity: never a gain.
+    let mut out = vec![[f64::INFINITY; MODES.len()]; layers];
     let ones = vec![[1.0f32 / 127.0; 4]; layers];
+    let timed: Vec<LayerMode> = MODES
+        .into_iter()
+        .filter(|m| {
+            Bf16Kernel::accelerated() || !matches!(m, LayerMode::Bf16 | LayerMode::FfnOnlyBf16)
+        })
+        .collect();
     for _round in 0..5 {
-        for mode in [LayerMode::Float, LayerMode::FfnOnly, LayerMode::Full] {
+        for &mode in &timed {
             model.apply_plan(&Plan::from_modes(
                 "timing",
                 &vec![mode; layers],

@@ -200,7 +200,8 @@ impl SampService {
     /// model's float32 variant, to run it again off the hot path.
     fn shadow_for(&self, worker: &Arc<ModelWorker>) -> Option<Arc<ModelWorker>> {
         let every = self.state.fidelity_every?;
-        if worker.model.plan().int8_gemms() == 0 {
+        let plan = worker.model.plan();
+        if plan.int8_gemms() + plan.bf16_gemms() == 0 {
             return None;
         }
         let n = self.state.sampled.fetch_add(1, Ordering::Relaxed);
@@ -211,7 +212,7 @@ impl SampService {
             .models
             .get(&worker.model.name)?
             .iter()
-            .find(|w| w.model.plan().int8_gemms() == 0)
+            .find(|w| w.model.plan().int8_gemms() + w.model.plan().bf16_gemms() == 0)
             .cloned()
     }
 
@@ -545,17 +546,19 @@ fn info(variants: &[Arc<ModelWorker>]) -> proto::ModelInfo {
     }
 }
 
-/// e.g. "float32 (all 6 layers)" or "int8 GEMMs 20/24, layers QQQQqF (F float32, q Quant-FFN-Only,
-/// Q Fully-Quant)".
+/// e.g. "float32 (all 6 layers)" or "int8 GEMMs 20/24, bf16 GEMMs 2/24, layers QQQQpF (F
+/// float32, b bf16, q Quant-FFN-Only, p Quant-FFN-Only with bf16 attention, Q Fully-Quant;
+/// Static activations, 8-bit weights)".
 fn precision_summary(plan: &crate::quant::plan::Plan) -> String {
     let n = plan.layers.len();
-    match plan.int8_gemms() {
-        0 => format!("float32 (all {n} layers)"),
-        k => format!(
-            "int8 GEMMs {k}/{}, layers {} (F float32, q Quant-FFN-Only, Q Fully-Quant; {:?} activations)",
-            4 * n,
+    match (plan.int8_gemms(), plan.bf16_gemms()) {
+        (0, 0) => format!("float32 (all {n} layers)"),
+        (k, b) => format!(
+            "int8 GEMMs {k}/{all}, bf16 GEMMs {b}/{all}, layers {} (F float32, b bf16, q Quant-FFN-Only, p Quant-FFN-Only with bf16 attention, Q Fully-Quant; {:?} activations, {}-bit weights)",
             plan.summary(),
-            plan.activations
+            plan.activations,
+            plan.weight_bits,
+            all = 4 * n,
         ),
     }
 }

@@ -616,6 +616,26 @@ unsafe fn panels_range(
                     let rows = mr.min(r1 - r);
                     let sa = &x.scales[r..r + rows];
                     let tile = &acc[(t * np + q) * mr..(t * np + q) * mr + rows];
+                    #[cfg(target_arch = "x86_64")]
+                    if kernel.isa == Isa::Avx512 {
+                        // SAFETY: AVX-512 was detected (the kernel's ISA); rows r..r+rows and
+                        // columns c0..c0+cols of y lie inside it and belong to this task.
+                        unsafe {
+                            avx512::finish(
+                                tile,
+                                sa,
+                                offset,
+                                ws,
+                                ep.bias.map(|b| &b[c0..]),
+                                y.add(r * n + c0),
+                                n,
+                                cols,
+                                ep.accumulate,
+                                ep.act,
+                            )
+                        };
+                        continue;
+                    }
                     let out = &mut tile_f[..rows];
                     match kernel.isa {
                         // SAFETY (both): the kernel's ISA was detected at run time.

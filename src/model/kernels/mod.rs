@@ -2,6 +2,7 @@
 //! chosen at run time), LayerNorm, GELU and softmax. Pure functions over slices; no model
 //! knowledge. `unsafe` lives only here.
 
+pub mod bf16;
 pub mod int8;
 pub mod packed;
 pub mod peak;

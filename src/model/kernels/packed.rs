@@ -373,7 +373,15 @@ pub(super) unsafe fn finish(
     match isa {
         // SAFETY (both): the ISA was detected at run time; the caller vouches for `y`.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => finish_avx512(y, ldy, tile, cols, ep, c0),
+        Isa::Avx512 => avx512::finish(
+            tile,
+            ep.bias.map(|b| &b[c0..]),
+            y,
+            ldy,
+            cols,
+            ep.accumulate,
+            ep.act,
+        ),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => finish_avx2(y, ldy, tile, cols, ep, c0),
         _ => finish_impl::<false>(y, ldy, tile, cols, ep, c0),
@@ -393,18 +401,6 @@ unsafe fn finish_avx2(
     finish_impl::<true>(y, ldy, tile, cols, ep, c0)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-unsafe fn finish_avx512(
-    y: *mut f32,
-    ldy: usize,
-    tile: &[[f32; NR]],
-    cols: usize,
-    ep: Epilogue<'_>,
-    c0: usize,
-) {
-    finish_impl::<true>(y, ldy, tile, cols, ep, c0)
-}
 /// Branches hoisted out of the loops, so each variant is a straight vectorisable loop.
 #[inline(always)]
 unsafe fn finish_impl<const FMA: bool>(

@@ -96,3 +96,69 @@ unsafe fn kernel<const R: usize, const P: usize>(
         }
     }
 }
+
+/// The dequantizing epilogue of one micro-tile's panel in one pass over zmm registers:
+/// `y = act((acc + offset) · (sa[row] · ws) + bias [+ y])`, stored under a column mask. The
+/// operations and their order are those of the portable `dequant` + `finish` (a multiply, then
+/// an add: no FMA), so the results are the same floats.
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/DQ/VL; `offset`, `ws` (and `bias`, when given) must hold
+/// 16 values; `y` must address `acc.len()` rows of `cols` (≤ 16) writable floats at stride `ldy`.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn finish(
+    acc: &[[i32; NR]],
+    sa: &[f32],
+    offset: &[i32],
+    ws: &[f32],
+    bias: Option<&[f32]>,
+    y: *mut f32,
+    ldy: usize,
+    cols: usize,
+    accumulate: bool,
+    act: Option<crate::model::config::Activation>,
+) {
+    use crate::model::config::Activation;
+    use crate::model::kernels::{gelu_erf_impl, gelu_tanh};
+    assert!(offset.len() >= NR && ws.len() >= NR && sa.len() >= acc.len());
+    let mask: __mmask16 = if cols >= NR {
+        0xffff
+    } else {
+        (1u16 << cols) - 1
+    };
+    let off = _mm512_loadu_si512(offset.as_ptr() as *const _);
+    let w = _mm512_loadu_ps(ws.as_ptr());
+    let b = match bias {
+        Some(b) => {
+            assert!(b.len() >= cols);
+            _mm512_maskz_loadu_ps(mask, b.as_ptr())
+        }
+        None => _mm512_setzero_ps(),
+    };
+    for (i, row) in acc.iter().enumerate() {
+        // SAFETY: the caller vouches for row i of y (cols floats, masked).
+        let yp = y.add(i * ldy);
+        let q = _mm512_add_epi32(_mm512_loadu_si512(row.as_ptr() as *const _), off);
+        let scale = _mm512_mul_ps(_mm512_set1_ps(sa[i]), w);
+        let mut v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(q), scale), b);
+        if accumulate {
+            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, yp));
+        }
+        match act {
+            None => {}
+            Some(Activation::Relu) => v = _mm512_max_ps(v, _mm512_setzero_ps()),
+            Some(a) => {
+                let mut t = [0.0f32; NR];
+                _mm512_storeu_ps(t.as_mut_ptr(), v);
+                if a == Activation::Gelu {
+                    t.iter_mut().for_each(|x| *x = gelu_erf_impl::<true>(*x));
+                } else {
+                    t.iter_mut().for_each(|x| *x = gelu_tanh(*x));
+                }
+                v = _mm512_loadu_ps(t.as_ptr());
+            }
+        }
+        _mm512_mask_storeu_ps(yp, mask, v);
+    }
+}

@@ -91,3 +91,59 @@ unsafe fn kernel<const R: usize, const P: usize>(
         }
     }
 }
+
+/// The epilogue of one micro-tile's panel in one pass over zmm registers:
+/// `y = act(acc + bias [+ y])`, stored under a column mask, in the order of the portable
+/// epilogue (so without GELU the results are the same floats).
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/DQ/VL; `bias`, when given, must hold `cols` values; `y`
+/// must address `tile.len()` rows of `cols` (≤ 16) writable floats at stride `ldy`.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+pub unsafe fn finish(
+    tile: &[[f32; NR]],
+    bias: Option<&[f32]>,
+    y: *mut f32,
+    ldy: usize,
+    cols: usize,
+    accumulate: bool,
+    act: Option<crate::model::config::Activation>,
+) {
+    use crate::model::config::Activation;
+    use crate::model::kernels::{gelu_erf_impl, gelu_tanh};
+    let mask: __mmask16 = if cols >= NR {
+        0xffff
+    } else {
+        (1u16 << cols) - 1
+    };
+    let b = match bias {
+        Some(b) => {
+            assert!(b.len() >= cols);
+            _mm512_maskz_loadu_ps(mask, b.as_ptr())
+        }
+        None => _mm512_setzero_ps(),
+    };
+    for (i, row) in tile.iter().enumerate() {
+        // SAFETY: the caller vouches for row i of y (cols floats, masked).
+        let yp = y.add(i * ldy);
+        let mut v = _mm512_add_ps(_mm512_loadu_ps(row.as_ptr()), b);
+        if accumulate {
+            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, yp));
+        }
+        match act {
+            None => {}
+            Some(Activation::Relu) => v = _mm512_max_ps(v, _mm512_setzero_ps()),
+            Some(a) => {
+                let mut t = [0.0f32; NR];
+                _mm512_storeu_ps(t.as_mut_ptr(), v);
+                if a == Activation::Gelu {
+                    t.iter_mut().for_each(|x| *x = gelu_erf_impl::<true>(*x));
+                } else {
+                    t.iter_mut().for_each(|x| *x = gelu_tanh(*x));
+                }
+                v = _mm512_loadu_ps(t.as_ptr());
+            }
+        }
+        _mm512_mask_storeu_ps(yp, mask, v);
+    }
+}

@@ -1,0 +1,500 @@
+//! BF16 GEMM: `y = epilogue(bf16(x) · bf16(W))` with f32 accumulation.
+//!
+//! Weights are rounded to bfloat16 once and packed like the f32 panels of [`super::packed`]:
+//! panels of [`NR`] output columns, the depth in pairs, so one 64-byte group holds 2
+//! consecutive k of 16 columns — the operand layout of AVX512_BF16's `vdpbf16ps`, which adds
+//! both products of a pair into an f32 lane. Activations are rounded to bfloat16 per call.
+//! Rounding is round-to-nearest-even on the bit pattern ([`round`]), done the same way by
+//! every path, so every kernel multiplies the same bf16 numbers; only the order and rounding
+//! of the f32 sums may differ (`vdpbf16ps` also flushes denormals), hence bound-checked, not
+//! bit-exact, agreement.
+//!
+//! Kernels: AVX512_BF16 (8 rows × 3 panels, measured on a Zen 5 host) and a portable one over
+//! the same layout; a table entry per ISA, each with a self-check against the portable kernel.
+
+use rayon::prelude::*;
+
+use super::packed::{finish, Epilogue, NR};
+use super::{Isa, SharedOut};
+
+/// Depth of one group: a pair of bf16 is one 32-bit lane.
+const KG: usize = 2;
+
+/// `x` rounded to the nearest bfloat16 (ties to even), as its bit pattern. NaN stays a (quiet)
+/// NaN; infinities and overflow to infinity behave as in any IEEE rounding.
+#[inline(always)]
+pub fn round(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        return ((b >> 16) as u16) | 0x40;
+    }
+    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+/// The f32 value of a bfloat16 bit pattern (exact).
+#[inline(always)]
+pub fn widen(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+/// Weights `[k, n]` rounded to bfloat16 and packed into panels of `NR` columns.
+#[derive(Clone)]
+pub struct Bf16Weights {
+    /// `panels × (kp / 2) × NR × 2` bf16 bit patterns.
+    data: Vec<u16>,
+    pub k: usize,
+    pub n: usize,
+    /// `k` rounded up to even.
+    kp: usize,
+}
+
+impl std::fmt::Debug for Bf16Weights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Bf16Weights [{}, {}]", self.n, self.k)
+    }
+}
+
+impl Bf16Weights {
+    /// From float weights in PyTorch layout `[n, k]`.
+    pub fn from_rows(w: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k, "weight size");
+        let kp = k.div_ceil(KG) * KG;
+        let panels = n.div_ceil(NR);
+        let mut data = vec![0u16; panels * kp * NR];
+        for (o, row) in w.chunks_exact(k.max(1)).enumerate().take(n) {
+            let (p, j) = (o / NR, o % NR);
+            let panel = &mut data[p * kp * NR..(p + 1) * kp * NR];
+            for (i, &v) in row.iter().enumerate() {
+                panel[(i / KG) * NR * KG + j * KG + i % KG] = round(v);
+            }
+        }
+        Bf16Weights { data, k, n, kp }
+    }
+
+    fn panels(&self) -> usize {
+        self.n.div_ceil(NR)
+    }
+
+    fn panel(&self, p: usize) -> &[u16] {
+        &self.data[p * self.kp * NR..(p + 1) * self.kp * NR]
+    }
+
+    /// Bytes of weight data (for reports).
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 2
+    }
+}
+
+/// Activations rounded to bfloat16: `m` rows of `kp` values (the pad is zero).
+#[derive(Default)]
+pub struct Bf16Acts {
+    data: Vec<u16>,
+    m: usize,
+    kp: usize,
+}
+
+impl Bf16Acts {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Round `x` (`m × k`, row-major) into `self`, reusing its buffer.
+    pub fn round(&mut self, x: &[f32], m: usize, k: usize) {
+        assert!(x.len() >= m * k, "bf16 round: input too small");
+        let kp = k.div_ceil(KG) * KG;
+        self.m = m;
+        self.kp = kp;
+        self.data.clear();
+        self.data.resize(m * kp, 0);
+        if k == 0 {
+            return;
+        }
+        let isa = Isa::detect();
+        let body = |(src, dst): (&[f32], &mut [u16])| match isa {
+            // SAFETY: AVX-512 was detected at run time.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { avx512::round_row(src, &mut dst[..k]) },
+            _ => dst.iter_mut().zip(src).for_each(|(d, &v)| *d = round(v)),
+        };
+        let rows = x[..m * k]
+            .chunks_exact(k)
+            .zip(self.data.chunks_exact_mut(kp));
+        if m * k >= 256 * 1024 {
+            x[..m * k]
+                .par_chunks_exact(k)
+                .zip(self.data.par_chunks_exact_mut(kp))
+                .for_each(body);
+        } else {
+            rows.for_each(body);
+        }
+    }
+}
+
+/// One micro-kernel call: `acc += a · b` for `rows` (≤ `mr`) rows and `np` (≤ the entry's
+/// `np`) adjacent panels over `kc` values of depth (even).
+///
+/// - `a`: row `i` at `a + i * lda`, `kc` bf16 values.
+/// - `b`: panel `p` at depth `k0`: `kc / 2` groups of `NR × 2` values; panel `p + q` starts
+///   `q * bstride` values later.
+/// - `acc`: `np × mr` rows of `NR` f32, panel-major (`acc[q * mr + i]`).
+///
+/// # Safety
+/// The CPU must have the entry's features; every pointer must address what is described above.
+pub type Bf16Tile = unsafe fn(
+    rows: usize,
+    np: usize,
+    kc: usize,
+    a: *const u16,
+    lda: usize,
+    b: *const u16,
+    bstride: usize,
+    acc: *mut [f32; NR],
+);
+
+/// An entry of the BF16 kernel table.
+pub struct Bf16Kernel {
+    pub name: &'static str,
+    pub mr: usize,
+    pub np: usize,
+    /// Depth per pass (even).
+    kc: usize,
+    pub isa: Isa,
+    supported: fn() -> bool,
+    tile: Bf16Tile,
+}
+
+impl std::fmt::Debug for Bf16Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.name)
+    }
+}
+
+impl PartialEq for Bf16Kernel {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+/// Every BF16 micro-kernel, fastest first.
+pub static BF16_KERNELS: &[Bf16Kernel] = &[
+    #[cfg(target_arch = "x86_64")]
+    Bf16Kernel {
+        name: "bf16-avx512bf16-8x48",
+        mr: avx512::MR,
+        np: avx512::NP,
+        kc: 256,
+        isa: Isa::Avx512,
+        supported: avx512::supported,
+        tile: avx512::tile,
+    },
+    Bf16Kernel {
+        name: "bf16-portable",
+        mr: PORTABLE_MR,
+        np: 1,
+        kc: 256,
+        isa: Isa::Portable,
+        supported: || true,
+        tile: portable_tile,
+    },
+];
+
+impl Bf16Kernel {
+    pub fn supported(&self) -> bool {
+        (self.supported)()
+    }
+
+    pub fn portable() -> &'static Bf16Kernel {
+        BF16_KERNELS.last().expect("the portable kernel")
+    }
+
+    /// Whether this CPU has a BF16 kernel faster than the portable one (plans should only
+    /// choose bf16 where it pays; the search measures that).
+    pub fn accelerated() -> bool {
+        Self::detect() != Self::portable()
+    }
+
+    /// The fastest entry this CPU runs that passes its self-check; decided once per process.
+    pub fn detect() -> &'static Bf16Kernel {
+        static BEST: std::sync::OnceLock<&'static Bf16Kernel> = std::sync::OnceLock::new();
+        BEST.get_or_init(|| {
+            for k in BF16_KERNELS {
+                if !k.supported() {
+                    continue;
+                }
+                if k.self_check() {
+                    tracing::debug!(kernel = k.name, "bf16 GEMM kernel");
+                    return k;
+                }
+                tracing::error!(
+                    kernel = k.name,
+                    "bf16 kernel disagrees with the portable kernel; not using it"
+                );
+            }
+            Bf16Kernel::portable()
+        })
+    }
+
+    pub fn available() -> Vec<&'static Bf16Kernel> {
+        BF16_KERNELS.iter().filter(|k| k.supported()).collect()
+    }
+
+    /// Agreement with the portable kernel on a ragged problem, within the f32 rounding of sums
+    /// of bf16 products (relative to the sum of their magnitudes).
+    pub fn self_check(&self) -> bool {
+        if !self.supported() {
+            return false;
+        }
+        let (m, n, k) = (23, 5 * NR + 5, 2 * 256 + 77);
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7919) % 255) as f32 / 127.0 - 1.0)
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 104_729) % 251) as f32 / 125.0 - 1.0)
+            .collect();
+        let w = Bf16Weights::from_rows(&w, n, k);
+        let mut q = Bf16Acts::new();
+        q.round(&x, m, k);
+        let (mut a, mut b) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
+        matmul_with(&q, &w, &mut a, Epilogue::default(), Bf16Kernel::portable());
+        matmul_with(&q, &w, &mut b, Epilogue::default(), self);
+        // Each |product| ≤ 1, so k bounds the sum of magnitudes.
+        let tol = 4.0 * k as f32 * f32::EPSILON;
+        a.iter().zip(&b).all(|(a, b)| (a - b).abs() <= tol)
+    }
+}
+
+/// `y[m, n] = epilogue(x · W)` with `x` already rounded.
+pub fn matmul(x: &Bf16Acts, w: &Bf16Weights, y: &mut [f32], ep: Epilogue<'_>) {
+    matmul_with(x, w, y, ep, Bf16Kernel::detect())
+}
+
+/// As [`matmul`], with the kernel chosen by the caller.
+pub fn matmul_with(
+    x: &Bf16Acts,
+    w: &Bf16Weights,
+    y: &mut [f32],
+    ep: Epilogue<'_>,
+    kernel: &Bf16Kernel,
+) {
+    assert!(
+        kernel.supported(),
+        "bf16 kernel {kernel:?} is not supported here"
+    );
+    let (m, n) = (x.m, w.n);
+    assert_eq!(x.kp, w.kp, "bf16 matmul: depth mismatch");
+    assert!(y.len() >= m * n, "bf16 matmul: output too small");
+    if let Some(b) = ep.bias {
+        assert_eq!(b.len(), n, "bf16 matmul: bias length");
+    }
+    if m == 0 || n == 0 {
+        return;
+    }
+    let panels = w.panels();
+    let groups = panels.div_ceil(kernel.np);
+    let threads = rayon::current_num_threads().max(1);
+    let tasks = if m * n * w.k < 64 * 1024 * threads {
+        1
+    } else {
+        threads.min(groups)
+    };
+    let per_task = groups.div_ceil(tasks) * kernel.np;
+    let out = SharedOut(y.as_mut_ptr());
+    let run = |t: usize| {
+        let p0 = (t * per_task).min(panels);
+        let p1 = ((t + 1) * per_task).min(panels);
+        // SAFETY: task t writes only columns p0*NR..p1*NR (clipped to n) of y; the tasks'
+        // column ranges are disjoint and y holds m*n floats (asserted above).
+        unsafe { panels_range(x, w, out.ptr(), ep, p0..p1, kernel) }
+    };
+    if tasks == 1 {
+        run(0);
+    } else {
+        (0..tasks).into_par_iter().for_each(run);
+    }
+}
+
+/// Rows per block: the block's activations (`mc × kp` values) stay in L2.
+fn row_block(kp: usize, mr: usize) -> usize {
+    ((64 * 1024 / kp.max(1)) / mr * mr).max(mr)
+}
+
+/// # Safety
+/// `y` must point to `m × w.n` writable floats that no one else touches in the columns of
+/// `panels`.
+unsafe fn panels_range(
+    x: &Bf16Acts,
+    w: &Bf16Weights,
+    y: *mut f32,
+    ep: Epilogue<'_>,
+    panels: std::ops::Range<usize>,
+    kernel: &Bf16Kernel,
+) {
+    let (m, n, kp, mr, np) = (x.m, w.n, w.kp, kernel.mr, kernel.np);
+    let mc = row_block(kp, mr);
+    let mut acc: Vec<[f32; NR]> = Vec::new();
+    for r0 in (0..m).step_by(mc) {
+        let r1 = (r0 + mc).min(m);
+        let tiles = (r1 - r0).div_ceil(mr);
+        for p in panels.clone().step_by(np) {
+            let gp = np.min(panels.end - p);
+            let b = w.panel(p).as_ptr();
+            acc.clear();
+            acc.resize(tiles * np * mr, [0.0f32; NR]);
+            for k0 in (0..kp).step_by(kernel.kc) {
+                let kc = kernel.kc.min(kp - k0);
+                for t in 0..tiles {
+                    let r = r0 + t * mr;
+                    let rows = mr.min(r1 - r);
+                    // SAFETY: the kernel is supported (asserted in `matmul_with`); rows
+                    // r..r+rows of x hold kp values each, panels p..p+gp lie in w, and tile t
+                    // owns np × mr accumulator rows.
+                    (kernel.tile)(
+                        rows,
+                        gp,
+                        kc,
+                        x.data.as_ptr().add(r * kp + k0),
+                        kp,
+                        b.add(k0 * NR),
+                        kp * NR,
+                        acc.as_mut_ptr().add(t * np * mr),
+                    );
+                }
+            }
+            for q in 0..gp {
+                let c0 = (p + q) * NR;
+                let cols = NR.min(n - c0);
+                for t in 0..tiles {
+                    let r = r0 + t * mr;
+                    let rows = mr.min(r1 - r);
+                    let tile = &acc[(t * np + q) * mr..(t * np + q) * mr + rows];
+                    // SAFETY: rows r..r+rows < m and columns c0..c0+cols < n lie inside y;
+                    // this task owns these columns; the kernel's ISA was detected.
+                    unsafe { finish(y.add(r * n + c0), n, tile, cols, ep, c0, kernel.isa) };
+                }
+            }
+        }
+    }
+}
+
+const PORTABLE_MR: usize = 6;
+
+/// The portable entry: per pair, the odd product then the even one added to the f32 lane (the
+/// order `vdpbf16ps` documents); products of two bf16 are exact in f32.
+///
+/// # Safety
+/// As [`Bf16Tile`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn portable_tile(
+    rows: usize,
+    np: usize,
+    kc: usize,
+    a: *const u16,
+    lda: usize,
+    b: *const u16,
+    bstride: usize,
+    acc: *mut [f32; NR],
+) {
+    for q in 0..np {
+        // SAFETY: the caller vouches for a, b and acc as described by `Bf16Tile`.
+        let b = std::slice::from_raw_parts(b.add(q * bstride), kc * NR);
+        let tile = std::slice::from_raw_parts_mut(acc.add(q * PORTABLE_MR), rows);
+        for (i, t) in tile.iter_mut().enumerate() {
+            let a = std::slice::from_raw_parts(a.add(i * lda), kc);
+            for g in 0..kc / KG {
+                let (a0, a1) = (widen(a[g * KG]), widen(a[g * KG + 1]));
+                let bg = &b[g * NR * KG..(g + 1) * NR * KG];
+                for (j, acc) in t.iter_mut().enumerate() {
+                    *acc += a1 * widen(bg[j * KG + 1]);
+                    *acc += a0 * widen(bg[j * KG]);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_is_nearest_even_on_the_bit_pattern() {
+        assert_eq!(round(1.0), 0x3f80);
+        // 1 + 2^-8 is halfway between two bf16 values: ties go to even (1.0).
+        assert_eq!(round(f32::from_bits(0x3f80_8000)), 0x3f80);
+        assert_eq!(round(f32::from_bits(0x3f81_8000)), 0x3f82);
+        assert_eq!(round(f32::from_bits(0x3f80_8001)), 0x3f81);
+        assert_eq!(round(-2.5), 0xc020);
+        assert!(widen(round(f32::NAN)).is_nan());
+        assert_eq!(widen(round(f32::INFINITY)), f32::INFINITY);
+        assert_eq!(widen(round(f32::MAX)), f32::INFINITY);
+        for v in [0.1f32, -3.7, 1e-20, 65504.0] {
+            assert!((widen(round(v)) - v).abs() <= v.abs() / 256.0);
+        }
+    }
+
+    #[test]
+    fn every_row_rounding_path_agrees_with_the_scalar_one() {
+        let (m, k) = (3, 77);
+        let mut x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin() * 1e3).collect();
+        x[5] = f32::NAN;
+        x[6] = f32::from_bits(0x3f80_8000);
+        x[7] = 1e-40; // denormal
+        let mut q = Bf16Acts::new();
+        q.round(&x, m, k);
+        for r in 0..m {
+            for c in 0..k {
+                let (got, want) = (q.data[r * q.kp + c], round(x[r * k + c]));
+                assert!(
+                    got == want || (widen(got).is_nan() && widen(want).is_nan()),
+                    "{r},{c}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_kernel_matches_f64_reference_within_bf16_sum_bounds() {
+        for kernel in Bf16Kernel::available() {
+            assert!(kernel.self_check(), "{kernel:?}");
+            for (m, n, k) in [(1, 1, 1), (5, 17, 3), (9, 50, 70), (30, 100, 600)] {
+                let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.13).cos()).collect();
+                let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.07).sin() * 0.1).collect();
+                let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.01).collect();
+                let pw = Bf16Weights::from_rows(&w, n, k);
+                let mut q = Bf16Acts::new();
+                q.round(&x, m, k);
+                let mut y = vec![0.25f32; m * n];
+                let ep = Epilogue {
+                    bias: Some(&bias),
+                    accumulate: true,
+                    act: None,
+                };
+                matmul_with(&q, &pw, &mut y, ep, kernel);
+                for i in 0..m {
+                    for j in 0..n {
+                        let (mut want, mut mag) = (0.0f64, 0.0f64);
+                        for p in 0..k {
+                            let t = widen(round(x[i * k + p])) as f64
+                                * widen(round(w[j * k + p])) as f64;
+                            want += t;
+                            mag += t.abs();
+                        }
+                        let want = want + bias[j] as f64 + 0.25;
+                        let got = y[i * n + j] as f64;
+                        let tol = 2.0 * k as f64 * f32::EPSILON as f64 * mag + 1e-6;
+                        assert!(
+                            (got - want).abs() <= tol,
+                            "{kernel:?} {m}x{n}x{k} ({i},{j}): {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+        for k in BF16_KERNELS.iter().filter(|k| !k.supported()) {
+            eprintln!("SKIPPED: {k:?} not testable here (CPU lacks the feature)");
+        }
+    }
+}
