@@ -1,7 +1,8 @@
 //! Backend selection: `--device cuda:0` on a machine without a GPU (CI) serves on the CPU, says
 //! why, and answers exactly as the CPU does. GPU checks run only with SAMP_GPU_TESTS=1 on a
 //! machine with a GPU (they skip with a message otherwise); `scripts/device_check.sh` is the
-//! full check on the lent GPU machine.
+//! full check on the lent GPU machine. Also the CPU side of the same question: `samp kernels`
+//! names a self-checked GEMM kernel for every precision on whatever CPU runs the tests.
 
 mod common;
 
@@ -132,4 +133,38 @@ fn gpu_hidden_states_match_the_cpu_in_float_and_int8() {
         let rel = (num / den).sqrt();
         assert!(rel < tol, "plan {plan}: relative error {rel}");
     }
+}
+
+#[test]
+fn samp_kernels_reports_a_self_checked_kernel_for_every_precision() {
+    let out = samp(&["kernels", "--rows", "8", "--seconds", "0.01"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let kernels = v["kernels"].as_array().expect("kernels");
+    for (precision, bits) in [
+        ("float32", None),
+        ("bfloat16", None),
+        ("int8", Some(7)),
+        ("int8", Some(8)),
+    ] {
+        let detected: Vec<_> = kernels
+            .iter()
+            .filter(|k| k["precision"] == precision && k["detected"] == true)
+            .filter(|k| bits.is_none_or(|b| k["weight_bits"] == b))
+            .collect();
+        assert_eq!(detected.len(), 1, "{precision} {bits:?}: {kernels:?}");
+    }
+    // Every kernel this CPU supports passes its self-check here.
+    assert!(
+        kernels.iter().all(|k| k["self_check"] == true),
+        "{kernels:?}"
+    );
+    let rates = v["rates"].as_array().expect("rates");
+    assert!(rates
+        .iter()
+        .all(|r| r["gops"].as_f64().is_some_and(|g| g > 0.0)));
 }
