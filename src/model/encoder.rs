@@ -286,33 +286,62 @@ impl Layer {
     ) {
         let t = *starts.last().unwrap_or(&0);
         let (h, f, eps) = (cfg.hidden, cfg.intermediate, cfg.layer_norm_eps);
+        SCRATCH.with_borrow_mut(|s| {
+            // Every element of each buffer is written before it is read (GEMMs without
+            // accumulation and attention cover their whole outputs; x1 is a copy of x), so
+            // resizing without clearing is enough: no per-layer allocation, zeroing or page
+            // faults on the hot path.
+            let qkv = sized(&mut s.qkv, t * 3 * h);
+            self.qkv.forward(x, t, qkv, false, None);
+            mark("qkv gemm");
+            let ctx = sized(&mut s.ctx, t * h);
+            kernels::attention(qkv, ctx, starts, cfg.heads, cfg.head_dim());
+            mark("attention core");
 
-        let mut qkv = vec![0.0f32; t * 3 * h];
-        self.qkv.forward(x, t, &mut qkv, false, None);
-        mark("qkv gemm");
-        let mut ctx = vec![0.0f32; t * h];
-        kernels::attention(&qkv, &mut ctx, starts, cfg.heads, cfg.head_dim());
-        drop(qkv);
-        mark("attention core");
+            // Attention output: residual + ctx · Wo + b, then LayerNorm.
+            let x1 = sized(&mut s.x1, t * h);
+            x1.copy_from_slice(&x[..t * h]);
+            self.out.forward(ctx, t, x1, true, None);
+            mark("attn-out gemm + residual");
+            kernels::layer_norm(x1, None, &self.ln1.gamma, &self.ln1.beta, eps);
+            mark("layernorm 1");
 
-        // Attention output: residual + ctx · Wo + b, then LayerNorm.
-        let mut x1 = x.clone();
-        self.out.forward(&ctx, t, &mut x1, true, None);
-        mark("attn-out gemm + residual");
-        kernels::layer_norm(&mut x1, None, &self.ln1.gamma, &self.ln1.beta, eps);
-        mark("layernorm 1");
+            let up = sized(&mut s.up, t * f);
+            self.up.forward(x1, t, up, false, Some(cfg.activation));
+            mark("ffn-up gemm + gelu");
 
-        let mut up = vec![0.0f32; t * f];
-        self.up
-            .forward(&x1, t, &mut up, false, Some(cfg.activation));
-        mark("ffn-up gemm + gelu");
-
-        self.down.forward(&up, t, &mut x1, true, None);
-        mark("ffn-down gemm + residual");
-        kernels::layer_norm(&mut x1, None, &self.ln2.gamma, &self.ln2.beta, eps);
-        *x = x1;
-        mark("layernorm 2");
+            self.down.forward(up, t, x1, true, None);
+            mark("ffn-down gemm + residual");
+            kernels::layer_norm(x1, None, &self.ln2.gamma, &self.ln2.beta, eps);
+            // The layer's output becomes x; x's old buffer is the next layer's x1.
+            s.x1.truncate(t * h);
+            x.truncate(t * h);
+            std::mem::swap(x, &mut s.x1);
+            mark("layernorm 2");
+        });
     }
+}
+
+/// Activation buffers of one layer pass, kept per compute thread across layers and batches.
+#[derive(Default)]
+struct Scratch {
+    qkv: Vec<f32>,
+    ctx: Vec<f32>,
+    x1: Vec<f32>,
+    up: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// `v` as exactly `n` elements, growing it (zero-filled) only when it is too short; the
+/// contents are stale and must be overwritten by the caller.
+fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
 }
 
 /// Borrowed embedding tables, row-major `[rows, H]`.
