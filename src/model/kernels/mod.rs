@@ -538,7 +538,7 @@ fn exp_impl<const FMA: bool>(x: f32) -> f32 {
     p = madd::<FMA>(p, r, 8.333_452e-3);
     p = madd::<FMA>(p, r, 4.166_579_6e-2);
     p = madd::<FMA>(p, r, 1.666_666_5e-1);
-    p = madd::<FMA>(p, r, 5.000_000_1e-1);
+    p = madd::<FMA>(p, r, 0.5);
     let e = madd::<FMA>(p, r * r, r) + 1.0;
     // n ∈ [-126, 128]: 2^n's bits; 128 gives the infinity pattern.
     e * f32::from_bits(((n as i32 + 127) as u32) << 23)
