@@ -385,6 +385,18 @@ impl PartialEq for Int8Kernel {
 
 /// Every INT8 micro-kernel, fastest first.
 pub static INT8_KERNELS: &[Int8Kernel] = &[
+    // Written blind: no AMX host yet; used only after its self-check passes on one.
+    #[cfg(target_arch = "x86_64")]
+    Int8Kernel {
+        name: "int8-amx-16x32",
+        mr: amx::MR,
+        np: amx::NP,
+        max_bits: 8,
+        kc: 1024,
+        isa: Isa::Avx512,
+        supported: amx::supported,
+        tile: amx::tile,
+    },
     #[cfg(target_arch = "x86_64")]
     Int8Kernel {
         name: "int8-avx512vnni-8x48",
@@ -726,6 +738,9 @@ unsafe fn portable_tile(
         }
     }
 }
+
+#[cfg(target_arch = "x86_64")]
+mod amx;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
