@@ -394,8 +394,8 @@ pub static INT8_KERNELS: &[Int8Kernel] = &[
         max_bits: 8,
         kc: 1024,
         isa: Isa::Avx512,
-        supported: amx::supported,
-        tile: amx::tile,
+        supported: amx::supported_int8,
+        tile: amx::int8,
     },
     #[cfg(target_arch = "x86_64")]
     Int8Kernel {
@@ -740,7 +740,7 @@ unsafe fn portable_tile(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod amx;
+use super::amx;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;

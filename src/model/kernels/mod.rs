@@ -2,6 +2,8 @@
 //! chosen at run time), LayerNorm, GELU and softmax. Pure functions over slices; no model
 //! knowledge. `unsafe` lives only here.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 pub mod bf16;
 pub mod int8;
 pub mod packed;
