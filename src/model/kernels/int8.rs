@@ -224,9 +224,7 @@ impl QActs {
         let body = |(row, (dst, s)): (&[f32], (&mut [u8], &mut f32))| {
             let sc = match scale {
                 ActScale::Static(s) => s,
-                ActScale::Dynamic => {
-                    row.iter().fold(0.0f32, |m, &v| m.max(v.abs())) / ACT_MAX as f32
-                }
+                ActScale::Dynamic => super::abs_max(row) / ACT_MAX as f32,
             };
             *s = if sc > 0.0 && sc.is_finite() { sc } else { 1.0 };
             let dst = &mut dst[..k];
@@ -357,6 +355,7 @@ pub type Int8Tile = unsafe fn(
 );
 
 /// An entry of the INT8 kernel table.
+#[derive(Clone)]
 pub struct Int8Kernel {
     pub name: &'static str,
     pub mr: usize,
@@ -369,7 +368,27 @@ pub struct Int8Kernel {
     pub isa: Isa,
     supported: fn() -> bool,
     tile: Int8Tile,
+    /// A whole-depth call with the epilogue in registers, where the entry has one (then `tile`
+    /// serves only the tests' schedule checks).
+    #[cfg(target_arch = "x86_64")]
+    fused: Option<Int8Fused>,
 }
+
+/// See `avx512::fused`.
+#[cfg(target_arch = "x86_64")]
+type Int8Fused = unsafe fn(
+    rows: usize,
+    np: usize,
+    kp: usize,
+    a: *const u8,
+    lda: usize,
+    b: *const i8,
+    bstride: usize,
+    y: *mut f32,
+    ldy: usize,
+    cols_last: usize,
+    ep: &avx512::FusedEp,
+);
 
 impl std::fmt::Debug for Int8Kernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -396,6 +415,7 @@ pub static INT8_KERNELS: &[Int8Kernel] = &[
         isa: Isa::Avx512,
         supported: amx::supported_int8,
         tile: amx::int8,
+        fused: None,
     },
     #[cfg(target_arch = "x86_64")]
     Int8Kernel {
@@ -407,6 +427,7 @@ pub static INT8_KERNELS: &[Int8Kernel] = &[
         isa: Isa::Avx512,
         supported: avx512::supported,
         tile: avx512::tile,
+        fused: Some(avx512::fused),
     },
     #[cfg(target_arch = "x86_64")]
     Int8Kernel {
@@ -418,6 +439,7 @@ pub static INT8_KERNELS: &[Int8Kernel] = &[
         isa: Isa::Avx2,
         supported: avx2::supported_vnni,
         tile: avx2::tile_vnni,
+        fused: None,
     },
     #[cfg(target_arch = "x86_64")]
     Int8Kernel {
@@ -429,6 +451,7 @@ pub static INT8_KERNELS: &[Int8Kernel] = &[
         isa: Isa::Avx2,
         supported: super::has_avx2_fma,
         tile: avx2::tile,
+        fused: None,
     },
     #[cfg(target_arch = "x86_64")]
     Int8Kernel {
@@ -440,6 +463,7 @@ pub static INT8_KERNELS: &[Int8Kernel] = &[
         isa: Isa::Avx2,
         supported: super::has_avx2_fma,
         tile: avx2::tile_wide,
+        fused: None,
     },
     Int8Kernel {
         name: "int8-portable",
@@ -450,6 +474,8 @@ pub static INT8_KERNELS: &[Int8Kernel] = &[
         isa: Isa::Portable,
         supported: || true,
         tile: portable_tile,
+        #[cfg(target_arch = "x86_64")]
+        fused: None,
     },
 ];
 
@@ -588,6 +614,46 @@ unsafe fn panels_range(
 ) {
     let (m, n, kp, mr, np) = (x.m, w.n, w.kp, kernel.mr, kernel.np);
     let mc = row_block(kp, mr);
+    #[cfg(target_arch = "x86_64")]
+    if let Some(fused) = kernel.fused {
+        for r0 in (0..m).step_by(mc) {
+            let r1 = (r0 + mc).min(m);
+            for p in panels.clone().step_by(np) {
+                let gp = np.min(panels.end - p);
+                let c0 = p * NR;
+                let cols_last = NR.min(n - (p + gp - 1) * NR);
+                for r in (r0..r1).step_by(mr) {
+                    let rows = mr.min(r1 - r);
+                    let fep = avx512::FusedEp {
+                        offset: w.offset[c0..].as_ptr(),
+                        ws: w.scales_pad[c0..].as_ptr(),
+                        bias: ep.bias.map(|b| b[c0..].as_ptr()),
+                        sa: x.scales[r..].as_ptr(),
+                        accumulate: ep.accumulate,
+                        act: ep.act,
+                    };
+                    // SAFETY: the kernel's features were detected (asserted in `matmul_with`);
+                    // rows r..r+rows of x hold kp bytes, panels p..p+gp lie in w, offsets and
+                    // scales are padded to whole panels, and this task owns columns
+                    // c0..c0+gp*NR (clipped to n) of rows r..r+rows of y.
+                    fused(
+                        rows,
+                        gp,
+                        kp,
+                        x.data.as_ptr().add(r * kp),
+                        kp,
+                        w.panel(p).as_ptr(),
+                        kp * NR,
+                        y.add(r * n + c0),
+                        n,
+                        cols_last,
+                        &fep,
+                    );
+                }
+            }
+        }
+        return;
+    }
     let mut acc: Vec<[i32; NR]> = Vec::new();
     let mut tile_f = [[0.0f32; NR]; MAX_MR];
     for r0 in (0..m).step_by(mc) {

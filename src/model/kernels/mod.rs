@@ -157,6 +157,44 @@ unsafe fn layer_norm_avx2(
 /// associative).
 const LANES: usize = 16;
 
+/// The largest |v| (NaNs ignored, as `f32::max` does), vectorised on AVX-512/AVX2. Exact: the
+/// same value as a scalar fold.
+pub(crate) fn abs_max(v: &[f32]) -> f32 {
+    match Isa::detect() {
+        // SAFETY (both): the ISA was detected at run time.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { abs_max_avx512(v) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { abs_max_avx2(v) },
+        _ => abs_max_impl(v),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+unsafe fn abs_max_avx512(v: &[f32]) -> f32 {
+    abs_max_impl(v)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn abs_max_avx2(v: &[f32]) -> f32 {
+    abs_max_impl(v)
+}
+
+#[inline(always)]
+fn abs_max_impl(v: &[f32]) -> f32 {
+    let mut m = [0.0f32; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            m[l] = m[l].max(c[l].abs());
+        }
+    }
+    rest.iter().map(|x| x.abs()).chain(m).fold(0.0f32, f32::max)
+}
+
 /// Sum of `v` in [`LANES`] partial sums.
 #[inline(always)]
 fn lane_sum(v: &[f32], f: impl Fn(f32) -> f32) -> f32 {
@@ -697,6 +735,21 @@ mod tests {
                     assert!((*got as f64 - want).abs() < 1e-6, "len {len}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn abs_max_equals_the_scalar_fold_on_every_path() {
+        for len in [0usize, 1, 15, 16, 33, 384] {
+            let mut v: Vec<f32> = (0..len)
+                .map(|i| ((i * 7919) % 211) as f32 - 105.5)
+                .collect();
+            if len > 3 {
+                v[3] = f32::NAN;
+            }
+            let want = v.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
+            assert_eq!(abs_max(&v), want, "len {len}");
+            assert_eq!(abs_max_impl(&v), want, "len {len}");
         }
     }
 

@@ -162,3 +162,143 @@ pub unsafe fn finish(
         _mm512_mask_storeu_ps(yp, mask, v);
     }
 }
+
+/// What the fused epilogue needs, for the panel group of one call (pointers at its first
+/// column / row).
+pub struct FusedEp {
+    /// Per column: the unsigned-activation compensation (`np × 16` values).
+    pub offset: *const i32,
+    /// Per column: weight scales (`np × 16`, zero-padded).
+    pub ws: *const f32,
+    /// Per column bias (`cols` of the group), if any.
+    pub bias: Option<*const f32>,
+    /// Per row: activation scales (`rows`).
+    pub sa: *const f32,
+    pub accumulate: bool,
+    pub act: Option<crate::model::config::Activation>,
+}
+
+/// The whole depth and the epilogue in one call: accumulators start at zero and never leave the
+/// registers; then `y = act((acc + offset) · (sa · ws) + bias [+ y])` for `rows` rows and `np`
+/// panels (`cols_last` columns in the last), with the operations of `finish` in its order.
+///
+/// # Safety
+/// As [`tile`] for `a` and `b` over `kp` bytes; `y` must address `rows` rows (stride `ldy`) of
+/// the group's columns; the pointers in `ep` as [`FusedEp`] describes.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn fused(
+    rows: usize,
+    np: usize,
+    kp: usize,
+    a: *const u8,
+    lda: usize,
+    b: *const i8,
+    bstride: usize,
+    y: *mut f32,
+    ldy: usize,
+    cols_last: usize,
+    ep: &FusedEp,
+) {
+    match np {
+        3 => fused_rows::<3>(rows, kp, a, lda, b, bstride, y, ldy, cols_last, ep),
+        2 => fused_rows::<2>(rows, kp, a, lda, b, bstride, y, ldy, cols_last, ep),
+        _ => fused_rows::<1>(rows, kp, a, lda, b, bstride, y, ldy, cols_last, ep),
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn fused_rows<const P: usize>(
+    rows: usize,
+    kp: usize,
+    a: *const u8,
+    lda: usize,
+    b: *const i8,
+    bstride: usize,
+    y: *mut f32,
+    ldy: usize,
+    cols_last: usize,
+    ep: &FusedEp,
+) {
+    macro_rules! go {
+        ($($r:literal),*) => {
+            match rows {
+                $($r => fused_kernel::<$r, P>(kp, a, lda, b, bstride, y, ldy, cols_last, ep),)*
+                _ => unreachable!("1..=8 rows"),
+            }
+        };
+    }
+    go!(1, 2, 3, 4, 5, 6, 7, 8)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn fused_kernel<const R: usize, const P: usize>(
+    k: usize,
+    a: *const u8,
+    lda: usize,
+    b: *const i8,
+    bstride: usize,
+    y: *mut f32,
+    ldy: usize,
+    cols_last: usize,
+    ep: &FusedEp,
+) {
+    use crate::model::config::Activation;
+    use crate::model::kernels::{gelu_erf_impl, gelu_tanh};
+    let mut acc = [[_mm512_setzero_si512(); P]; R];
+    for g in 0..k / KG {
+        // SAFETY (whole function): the caller vouches for the extents (see `fused`).
+        let mut bv = [_mm512_setzero_si512(); P];
+        for (q, v) in bv.iter_mut().enumerate() {
+            let bq = b.add(q * bstride + g * NR * KG);
+            _mm_prefetch::<_MM_HINT_T0>(bq.wrapping_add(8 * NR * KG));
+            *v = _mm512_loadu_si512(bq as *const _);
+        }
+        for (i, row) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_epi32((a.add(i * lda + g * KG) as *const i32).read_unaligned());
+            for (q, v) in row.iter_mut().enumerate() {
+                *v = _mm512_dpbusd_epi32(*v, av, bv[q]);
+            }
+        }
+    }
+    for q in 0..P {
+        let cols = if q + 1 == P { cols_last } else { NR };
+        let mask: __mmask16 = if cols >= NR {
+            0xffff
+        } else {
+            (1u16 << cols) - 1
+        };
+        let off = _mm512_loadu_si512(ep.offset.add(q * NR) as *const _);
+        let w = _mm512_loadu_ps(ep.ws.add(q * NR));
+        let bias = match ep.bias {
+            Some(bp) => _mm512_maskz_loadu_ps(mask, bp.add(q * NR)),
+            None => _mm512_setzero_ps(),
+        };
+        for (i, row) in acc.iter().enumerate() {
+            let yp = y.add(i * ldy + q * NR);
+            let qv = _mm512_add_epi32(row[q], off);
+            let scale = _mm512_mul_ps(_mm512_set1_ps(*ep.sa.add(i)), w);
+            let mut v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(qv), scale), bias);
+            if ep.accumulate {
+                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, yp));
+            }
+            match ep.act {
+                None => {}
+                Some(Activation::Relu) => v = _mm512_max_ps(v, _mm512_setzero_ps()),
+                Some(act) => {
+                    let mut t = [0.0f32; NR];
+                    _mm512_storeu_ps(t.as_mut_ptr(), v);
+                    if act == Activation::Gelu {
+                        t.iter_mut().for_each(|x| *x = gelu_erf_impl::<true>(*x));
+                    } else {
+                        t.iter_mut().for_each(|x| *x = gelu_tanh(*x));
+                    }
+                    v = _mm512_loadu_ps(t.as_ptr());
+                }
+            }
+            _mm512_mask_storeu_ps(yp, mask, v);
+        }
+    }
+}

@@ -57,12 +57,30 @@ fn reference(x: &[f32], m: usize, k: usize, scale: ActScale, w: &QWeights) -> Ve
     y
 }
 
+/// Every entry this CPU runs for `bits`, plus, for an entry with a fused whole-depth path, the
+/// same entry on its tile path (both must be right).
+fn variants(bits: u32) -> Vec<Int8Kernel> {
+    let mut out = Vec::new();
+    for k in Int8Kernel::available(bits) {
+        out.push(k.clone());
+        #[cfg(target_arch = "x86_64")]
+        if k.fused.is_some() {
+            out.push(Int8Kernel {
+                fused: None,
+                ..k.clone()
+            });
+        }
+    }
+    out
+}
+
 #[test]
 fn every_kernel_matches_f64_reference_on_ragged_shapes() {
     for (bits, kernel) in WEIGHT_BITS
         .into_iter()
-        .flat_map(|b| Int8Kernel::available(b).into_iter().map(move |k| (b, k)))
+        .flat_map(|b| variants(b).into_iter().map(move |k| (b, k)))
     {
+        let kernel = &kernel;
         for (m, n, k) in [
             (1, 1, 1),
             (3, 17, 5),
@@ -122,7 +140,7 @@ fn saturation_edges(bits: u32) {
     q.quantize(&x, m, k, ActScale::Static(1.0 / 127.0));
     let want = reference(&x, m, k, ActScale::Static(1.0 / 127.0), &w);
     let mut outs = Vec::new();
-    for kernel in Int8Kernel::available(bits) {
+    for kernel in &variants(bits) {
         let mut y = vec![0.0f32; m * n];
         let ep = Epilogue {
             bias: None,
@@ -192,6 +210,7 @@ fn amx_schedule_on_the_tile_model_matches_the_portable_kernel() {
         isa: Isa::Portable,
         supported: || true,
         tile: amx::int8_emulated,
+        fused: None,
     };
     for bits in WEIGHT_BITS {
         for (m, n, k) in [
