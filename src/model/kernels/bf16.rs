@@ -152,6 +152,7 @@ pub type Bf16Tile = unsafe fn(
 );
 
 /// An entry of the BF16 kernel table.
+#[derive(Clone)]
 pub struct Bf16Kernel {
     pub name: &'static str,
     pub mr: usize,
@@ -161,7 +162,28 @@ pub struct Bf16Kernel {
     pub isa: Isa,
     supported: fn() -> bool,
     tile: Bf16Tile,
+    /// A whole-depth call with the epilogue in registers, where the entry has one.
+    #[cfg(target_arch = "x86_64")]
+    fused: Option<Bf16Fused>,
 }
+
+/// See `avx512::fused`.
+#[cfg(target_arch = "x86_64")]
+type Bf16Fused = unsafe fn(
+    rows: usize,
+    np: usize,
+    kp: usize,
+    a: *const u16,
+    lda: usize,
+    b: *const u16,
+    bstride: usize,
+    y: *mut f32,
+    ldy: usize,
+    cols_last: usize,
+    bias: Option<*const f32>,
+    accumulate: bool,
+    act: Option<crate::model::config::Activation>,
+);
 
 impl std::fmt::Debug for Bf16Kernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -187,6 +209,7 @@ pub static BF16_KERNELS: &[Bf16Kernel] = &[
         isa: Isa::Avx512,
         supported: super::amx::supported_bf16,
         tile: super::amx::bf16,
+        fused: None,
     },
     #[cfg(target_arch = "x86_64")]
     Bf16Kernel {
@@ -197,6 +220,7 @@ pub static BF16_KERNELS: &[Bf16Kernel] = &[
         isa: Isa::Avx512,
         supported: avx512::supported,
         tile: avx512::tile,
+        fused: Some(avx512::fused),
     },
     Bf16Kernel {
         name: "bf16-portable",
@@ -206,6 +230,8 @@ pub static BF16_KERNELS: &[Bf16Kernel] = &[
         isa: Isa::Portable,
         supported: || true,
         tile: portable_tile,
+        #[cfg(target_arch = "x86_64")]
+        fused: None,
     },
 ];
 
@@ -342,6 +368,39 @@ unsafe fn panels_range(
 ) {
     let (m, n, kp, mr, np) = (x.m, w.n, w.kp, kernel.mr, kernel.np);
     let mc = row_block(kp, mr);
+    #[cfg(target_arch = "x86_64")]
+    if let Some(fused) = kernel.fused {
+        for r0 in (0..m).step_by(mc) {
+            let r1 = (r0 + mc).min(m);
+            for p in panels.clone().step_by(np) {
+                let gp = np.min(panels.end - p);
+                let c0 = p * NR;
+                let cols_last = NR.min(n - (p + gp - 1) * NR);
+                for r in (r0..r1).step_by(mr) {
+                    // SAFETY: the kernel's features were detected (asserted in `matmul_with`);
+                    // rows r..r+rows of x hold kp values, panels p..p+gp lie in w, the bias has
+                    // n values, and this task owns columns c0..c0+gp*NR (clipped to n) of
+                    // rows r..r+rows of y.
+                    fused(
+                        mr.min(r1 - r),
+                        gp,
+                        kp,
+                        x.data.as_ptr().add(r * kp),
+                        kp,
+                        w.panel(p).as_ptr(),
+                        kp * NR,
+                        y.add(r * n + c0),
+                        n,
+                        cols_last,
+                        ep.bias.map(|b| b[c0..].as_ptr()),
+                        ep.accumulate,
+                        ep.act,
+                    );
+                }
+            }
+        }
+        return;
+    }
     let mut acc: Vec<[f32; NR]> = Vec::new();
     for r0 in (0..m).step_by(mc) {
         let r1 = (r0 + mc).min(m);
@@ -478,17 +537,28 @@ mod tests {
             isa: Isa::Portable,
             supported: || true,
             tile: super::super::amx::bf16_emulated,
+            fused: None,
         }
     }
 
     #[test]
     fn every_kernel_matches_f64_reference_within_bf16_sum_bounds() {
-        let mut kernels = Bf16Kernel::available();
+        // Each entry (an entry with a fused path also on its tile path), and the AMX schedule
+        // on the tile model.
+        let mut kernels: Vec<Bf16Kernel> = Vec::new();
+        for k in Bf16Kernel::available() {
+            kernels.push(k.clone());
+            #[cfg(target_arch = "x86_64")]
+            if k.fused.is_some() {
+                kernels.push(Bf16Kernel {
+                    fused: None,
+                    ..k.clone()
+                });
+            }
+        }
         #[cfg(target_arch = "x86_64")]
-        let emulated = amx_emulated();
-        #[cfg(target_arch = "x86_64")]
-        kernels.push(&emulated);
-        for kernel in kernels {
+        kernels.push(amx_emulated());
+        for kernel in &kernels {
             assert!(kernel.self_check(), "{kernel:?}");
             for (m, n, k) in [(1, 1, 1), (5, 17, 3), (9, 50, 70), (30, 100, 600)] {
                 let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.13).cos()).collect();

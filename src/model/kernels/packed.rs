@@ -87,6 +87,7 @@ pub type F32Tile = unsafe fn(
 );
 
 /// An entry of the f32 kernel table.
+#[derive(Clone)]
 pub struct F32Kernel {
     pub name: &'static str,
     /// Rows per micro-tile (the packing stride of the row tiles).
@@ -99,7 +100,29 @@ pub struct F32Kernel {
     pub isa: Isa,
     supported: fn() -> bool,
     tile: F32Tile,
+    /// A whole-depth call on unpacked activations with the epilogue in registers, where the
+    /// entry has one (then `tile` serves only the tests' checks of the tile path).
+    #[cfg(target_arch = "x86_64")]
+    fused: Option<F32Fused>,
 }
+
+/// See `avx512::fused`.
+#[cfg(target_arch = "x86_64")]
+type F32Fused = unsafe fn(
+    rows: usize,
+    np: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    bstride: usize,
+    y: *mut f32,
+    ldy: usize,
+    cols_last: usize,
+    bias: Option<*const f32>,
+    accumulate: bool,
+    act: Option<Activation>,
+);
 
 impl std::fmt::Debug for F32Kernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -124,6 +147,7 @@ pub static F32_KERNELS: &[F32Kernel] = &[
         isa: Isa::Avx512,
         supported: super::has_avx512,
         tile: avx512::tile,
+        fused: Some(avx512::fused),
     },
     #[cfg(target_arch = "x86_64")]
     F32Kernel {
@@ -134,6 +158,7 @@ pub static F32_KERNELS: &[F32Kernel] = &[
         isa: Isa::Avx2,
         supported: super::has_avx2_fma,
         tile: avx2::tile,
+        fused: None,
     },
     F32Kernel {
         name: "f32-portable-6x16",
@@ -143,6 +168,8 @@ pub static F32_KERNELS: &[F32Kernel] = &[
         isa: Isa::Portable,
         supported: || true,
         tile: portable_tile,
+        #[cfg(target_arch = "x86_64")]
+        fused: None,
     },
 ];
 
@@ -295,6 +322,39 @@ unsafe fn panels_range(
 ) {
     let (k, n, mr, np) = (w.k, w.n, kernel.mr, kernel.np);
     let mc = row_block(k, mr);
+    #[cfg(target_arch = "x86_64")]
+    if let Some(fused) = kernel.fused {
+        for r0 in (0..m).step_by(mc) {
+            let r1 = (r0 + mc).min(m);
+            for p in panels.clone().step_by(np) {
+                let gp = np.min(panels.end - p);
+                let c0 = p * NR;
+                let cols_last = NR.min(n - (p + gp - 1) * NR);
+                for r in (r0..r1).step_by(mr) {
+                    // SAFETY: the kernel's features were detected (asserted in `matmul_with`);
+                    // rows r..r+rows of x hold k floats, panels p..p+gp lie in w, the bias has
+                    // n values, and this task owns columns c0..c0+gp*NR (clipped to n) of
+                    // rows r..r+rows of y.
+                    fused(
+                        mr.min(r1 - r),
+                        gp,
+                        k,
+                        x.as_ptr().add(r * k),
+                        k,
+                        w.panel(p).as_ptr(),
+                        k * NR,
+                        y.add(r * n + c0),
+                        n,
+                        cols_last,
+                        ep.bias.map(|b| b[c0..].as_ptr()),
+                        ep.accumulate,
+                        ep.act,
+                    );
+                }
+            }
+        }
+        return;
+    }
     // The row block of x, re-laid as micro-panels: for each mr-row tile, k steps of mr floats.
     let mut apack = vec![0.0f32; mc.min(m).div_ceil(mr) * mr * k];
     let mut acc: Vec<[f32; NR]> = Vec::new();
@@ -493,7 +553,7 @@ unsafe fn portable_tile(
 mod avx2;
 
 #[cfg(target_arch = "x86_64")]
-mod avx512;
+pub(crate) mod avx512;
 
 #[cfg(test)]
 mod tests {
@@ -513,7 +573,19 @@ mod tests {
 
     #[test]
     fn every_kernel_matches_f64_reference_on_ragged_shapes() {
-        for kernel in F32Kernel::available() {
+        // Each entry, and an entry with a fused whole-depth path also on its tile path.
+        let mut kernels: Vec<F32Kernel> = Vec::new();
+        for k in F32Kernel::available() {
+            kernels.push(k.clone());
+            #[cfg(target_arch = "x86_64")]
+            if k.fused.is_some() {
+                kernels.push(F32Kernel {
+                    fused: None,
+                    ..k.clone()
+                });
+            }
+        }
+        for kernel in &kernels {
             for (m, n, k) in [
                 (1, 1, 1),
                 (5, 17, 3),

@@ -128,3 +128,119 @@ unsafe fn kernel<const R: usize, const P: usize>(
         }
     }
 }
+
+/// The whole depth and the epilogue in one call: accumulators start at zero and stay in
+/// registers through `y = act(acc + bias [+ y])` for `rows` (≤ 8) rows and `np` (≤ 3) panels,
+/// `cols_last` columns in the last (the epilogue of the f32 kernels, in the same order).
+///
+/// # Safety
+/// As [`tile`] for `a` and `b` over `kp` values; `bias` (when given) the group's columns; `y`
+/// `rows` rows (stride `ldy`) of the group's columns.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn fused(
+    rows: usize,
+    np: usize,
+    kp: usize,
+    a: *const u16,
+    lda: usize,
+    b: *const u16,
+    bstride: usize,
+    y: *mut f32,
+    ldy: usize,
+    cols_last: usize,
+    bias: Option<*const f32>,
+    accumulate: bool,
+    act: Option<crate::model::config::Activation>,
+) {
+    let ep = Ep {
+        y,
+        ldy,
+        cols_last,
+        bias,
+        accumulate,
+        act,
+    };
+    match np {
+        3 => fused_rows::<3>(rows, kp, a, lda, b, bstride, &ep),
+        2 => fused_rows::<2>(rows, kp, a, lda, b, bstride, &ep),
+        _ => fused_rows::<1>(rows, kp, a, lda, b, bstride, &ep),
+    }
+}
+
+struct Ep {
+    y: *mut f32,
+    ldy: usize,
+    cols_last: usize,
+    bias: Option<*const f32>,
+    accumulate: bool,
+    act: Option<crate::model::config::Activation>,
+}
+
+#[inline(always)]
+unsafe fn fused_rows<const P: usize>(
+    rows: usize,
+    kp: usize,
+    a: *const u16,
+    lda: usize,
+    b: *const u16,
+    bstride: usize,
+    ep: &Ep,
+) {
+    macro_rules! go {
+        ($($r:literal),*) => {
+            match rows {
+                $($r => fused_kernel::<$r, P>(kp, a, lda, b, bstride, ep),)*
+                _ => unreachable!("1..=8 rows"),
+            }
+        };
+    }
+    go!(1, 2, 3, 4, 5, 6, 7, 8)
+}
+
+#[inline(always)]
+unsafe fn fused_kernel<const R: usize, const P: usize>(
+    k: usize,
+    a: *const u16,
+    lda: usize,
+    b: *const u16,
+    bstride: usize,
+    ep: &Ep,
+) {
+    use crate::model::kernels::packed::avx512::{col_mask, store_row};
+    let mut acc = [[_mm512_setzero_ps(); P]; R];
+    for g in 0..k / KG {
+        // SAFETY (whole function): the caller vouches for the extents (see `fused`).
+        let mut bv = [_mm512_setzero_si512(); P];
+        for (q, v) in bv.iter_mut().enumerate() {
+            let bq = b.add(q * bstride + g * NR * KG);
+            _mm_prefetch::<_MM_HINT_T0>(bq.wrapping_add(8 * NR * KG) as *const i8);
+            *v = _mm512_loadu_si512(bq as *const _);
+        }
+        for (i, row) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_epi32((a.add(i * lda + g * KG) as *const i32).read_unaligned());
+            let av: __m512bh = std::mem::transmute(av);
+            for (q, v) in row.iter_mut().enumerate() {
+                let bq: __m512bh = std::mem::transmute(bv[q]);
+                *v = _mm512_dpbf16_ps(*v, av, bq);
+            }
+        }
+    }
+    for q in 0..P {
+        let mask = col_mask(if q + 1 == P { ep.cols_last } else { NR });
+        let bias = match ep.bias {
+            Some(bp) => _mm512_maskz_loadu_ps(mask, bp.add(q * NR)),
+            None => _mm512_setzero_ps(),
+        };
+        for (i, row) in acc.iter().enumerate() {
+            let v = _mm512_add_ps(row[q], bias);
+            store_row(
+                v,
+                ep.y.add(i * ep.ldy + q * NR),
+                mask,
+                ep.accumulate,
+                ep.act,
+            );
+        }
+    }
+}

@@ -4,6 +4,7 @@
 //! `vpdpbusd` does not saturate, so any 8-bit weights are exact.
 
 use super::{KG, NR};
+use crate::model::kernels::packed::avx512::{col_mask, store_row};
 use std::arch::x86_64::*;
 
 pub const MR: usize = 8;
@@ -119,14 +120,8 @@ pub unsafe fn finish(
     accumulate: bool,
     act: Option<crate::model::config::Activation>,
 ) {
-    use crate::model::config::Activation;
-    use crate::model::kernels::{gelu_erf_impl, gelu_tanh};
     assert!(offset.len() >= NR && ws.len() >= NR && sa.len() >= acc.len());
-    let mask: __mmask16 = if cols >= NR {
-        0xffff
-    } else {
-        (1u16 << cols) - 1
-    };
+    let mask = col_mask(cols);
     let off = _mm512_loadu_si512(offset.as_ptr() as *const _);
     let w = _mm512_loadu_ps(ws.as_ptr());
     let b = match bias {
@@ -141,25 +136,8 @@ pub unsafe fn finish(
         let yp = y.add(i * ldy);
         let q = _mm512_add_epi32(_mm512_loadu_si512(row.as_ptr() as *const _), off);
         let scale = _mm512_mul_ps(_mm512_set1_ps(sa[i]), w);
-        let mut v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(q), scale), b);
-        if accumulate {
-            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, yp));
-        }
-        match act {
-            None => {}
-            Some(Activation::Relu) => v = _mm512_max_ps(v, _mm512_setzero_ps()),
-            Some(a) => {
-                let mut t = [0.0f32; NR];
-                _mm512_storeu_ps(t.as_mut_ptr(), v);
-                if a == Activation::Gelu {
-                    t.iter_mut().for_each(|x| *x = gelu_erf_impl::<true>(*x));
-                } else {
-                    t.iter_mut().for_each(|x| *x = gelu_tanh(*x));
-                }
-                v = _mm512_loadu_ps(t.as_ptr());
-            }
-        }
-        _mm512_mask_storeu_ps(yp, mask, v);
+        let v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(q), scale), b);
+        store_row(v, yp, mask, accumulate, act);
     }
 }
 
@@ -245,8 +223,6 @@ unsafe fn fused_kernel<const R: usize, const P: usize>(
     cols_last: usize,
     ep: &FusedEp,
 ) {
-    use crate::model::config::Activation;
-    use crate::model::kernels::{gelu_erf_impl, gelu_tanh};
     let mut acc = [[_mm512_setzero_si512(); P]; R];
     for g in 0..k / KG {
         // SAFETY (whole function): the caller vouches for the extents (see `fused`).
@@ -264,12 +240,7 @@ unsafe fn fused_kernel<const R: usize, const P: usize>(
         }
     }
     for q in 0..P {
-        let cols = if q + 1 == P { cols_last } else { NR };
-        let mask: __mmask16 = if cols >= NR {
-            0xffff
-        } else {
-            (1u16 << cols) - 1
-        };
+        let mask = col_mask(if q + 1 == P { cols_last } else { NR });
         let off = _mm512_loadu_si512(ep.offset.add(q * NR) as *const _);
         let w = _mm512_loadu_ps(ep.ws.add(q * NR));
         let bias = match ep.bias {
@@ -280,25 +251,8 @@ unsafe fn fused_kernel<const R: usize, const P: usize>(
             let yp = y.add(i * ldy + q * NR);
             let qv = _mm512_add_epi32(row[q], off);
             let scale = _mm512_mul_ps(_mm512_set1_ps(*ep.sa.add(i)), w);
-            let mut v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(qv), scale), bias);
-            if ep.accumulate {
-                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, yp));
-            }
-            match ep.act {
-                None => {}
-                Some(Activation::Relu) => v = _mm512_max_ps(v, _mm512_setzero_ps()),
-                Some(act) => {
-                    let mut t = [0.0f32; NR];
-                    _mm512_storeu_ps(t.as_mut_ptr(), v);
-                    if act == Activation::Gelu {
-                        t.iter_mut().for_each(|x| *x = gelu_erf_impl::<true>(*x));
-                    } else {
-                        t.iter_mut().for_each(|x| *x = gelu_tanh(*x));
-                    }
-                    v = _mm512_loadu_ps(t.as_ptr());
-                }
-            }
-            _mm512_mask_storeu_ps(yp, mask, v);
+            let v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(qv), scale), bias);
+            store_row(v, yp, mask, ep.accumulate, ep.act);
         }
     }
 }

@@ -109,13 +109,7 @@ pub unsafe fn finish(
     accumulate: bool,
     act: Option<crate::model::config::Activation>,
 ) {
-    use crate::model::config::Activation;
-    use crate::model::kernels::{gelu_erf_impl, gelu_tanh};
-    let mask: __mmask16 = if cols >= NR {
-        0xffff
-    } else {
-        (1u16 << cols) - 1
-    };
+    let mask = col_mask(cols);
     let b = match bias {
         Some(b) => {
             assert!(b.len() >= cols);
@@ -125,25 +119,167 @@ pub unsafe fn finish(
     };
     for (i, row) in tile.iter().enumerate() {
         // SAFETY: the caller vouches for row i of y (cols floats, masked).
-        let yp = y.add(i * ldy);
-        let mut v = _mm512_add_ps(_mm512_loadu_ps(row.as_ptr()), b);
-        if accumulate {
-            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, yp));
+        let v = _mm512_add_ps(_mm512_loadu_ps(row.as_ptr()), b);
+        store_row(v, y.add(i * ldy), mask, accumulate, act);
+    }
+}
+
+/// The whole depth and the epilogue in one call, reading the activations in place (row `i` at
+/// `a + i * lda`; no packing): accumulators start at zero and stay in registers through
+/// `y = act(acc + bias [+ y])` for `rows` (≤ 12) rows and `np` (≤ 2) panels, `cols_last`
+/// columns in the last. The epilogue's operations are those of [`finish`], in its order.
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/DQ/VL; `a` must hold `rows` rows of `k` floats at stride
+/// `lda`; `b` `k × NR` floats per panel at stride `bstride`; `bias` (when given) the group's
+/// columns; `y` `rows` rows (stride `ldy`) of the group's columns.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn fused(
+    rows: usize,
+    np: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    bstride: usize,
+    y: *mut f32,
+    ldy: usize,
+    cols_last: usize,
+    bias: Option<*const f32>,
+    accumulate: bool,
+    act: Option<crate::model::config::Activation>,
+) {
+    let ep = FusedEp {
+        bias,
+        accumulate,
+        act,
+        y,
+        ldy,
+        cols_last,
+    };
+    if np >= 2 {
+        fused_rows::<2>(rows, k, a, lda, b, bstride, &ep)
+    } else {
+        fused_rows::<1>(rows, k, a, lda, b, bstride, &ep)
+    }
+}
+
+struct FusedEp {
+    bias: Option<*const f32>,
+    accumulate: bool,
+    act: Option<crate::model::config::Activation>,
+    y: *mut f32,
+    ldy: usize,
+    cols_last: usize,
+}
+
+#[inline(always)]
+unsafe fn fused_rows<const P: usize>(
+    rows: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    bstride: usize,
+    ep: &FusedEp,
+) {
+    macro_rules! go {
+        ($($r:literal),*) => {
+            match rows {
+                $($r => fused_kernel::<$r, P>(k, a, lda, b, bstride, ep),)*
+                _ => unreachable!("1..=12 rows"),
+            }
+        };
+    }
+    go!(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12)
+}
+
+#[inline(always)]
+unsafe fn fused_kernel<const R: usize, const P: usize>(
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    bstride: usize,
+    ep: &FusedEp,
+) {
+    let mut acc = [[_mm512_setzero_ps(); P]; R];
+    for kk in 0..k {
+        // SAFETY (whole function): the caller vouches for the extents (see `fused`).
+        let mut bv = [_mm512_setzero_ps(); P];
+        for (q, v) in bv.iter_mut().enumerate() {
+            let bq = b.add(q * bstride + kk * NR);
+            _mm_prefetch::<_MM_HINT_T0>(bq.wrapping_add(PREFETCH * NR) as *const i8);
+            *v = _mm512_loadu_ps(bq);
         }
-        match act {
-            None => {}
-            Some(Activation::Relu) => v = _mm512_max_ps(v, _mm512_setzero_ps()),
-            Some(a) => {
-                let mut t = [0.0f32; NR];
-                _mm512_storeu_ps(t.as_mut_ptr(), v);
-                if a == Activation::Gelu {
-                    t.iter_mut().for_each(|x| *x = gelu_erf_impl::<true>(*x));
-                } else {
-                    t.iter_mut().for_each(|x| *x = gelu_tanh(*x));
-                }
-                v = _mm512_loadu_ps(t.as_ptr());
+        for (i, row) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_ps(*a.add(i * lda + kk));
+            for (q, v) in row.iter_mut().enumerate() {
+                *v = _mm512_fmadd_ps(av, bv[q], *v);
             }
         }
-        _mm512_mask_storeu_ps(yp, mask, v);
+    }
+    for q in 0..P {
+        let mask = col_mask(if q + 1 == P { ep.cols_last } else { NR });
+        let bias = match ep.bias {
+            Some(bp) => _mm512_maskz_loadu_ps(mask, bp.add(q * NR)),
+            None => _mm512_setzero_ps(),
+        };
+        for (i, row) in acc.iter().enumerate() {
+            let v = _mm512_add_ps(row[q], bias);
+            store_row(
+                v,
+                ep.y.add(i * ep.ldy + q * NR),
+                mask,
+                ep.accumulate,
+                ep.act,
+            );
+        }
+    }
+}
+
+/// The tail of every AVX-512 epilogue for one row of one panel: `v [+ y]`, the activation, and
+/// the masked store — the order of the portable epilogue.
+///
+/// # Safety
+/// Called from code compiled with AVX-512 F/BW/DQ/VL; `yp` must address the `mask`ed floats.
+#[inline(always)]
+pub(crate) unsafe fn store_row(
+    mut v: __m512,
+    yp: *mut f32,
+    mask: __mmask16,
+    accumulate: bool,
+    act: Option<crate::model::config::Activation>,
+) {
+    use crate::model::config::Activation;
+    use crate::model::kernels::{gelu_erf_impl, gelu_tanh};
+    if accumulate {
+        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, yp));
+    }
+    match act {
+        None => {}
+        Some(Activation::Relu) => v = _mm512_max_ps(v, _mm512_setzero_ps()),
+        Some(a) => {
+            let mut t = [0.0f32; NR];
+            _mm512_storeu_ps(t.as_mut_ptr(), v);
+            if a == Activation::Gelu {
+                t.iter_mut().for_each(|x| *x = gelu_erf_impl::<true>(*x));
+            } else {
+                t.iter_mut().for_each(|x| *x = gelu_tanh(*x));
+            }
+            v = _mm512_loadu_ps(t.as_ptr());
+        }
+    }
+    _mm512_mask_storeu_ps(yp, mask, v);
+}
+
+/// The column mask of a panel with `cols` (≤ 16) valid columns.
+#[inline(always)]
+pub(crate) fn col_mask(cols: usize) -> __mmask16 {
+    if cols >= NR {
+        0xffff
+    } else {
+        (1u16 << cols) - 1
     }
 }
