@@ -14,8 +14,9 @@
 
 use rayon::prelude::*;
 
+use super::driver::{first_passing, fused_tiles, split_panels};
 use super::packed::{finish, Epilogue, NR};
-use super::{Isa, SharedOut};
+use super::Isa;
 
 /// Depth of one group: a pair of bf16 is one 32-bit lane.
 const KG: usize = 2;
@@ -254,20 +255,14 @@ impl Bf16Kernel {
     pub fn detect() -> &'static Bf16Kernel {
         static BEST: std::sync::OnceLock<&'static Bf16Kernel> = std::sync::OnceLock::new();
         BEST.get_or_init(|| {
-            for k in BF16_KERNELS {
-                if !k.supported() {
-                    continue;
-                }
-                if k.self_check() {
-                    tracing::debug!(kernel = k.name, "bf16 GEMM kernel");
-                    return k;
-                }
-                tracing::error!(
-                    kernel = k.name,
-                    "bf16 kernel disagrees with the portable kernel; not using it"
-                );
-            }
-            Bf16Kernel::portable()
+            first_passing(
+                BF16_KERNELS,
+                "bf16",
+                |k| k.name,
+                Bf16Kernel::supported,
+                |k| k.self_check(),
+            )
+            .unwrap_or(Bf16Kernel::portable())
         })
     }
 
@@ -326,28 +321,18 @@ pub fn matmul_with(
     if m == 0 || n == 0 {
         return;
     }
-    let panels = w.panels();
-    let groups = panels.div_ceil(kernel.np);
-    let threads = rayon::current_num_threads().max(1);
-    let tasks = if m * n * w.k < 64 * 1024 * threads {
-        1
-    } else {
-        threads.min(groups)
-    };
-    let per_task = groups.div_ceil(tasks) * kernel.np;
-    let out = SharedOut(y.as_mut_ptr());
-    let run = |t: usize| {
-        let p0 = (t * per_task).min(panels);
-        let p1 = ((t + 1) * per_task).min(panels);
-        // SAFETY: task t writes only columns p0*NR..p1*NR (clipped to n) of y; the tasks'
-        // column ranges are disjoint and y holds m*n floats (asserted above).
-        unsafe { panels_range(x, w, out.ptr(), ep, p0..p1, kernel) }
-    };
-    if tasks == 1 {
-        run(0);
-    } else {
-        (0..tasks).into_par_iter().for_each(run);
-    }
+    split_panels(
+        y,
+        m * n * w.k,
+        64 * 1024,
+        w.panels(),
+        kernel.np,
+        |y, panels| {
+            // SAFETY: each call writes only the columns of its panels (clipped to n) of y; the
+            // ranges are disjoint and y holds m*n floats (asserted above).
+            unsafe { panels_range(x, w, y, ep, panels, kernel) }
+        },
+    );
 }
 
 /// Rows per block: the block's activations (`mc × kp` values) stay in L2.
@@ -370,35 +355,26 @@ unsafe fn panels_range(
     let mc = row_block(kp, mr);
     #[cfg(target_arch = "x86_64")]
     if let Some(fused) = kernel.fused {
-        for r0 in (0..m).step_by(mc) {
-            let r1 = (r0 + mc).min(m);
-            for p in panels.clone().step_by(np) {
-                let gp = np.min(panels.end - p);
-                let c0 = p * NR;
-                let cols_last = NR.min(n - (p + gp - 1) * NR);
-                for r in (r0..r1).step_by(mr) {
-                    // SAFETY: the kernel's features were detected (asserted in `matmul_with`);
-                    // rows r..r+rows of x hold kp values, panels p..p+gp lie in w, the bias has
-                    // n values, and this task owns columns c0..c0+gp*NR (clipped to n) of
-                    // rows r..r+rows of y.
-                    fused(
-                        mr.min(r1 - r),
-                        gp,
-                        kp,
-                        x.data.as_ptr().add(r * kp),
-                        kp,
-                        w.panel(p).as_ptr(),
-                        kp * NR,
-                        y.add(r * n + c0),
-                        n,
-                        cols_last,
-                        ep.bias.map(|b| b[c0..].as_ptr()),
-                        ep.accumulate,
-                        ep.act,
-                    );
-                }
-            }
-        }
+        fused_tiles(m, n, (mc, mr, np), panels, |t| {
+            // SAFETY: the kernel's features were detected (asserted in `matmul_with`); rows
+            // t.r..t.r+t.rows of x hold kp values, panels t.p..t.p+t.gp lie in w, the bias has
+            // n values, and this task owns columns t.c0.. (clipped to n) of those rows of y.
+            fused(
+                t.rows,
+                t.gp,
+                kp,
+                x.data.as_ptr().add(t.r * kp),
+                kp,
+                w.panel(t.p).as_ptr(),
+                kp * NR,
+                y.add(t.r * n + t.c0),
+                n,
+                t.cols_last,
+                ep.bias.map(|b| b[t.c0..].as_ptr()),
+                ep.accumulate,
+                ep.act,
+            )
+        });
         return;
     }
     let mut acc: Vec<[f32; NR]> = Vec::new();

@@ -24,8 +24,9 @@
 
 use rayon::prelude::*;
 
+use super::driver::{first_passing, fused_tiles, split_panels};
 use super::packed::{finish, Epilogue, NR};
-use super::{Isa, SharedOut};
+use super::Isa;
 
 /// Largest activation magnitude after quantization.
 pub const ACT_MAX: i32 = 127;
@@ -497,21 +498,14 @@ impl Int8Kernel {
         static BEST: [std::sync::OnceLock<&'static Int8Kernel>; 2] =
             [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
         BEST[usize::from(bits >= 8)].get_or_init(|| {
-            for k in INT8_KERNELS.iter().filter(|k| k.max_bits >= bits) {
-                if !k.supported() {
-                    continue;
-                }
-                if k.self_check(bits) {
-                    tracing::debug!(kernel = k.name, bits, "int8 GEMM kernel");
-                    return k;
-                }
-                tracing::error!(
-                    kernel = k.name,
-                    bits,
-                    "int8 kernel disagrees with the portable kernel; not using it"
-                );
-            }
-            Int8Kernel::portable()
+            first_passing(
+                INT8_KERNELS,
+                "int8",
+                |k| k.name,
+                |k| k.supported() && k.max_bits >= bits,
+                |k| k.self_check(bits),
+            )
+            .unwrap_or(Int8Kernel::portable())
         })
     }
 
@@ -571,28 +565,18 @@ pub fn matmul_with(x: &QActs, w: &QWeights, y: &mut [f32], ep: Epilogue<'_>, ker
     if m == 0 || n == 0 {
         return;
     }
-    let panels = w.panels();
-    let groups = panels.div_ceil(kernel.np);
-    let threads = rayon::current_num_threads().max(1);
-    let tasks = if m * n * w.k < 128 * 1024 * threads {
-        1
-    } else {
-        threads.min(groups)
-    };
-    let per_task = groups.div_ceil(tasks) * kernel.np;
-    let out = SharedOut(y.as_mut_ptr());
-    let run = |t: usize| {
-        let p0 = (t * per_task).min(panels);
-        let p1 = ((t + 1) * per_task).min(panels);
-        // SAFETY: task t writes only columns p0*NR..p1*NR (clipped to n) of y; the tasks'
-        // column ranges are disjoint and y holds m*n floats (asserted above).
-        unsafe { panels_range(x, w, out.ptr(), ep, p0..p1, kernel) }
-    };
-    if tasks == 1 {
-        run(0);
-    } else {
-        (0..tasks).into_par_iter().for_each(run);
-    }
+    split_panels(
+        y,
+        m * n * w.k,
+        128 * 1024,
+        w.panels(),
+        kernel.np,
+        |y, panels| {
+            // SAFETY: each call writes only the columns of its panels (clipped to n) of y; the
+            // ranges are disjoint and y holds m*n floats (asserted above).
+            unsafe { panels_range(x, w, y, ep, panels, kernel) }
+        },
+    );
 }
 
 /// Rows per block: the block's activations (`mc × kp` bytes) stay in L2 while every panel of
@@ -616,42 +600,33 @@ unsafe fn panels_range(
     let mc = row_block(kp, mr);
     #[cfg(target_arch = "x86_64")]
     if let Some(fused) = kernel.fused {
-        for r0 in (0..m).step_by(mc) {
-            let r1 = (r0 + mc).min(m);
-            for p in panels.clone().step_by(np) {
-                let gp = np.min(panels.end - p);
-                let c0 = p * NR;
-                let cols_last = NR.min(n - (p + gp - 1) * NR);
-                for r in (r0..r1).step_by(mr) {
-                    let rows = mr.min(r1 - r);
-                    let fep = avx512::FusedEp {
-                        offset: w.offset[c0..].as_ptr(),
-                        ws: w.scales_pad[c0..].as_ptr(),
-                        bias: ep.bias.map(|b| b[c0..].as_ptr()),
-                        sa: x.scales[r..].as_ptr(),
-                        accumulate: ep.accumulate,
-                        act: ep.act,
-                    };
-                    // SAFETY: the kernel's features were detected (asserted in `matmul_with`);
-                    // rows r..r+rows of x hold kp bytes, panels p..p+gp lie in w, offsets and
-                    // scales are padded to whole panels, and this task owns columns
-                    // c0..c0+gp*NR (clipped to n) of rows r..r+rows of y.
-                    fused(
-                        rows,
-                        gp,
-                        kp,
-                        x.data.as_ptr().add(r * kp),
-                        kp,
-                        w.panel(p).as_ptr(),
-                        kp * NR,
-                        y.add(r * n + c0),
-                        n,
-                        cols_last,
-                        &fep,
-                    );
-                }
-            }
-        }
+        fused_tiles(m, n, (mc, mr, np), panels, |t| {
+            let fep = avx512::FusedEp {
+                offset: w.offset[t.c0..].as_ptr(),
+                ws: w.scales_pad[t.c0..].as_ptr(),
+                bias: ep.bias.map(|b| b[t.c0..].as_ptr()),
+                sa: x.scales[t.r..].as_ptr(),
+                accumulate: ep.accumulate,
+                act: ep.act,
+            };
+            // SAFETY: the kernel's features were detected (asserted in `matmul_with`); rows
+            // t.r..t.r+t.rows of x hold kp bytes, panels t.p..t.p+t.gp lie in w, offsets and
+            // scales are padded to whole panels, and this task owns columns t.c0.. (clipped
+            // to n) of those rows of y.
+            fused(
+                t.rows,
+                t.gp,
+                kp,
+                x.data.as_ptr().add(t.r * kp),
+                kp,
+                w.panel(t.p).as_ptr(),
+                kp * NR,
+                y.add(t.r * n + t.c0),
+                n,
+                t.cols_last,
+                &fep,
+            )
+        });
         return;
     }
     let mut acc: Vec<[i32; NR]> = Vec::new();

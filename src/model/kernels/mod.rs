@@ -5,6 +5,7 @@
 #[cfg(target_arch = "x86_64")]
 mod amx;
 pub mod bf16;
+mod driver;
 pub mod int8;
 pub mod packed;
 pub mod peak;
@@ -235,7 +236,7 @@ fn layer_norm_rows<const FMA: bool>(
 #[derive(Clone, Copy)]
 pub(crate) struct SharedOut(pub(crate) *mut f32);
 // SAFETY: only used by `attention` (tasks write disjoint rows-of-one-sequence x
-// columns-of-one-head blocks) and `packed::matmul` (tasks write disjoint column ranges).
+// columns-of-one-head blocks) and `driver::split_panels` (tasks write disjoint column ranges).
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 

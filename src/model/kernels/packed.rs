@@ -12,9 +12,8 @@
 //! Entries: AVX-512 (12 rows × 2 panels = 24 zmm accumulators), AVX2+FMA (6 × 1 panel, two ymm
 //! per row), portable.
 
-use rayon::prelude::*;
-
-use super::{gelu_erf_impl, gelu_tanh, Isa, SharedOut};
+use super::driver::{first_passing, fused_tiles, split_panels};
+use super::{gelu_erf_impl, gelu_tanh, Isa};
 use crate::model::config::Activation;
 
 /// Output columns per panel: one 16-float zmm, or two 8-float ymm.
@@ -187,20 +186,14 @@ impl F32Kernel {
     pub fn detect() -> &'static F32Kernel {
         static BEST: std::sync::OnceLock<&'static F32Kernel> = std::sync::OnceLock::new();
         BEST.get_or_init(|| {
-            for k in F32_KERNELS {
-                if !k.supported() {
-                    continue;
-                }
-                if k.self_check() {
-                    tracing::debug!(kernel = k.name, "f32 GEMM kernel");
-                    return k;
-                }
-                tracing::error!(
-                    kernel = k.name,
-                    "f32 kernel disagrees with the portable kernel; not using it"
-                );
-            }
-            F32Kernel::portable()
+            first_passing(
+                F32_KERNELS,
+                "f32",
+                |k| k.name,
+                F32Kernel::supported,
+                |k| k.self_check(),
+            )
+            .unwrap_or(F32Kernel::portable())
         })
     }
 
@@ -279,28 +272,19 @@ pub fn matmul_with(
     if m == 0 || n == 0 {
         return;
     }
-    let groups = w.panels().div_ceil(kernel.np);
-    let threads = rayon::current_num_threads().max(1);
     // Below ~64k multiply-adds per thread the fork costs more than it saves.
-    let tasks = if m * n * k < 64 * 1024 * threads {
-        1
-    } else {
-        threads.min(groups)
-    };
-    let per_task = groups.div_ceil(tasks) * kernel.np;
-    let out = SharedOut(y.as_mut_ptr());
-    let run = |t: usize| {
-        let p0 = (t * per_task).min(w.panels());
-        let p1 = ((t + 1) * per_task).min(w.panels());
-        // SAFETY: task t writes only columns p0*NR..p1*NR (clipped to n) of y; tasks' column
-        // ranges are disjoint and y holds m*n floats (asserted above).
-        unsafe { panels_range(x, m, w, out.ptr(), ep, p0..p1, kernel) }
-    };
-    if tasks == 1 {
-        run(0);
-    } else {
-        (0..tasks).into_par_iter().for_each(run);
-    }
+    split_panels(
+        y,
+        m * n * k,
+        64 * 1024,
+        w.panels(),
+        kernel.np,
+        |y, panels| {
+            // SAFETY: each call writes only the columns of its panels (clipped to n) of y; the
+            // ranges are disjoint and y holds m*n floats (asserted above).
+            unsafe { panels_range(x, m, w, y, ep, panels, kernel) }
+        },
+    );
 }
 
 /// Rows per block: keep the block of `x` (`mc × k` floats) within ~256 KiB of L2.
@@ -324,35 +308,26 @@ unsafe fn panels_range(
     let mc = row_block(k, mr);
     #[cfg(target_arch = "x86_64")]
     if let Some(fused) = kernel.fused {
-        for r0 in (0..m).step_by(mc) {
-            let r1 = (r0 + mc).min(m);
-            for p in panels.clone().step_by(np) {
-                let gp = np.min(panels.end - p);
-                let c0 = p * NR;
-                let cols_last = NR.min(n - (p + gp - 1) * NR);
-                for r in (r0..r1).step_by(mr) {
-                    // SAFETY: the kernel's features were detected (asserted in `matmul_with`);
-                    // rows r..r+rows of x hold k floats, panels p..p+gp lie in w, the bias has
-                    // n values, and this task owns columns c0..c0+gp*NR (clipped to n) of
-                    // rows r..r+rows of y.
-                    fused(
-                        mr.min(r1 - r),
-                        gp,
-                        k,
-                        x.as_ptr().add(r * k),
-                        k,
-                        w.panel(p).as_ptr(),
-                        k * NR,
-                        y.add(r * n + c0),
-                        n,
-                        cols_last,
-                        ep.bias.map(|b| b[c0..].as_ptr()),
-                        ep.accumulate,
-                        ep.act,
-                    );
-                }
-            }
-        }
+        fused_tiles(m, n, (mc, mr, np), panels, |t| {
+            // SAFETY: the kernel's features were detected (asserted in `matmul_with`); rows
+            // t.r..t.r+t.rows of x hold k floats, panels t.p..t.p+t.gp lie in w, the bias has
+            // n values, and this task owns columns t.c0.. (clipped to n) of those rows of y.
+            fused(
+                t.rows,
+                t.gp,
+                k,
+                x.as_ptr().add(t.r * k),
+                k,
+                w.panel(t.p).as_ptr(),
+                k * NR,
+                y.add(t.r * n + t.c0),
+                n,
+                t.cols_last,
+                ep.bias.map(|b| b[t.c0..].as_ptr()),
+                ep.accumulate,
+                ep.act,
+            )
+        });
         return;
     }
     // The row block of x, re-laid as micro-panels: for each mr-row tile, k steps of mr floats.
