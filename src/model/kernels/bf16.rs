@@ -200,8 +200,9 @@ impl PartialEq for Bf16Kernel {
 
 /// Every BF16 micro-kernel, fastest first.
 pub static BF16_KERNELS: &[Bf16Kernel] = &[
-    // Written blind: no AMX host yet; used only after its self-check passes on one.
-    #[cfg(target_arch = "x86_64")]
+    // Written blind: no AMX host yet; only with the `amx` feature, and then only after its
+    // self-check passes.
+    #[cfg(all(target_arch = "x86_64", feature = "amx"))]
     Bf16Kernel {
         name: "bf16-amx-16x32",
         mr: super::amx::MR,

@@ -405,8 +405,9 @@ impl PartialEq for Int8Kernel {
 
 /// Every INT8 micro-kernel, fastest first.
 pub static INT8_KERNELS: &[Int8Kernel] = &[
-    // Written blind: no AMX host yet; used only after its self-check passes on one.
-    #[cfg(target_arch = "x86_64")]
+    // Written blind: no AMX host yet; only with the `amx` feature, and then only after its
+    // self-check passes.
+    #[cfg(all(target_arch = "x86_64", feature = "amx"))]
     Int8Kernel {
         name: "int8-amx-16x32",
         mr: amx::MR,
@@ -780,7 +781,7 @@ unsafe fn portable_tile(
     }
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", any(test, feature = "amx")))]
 use super::amx;
 
 #[cfg(target_arch = "x86_64")]
