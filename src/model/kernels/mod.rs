@@ -741,6 +741,32 @@ mod tests {
         }
     }
 
+    /// The AVX2 builds of the element-wise routines, which an AVX-512 host never dispatches to.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_element_wise_paths_match_the_portable_ones() {
+        if !has_avx2_fma() {
+            eprintln!("SKIPPED: no AVX2 on this CPU");
+            return;
+        }
+        let row: Vec<f32> = (0..77)
+            .map(|i| ((i * 37 % 29) as f32 - 14.0) * 0.9)
+            .collect();
+        let (mut a, mut b) = (row.clone(), row.clone());
+        softmax_impl::<false>(&mut a, 0.125);
+        // SAFETY: AVX2 and FMA were detected above.
+        unsafe { softmax_avx2(&mut b, 0.125) };
+        assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-6));
+        // SAFETY: as above.
+        assert_eq!(unsafe { abs_max_avx2(&row) }, abs_max_impl(&row));
+        let (g, be) = (vec![1.5f32; 77], vec![0.25f32; 77]);
+        let (mut a, mut b) = (row.repeat(3), row.repeat(3));
+        layer_norm_rows::<false>(&mut a, None, &g, &be, 1e-12);
+        // SAFETY: as above.
+        unsafe { layer_norm_avx2(&mut b, None, &g, &be, 1e-12) };
+        assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5));
+    }
+
     #[test]
     fn abs_max_equals_the_scalar_fold_on_every_path() {
         for len in [0usize, 1, 15, 16, 33, 384] {
