@@ -263,3 +263,34 @@ fn amx_tile_configuration_block_layout() {
         );
     }
 }
+
+/// The vector quantizers give the bytes of the scalar one (round half to even, clamp, NaN → 0
+/// or a bound, never out of range), on every row length and at the rounding ties.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn vector_quantizers_match_the_scalar_one() {
+    let mut x: Vec<f32> = (0..203).map(|i| (i as f32 - 101.0) * 0.75).collect();
+    x[7] = 2.5; // ties go to even
+    x[8] = -3.5;
+    x[9] = 1e9;
+    x[10] = -1e9;
+    let mut want = vec![0u8; x.len()];
+    quantize_row(&x, &mut want, 1.0);
+    if crate::model::kernels::has_avx2_fma() {
+        let mut got = vec![0u8; x.len()];
+        // SAFETY: AVX2 and FMA were detected.
+        unsafe { quantize_row_avx2(&x, &mut got, 1.0) };
+        assert_eq!(got, want, "avx2");
+    }
+    if crate::model::kernels::has_avx512() {
+        for len in [0usize, 1, 15, 16, 17, 203] {
+            let mut got = vec![0u8; len];
+            // SAFETY: AVX-512 was detected.
+            unsafe { quantize_row_avx512(&x[..len], &mut got, 1.0) };
+            assert_eq!(got, want[..len], "avx512 len {len}");
+        }
+    } else {
+        eprintln!("SKIPPED: AVX-512 quantizer not testable here");
+    }
+    assert_eq!((want[7], want[8]), (130, 124));
+}
