@@ -22,8 +22,6 @@
 //! panels), the widest weights each computes exactly, `supported()`, a self-check against the
 //! portable kernel, and the tile function; one driver ([`matmul_with`]) serves them all.
 
-use rayon::prelude::*;
-
 use super::driver::{first_passing, fused_tiles, split_panels};
 use super::packed::{finish, Epilogue, NR};
 use super::Isa;
@@ -182,157 +180,11 @@ impl QWeights {
     }
 }
 
-/// How activations are scaled.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum ActScale {
-    /// One scale for the whole tensor, found by calibration.
-    Static(f32),
-    /// Each row (token) scaled by its own absolute maximum at run time.
-    Dynamic,
-}
-
-/// Activations quantized for the kernel: `m` rows of `kp` bytes (`q + 128`), and each row's
-/// scale.
-pub struct QActs {
-    data: Vec<u8>,
-    scales: Vec<f32>,
-    m: usize,
-    kp: usize,
-}
-
-impl QActs {
-    pub fn new() -> Self {
-        QActs {
-            data: Vec::new(),
-            scales: Vec::new(),
-            m: 0,
-            kp: 0,
-        }
-    }
-
-    /// Quantize `x` (`m × k`, row-major) into `self`, reusing its buffers.
-    pub fn quantize(&mut self, x: &[f32], m: usize, k: usize, scale: ActScale) {
-        assert!(x.len() >= m * k, "quantize: input too small");
-        let kp = k.div_ceil(KG) * KG;
-        self.m = m;
-        self.kp = kp;
-        self.data.clear();
-        // Padding bytes meet zero weights; any value works.
-        self.data.resize(m * kp, 128);
-        self.scales.clear();
-        self.scales.resize(m, 1.0);
-        let isa = Isa::detect();
-        let body = |(row, (dst, s)): (&[f32], (&mut [u8], &mut f32))| {
-            let sc = match scale {
-                ActScale::Static(s) => s,
-                ActScale::Dynamic => super::abs_max(row) / ACT_MAX as f32,
-            };
-            *s = if sc > 0.0 && sc.is_finite() { sc } else { 1.0 };
-            let dst = &mut dst[..k];
-            match isa {
-                // SAFETY (both): the ISA was detected at run time.
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { quantize_row_avx512(row, dst, 1.0 / *s) },
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { quantize_row_avx2(row, dst, 1.0 / *s) },
-                _ => quantize_row(row, dst, 1.0 / *s),
-            }
-        };
-        if k == 0 {
-            return;
-        }
-        let rows = x[..m * k].par_chunks_exact(k);
-        let outs = self
-            .data
-            .par_chunks_exact_mut(kp)
-            .zip(self.scales.par_iter_mut());
-        if m * k >= 256 * 1024 {
-            rows.zip(outs).for_each(body);
-        } else {
-            x[..m * k]
-                .chunks_exact(k)
-                .zip(self.data.chunks_exact_mut(kp).zip(self.scales.iter_mut()))
-                .for_each(body);
-        }
-    }
-}
-
-impl Default for QActs {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-fn quantize_row(x: &[f32], q: &mut [u8], inv: f32) {
-    let max = ACT_MAX as f32;
-    for (d, &v) in q.iter_mut().zip(x) {
-        // `as` maps NaN to 0, so a NaN input becomes q = 0.
-        *d = ((v * inv).round_ties_even().clamp(-max, max) as i32 + 128) as u8;
-    }
-}
-
-/// As [`quantize_row`], 32 values per step. `_mm256_cvtps_epi32` rounds to nearest even (the
-/// default MXCSR mode), as `round_ties_even` does; NaN compares false in min/max and lands on
-/// the clamp bound or 0 — finite either way.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn quantize_row_avx2(x: &[f32], q: &mut [u8], inv: f32) {
-    use std::arch::x86_64::*;
-    let n = x.len().min(q.len());
-    let body = n / 32 * 32;
-    let (vinv, lo, hi) = (
-        _mm256_set1_ps(inv),
-        _mm256_set1_ps(-(ACT_MAX as f32)),
-        _mm256_set1_ps(ACT_MAX as f32),
-    );
-    let bias = _mm256_set1_epi8(-128);
-    // packs interleave 128-bit lanes; this permutation puts the 8 dwords back in order.
-    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    let xp = x.as_ptr();
-    let qp = q.as_mut_ptr();
-    for i in (0..body).step_by(32) {
-        // SAFETY: i + 32 <= body <= len of both slices.
-        let conv = |o: usize| {
-            let v = _mm256_mul_ps(_mm256_loadu_ps(xp.add(i + o)), vinv);
-            _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi))
-        };
-        let (a, b, c, d) = (conv(0), conv(8), conv(16), conv(24));
-        let ab = _mm256_packs_epi32(a, b);
-        let cd = _mm256_packs_epi32(c, d);
-        let bytes = _mm256_packs_epi16(ab, cd);
-        let bytes = _mm256_permutevar8x32_epi32(bytes, order);
-        // q + 128 as a byte: flipping the sign bit (xor 0x80) is the same as adding 128.
-        let bytes = _mm256_xor_si256(bytes, bias);
-        _mm256_storeu_si256(qp.add(i) as *mut __m256i, bytes);
-    }
-    quantize_row(&x[body..n], &mut q[body..n], inv);
-}
-
-/// As [`quantize_row`], 16 values per step with AVX-512: `vcvtps2dq` rounds to nearest even
-/// (the default MXCSR mode) and `vpmovsdb` narrows with saturation after the clamp.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
-unsafe fn quantize_row_avx512(x: &[f32], q: &mut [u8], inv: f32) {
-    use std::arch::x86_64::*;
-    let n = x.len().min(q.len());
-    let body = n / 16 * 16;
-    let (vinv, lo, hi) = (
-        _mm512_set1_ps(inv),
-        _mm512_set1_ps(-(ACT_MAX as f32)),
-        _mm512_set1_ps(ACT_MAX as f32),
-    );
-    let bias = _mm_set1_epi8(-128);
-    let xp = x.as_ptr();
-    let qp = q.as_mut_ptr();
-    for i in (0..body).step_by(16) {
-        // SAFETY: i + 16 <= body <= len of both slices.
-        let v = _mm512_mul_ps(_mm512_loadu_ps(xp.add(i)), vinv);
-        let v = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(v, lo), hi));
-        let bytes = _mm_xor_si128(_mm512_cvtsepi32_epi8(v), bias);
-        _mm_storeu_si128(qp.add(i) as *mut __m128i, bytes);
-    }
-    quantize_row(&x[body..n], &mut q[body..n], inv);
-}
+#[cfg(test)]
+use acts::quantize_row;
+#[cfg(all(test, target_arch = "x86_64"))]
+use acts::{quantize_row_avx2, quantize_row_avx512};
+pub use acts::{ActScale, QActs};
 
 /// One micro-kernel call: `acc += a · b` for `rows` (≤ `mr`) rows and `np` (≤ the entry's `np`)
 /// adjacent panels over `kc` bytes of depth (a multiple of 4).
@@ -783,6 +635,8 @@ unsafe fn portable_tile(
 
 #[cfg(all(target_arch = "x86_64", any(test, feature = "amx")))]
 use super::amx;
+
+mod acts;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
