@@ -6,6 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::env::set_var("PROTOC", protoc);
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        // prost behind a pre-decode bound on request size (src/server/wire.rs).
+        .codec_path("crate::server::wire::SampCodec")
         .file_descriptor_set_path(out.join("samp_descriptor.bin"))
         .compile_protos(&["proto/samp/v1/samp.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");

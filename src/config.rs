@@ -41,6 +41,9 @@ pub struct Limits {
     pub max_text_chars: usize,
     /// Largest request message in bytes.
     pub max_message_bytes: usize,
+    /// Longest life of one stream (the streaming RPCs), in seconds; the stream's own deadline
+    /// may end it sooner.
+    pub max_stream_seconds: u64,
 }
 
 impl Default for Limits {
@@ -49,7 +52,59 @@ impl Default for Limits {
             max_inputs: 256,
             max_text_chars: 100_000,
             max_message_bytes: 16 * 1024 * 1024,
+            max_stream_seconds: 600,
         }
+    }
+}
+
+impl Limits {
+    pub fn max_stream(&self) -> Duration {
+        Duration::from_secs(self.max_stream_seconds)
+    }
+}
+
+/// Connection hygiene of the gRPC port.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Connections {
+    /// Open connections at once; further ones wait in the kernel's backlog until one closes.
+    pub max_connections: usize,
+    /// Concurrent streams (calls) per HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 keepalive ping interval, in seconds (0: off).
+    pub keepalive_interval_seconds: u64,
+    /// A connection whose keepalive ping is not answered within this many seconds is closed.
+    pub keepalive_timeout_seconds: u64,
+    /// Close connections after this many seconds (gracefully: in-flight calls finish), so that
+    /// idle or long-lived clients rebalance across replicas (0: never).
+    pub max_connection_age_seconds: u64,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections {
+            max_connections: 1024,
+            max_concurrent_streams: 64,
+            keepalive_interval_seconds: 30,
+            keepalive_timeout_seconds: 10,
+            max_connection_age_seconds: 0,
+        }
+    }
+}
+
+fn seconds(s: u64) -> Option<Duration> {
+    (s > 0).then(|| Duration::from_secs(s))
+}
+
+impl Connections {
+    pub fn keepalive_interval(&self) -> Option<Duration> {
+        seconds(self.keepalive_interval_seconds)
+    }
+    pub fn keepalive_timeout(&self) -> Option<Duration> {
+        seconds(self.keepalive_timeout_seconds)
+    }
+    pub fn max_connection_age(&self) -> Option<Duration> {
+        seconds(self.max_connection_age_seconds)
     }
 }
 
@@ -63,6 +118,13 @@ pub struct ServeConfig {
     pub models: Vec<ModelEntry>,
     pub batching: BatchPolicy,
     pub limits: Limits,
+    pub connections: Connections,
+    /// A file holding a static bearer token: when set, every gRPC call and every /metrics
+    /// request must carry `authorization: Bearer <token>` (health checks excepted).
+    pub auth_token_file: Option<PathBuf>,
+    /// The token read from `auth_token_file` by `validate`.
+    #[serde(skip)]
+    pub auth_token: Option<String>,
     /// Longest wait for admitted work to finish after SIGTERM/SIGINT, in seconds.
     pub shutdown_grace_seconds: u64,
     /// Share (0..=1) of requests to a quantized variant that are run again, in the background,
@@ -82,6 +144,9 @@ impl Default for ServeConfig {
             models: Vec::new(),
             batching: BatchPolicy::default(),
             limits: Limits::default(),
+            connections: Connections::default(),
+            auth_token_file: None,
+            auth_token: None,
             shutdown_grace_seconds: 30,
             fidelity_sample_rate: 0.01,
             device: Device::Cpu,
@@ -137,6 +202,28 @@ impl ServeConfig {
         self.batching.validate().map_err(anyhow::Error::msg)?;
         if self.limits.max_inputs == 0 || self.limits.max_text_chars == 0 {
             anyhow::bail!("limits.max_inputs and limits.max_text_chars must be at least 1");
+        }
+        if self.limits.max_stream_seconds == 0 {
+            anyhow::bail!("limits.max_stream_seconds must be at least 1");
+        }
+        if self.connections.max_connections == 0 || self.connections.max_concurrent_streams == 0 {
+            anyhow::bail!(
+                "connections.max_connections and connections.max_concurrent_streams must be at \
+                 least 1"
+            );
+        }
+        if let Some(p) = &self.auth_token_file {
+            let text = std::fs::read_to_string(p).map_err(|e| {
+                anyhow::anyhow!("auth_token_file {}: cannot read: {e}", p.display())
+            })?;
+            let token = text.trim();
+            if token.is_empty() || !token.chars().all(|c| c.is_ascii_graphic()) {
+                anyhow::bail!(
+                    "auth_token_file {}: the token must be one line of printable ASCII",
+                    p.display()
+                );
+            }
+            self.auth_token = Some(token.to_string());
         }
         Ok(self)
     }

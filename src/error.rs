@@ -58,6 +58,11 @@ pub enum SampError {
     #[error("GPU: {0}")]
     Device(String),
 
+    /// The encoder produced a NaN or infinite value (bad weights, or an overflow); the result
+    /// is refused rather than returned.
+    #[error("the encoder produced a non-finite value (at hidden-state element {index})")]
+    NonFinite { index: usize },
+
     /// A caller-supplied input is not acceptable; `field` names it.
     #[error("invalid {field}: {reason}")]
     InvalidInput { field: String, reason: String },

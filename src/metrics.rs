@@ -41,6 +41,15 @@ pub const DEVICE_MEMORY_BYTES: &str = "samp_device_memory_bytes";
 pub const MODEL_DEVICE: &str = "samp_model_device";
 /// Jobs dropped before compute: `reason` is `cancelled` (client gone) or `deadline`.
 pub const DROPPED_TOTAL: &str = "samp_dropped_total";
+/// Batches whose computation panicked; their requests failed with INTERNAL and the model's
+/// compute thread went on (label: model).
+pub const WORKER_RESTARTS_TOTAL: &str = "samp_worker_restarts_total";
+/// Requests refused at the door, by `reason`: `queue_full`, `token_budget`, `deadline`.
+pub const REFUSED_TOTAL: &str = "samp_refused_total";
+/// Tokens admitted and not yet computed, per model.
+pub const QUEUE_TOKENS: &str = "samp_queue_tokens";
+/// Measured encoder throughput per model, tokens per second (what admission plans with).
+pub const TOKENS_PER_SECOND: &str = "samp_tokens_per_second";
 
 /// Install the process-wide recorder once; later calls return the same handle.
 pub fn handle() -> PrometheusHandle {
@@ -74,21 +83,40 @@ pub fn handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Serve `GET /metrics` (any path, in fact) as Prometheus text on `listener`.
-pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
+/// Serve `GET /metrics` (any path, in fact) as Prometheus text on `listener`; with a `token`,
+/// only to requests that carry `authorization: Bearer <token>` (401 otherwise).
+pub async fn serve(listener: TcpListener, handle: PrometheusHandle, token: Option<String>) {
+    let token: Option<std::sync::Arc<str>> = token.map(Into::into);
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
-            continue;
-        };
-        let handle = handle.clone();
+        let mut sock = crate::server::gate::accept(&listener).await;
+        let (handle, token) = (handle.clone(), token.clone());
         tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            // Read the request head; its content does not matter.
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf)).await;
-            let body = handle.render();
+            let mut buf = [0u8; 4096];
+            // Read the request head (one read; scrapers send it in one segment).
+            let n = tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(0);
+            let allowed = token.as_deref().is_none_or(|t| {
+                let head = &buf[..n];
+                let value = head.split(|&b| b == b'\n').find_map(|line| {
+                    let (name, value) = line.split_at(line.iter().position(|&b| b == b':')?);
+                    name.eq_ignore_ascii_case(b"authorization")
+                        .then(|| value[1..].trim_ascii())
+                });
+                crate::server::gate::authorized(value, t)
+            });
+            let (status, body) = if allowed {
+                ("200 OK", handle.render())
+            } else {
+                (
+                    "401 Unauthorized",
+                    "missing or wrong bearer token\n".to_string(),
+                )
+            };
             let head = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                 body.len()
             );
             let _ = sock.write_all(head.as_bytes()).await;

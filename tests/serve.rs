@@ -318,7 +318,7 @@ async fn overload_is_refused_at_once_and_admitted_requests_succeed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deadline_shorter_than_the_queue_wait_is_exceeded() {
+async fn a_deadline_the_queue_cannot_meet_is_refused_at_once() {
     let s = start(config(&["all-MiniLM-L6-v2"])).await;
     let addr = s.addr;
     // Keep the compute thread busy with a large request...
@@ -335,41 +335,43 @@ async fn deadline_shorter_than_the_queue_wait_is_exceeded() {
     });
     // Until the busy request is computing: its tokens are counted once it is admitted.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    // ...then ask for an answer within 5 ms (grpc-timeout, as a client deadline sends it).
-    // tonic's client enforces the deadline too and may give up first (CANCELLED, "Timeout
-    // expired"); either way the server must not compute the job.
+    // ...then ask for an answer within 50 ms (grpc-timeout, as a client deadline sends it).
+    // Seconds of work are ahead of it: refused at once, not left to expire in the queue.
     let mut c = s.client().await;
     let mut req = tonic::Request::new(embed_req(&["too late"]));
     req.metadata_mut()
-        .insert("grpc-timeout", "5m".parse().unwrap());
+        .insert("grpc-timeout", "50m".parse().unwrap());
+    let t0 = std::time::Instant::now();
     let st = c.embed(req).await.unwrap_err();
+    assert_eq!(st.code(), Code::ResourceExhausted, "{st:?}");
+    assert!(st.message().contains("deadline"), "{st:?}");
     assert!(
-        st.code() == Code::DeadlineExceeded
-            || (st.code() == Code::Cancelled && st.message().contains("Timeout")),
-        "{st:?}"
+        t0.elapsed() < Duration::from_millis(50),
+        "{:?}",
+        t0.elapsed()
     );
+    // A deadline already gone when the call arrives is DEADLINE_EXCEEDED (never CANCELLED from
+    // tonic's timer), busy server or not.
+    let mut req = tonic::Request::new(embed_req(&["far too late"]));
+    req.metadata_mut()
+        .insert("grpc-timeout", "1m".parse().unwrap());
+    let st = c.embed(req).await.unwrap_err();
+    assert_eq!(st.code(), Code::DeadlineExceeded, "{st:?}");
     assert!(
         busy.await.unwrap().is_ok(),
         "the long request still completes"
     );
-    // The compute thread reaches the expired job right after the busy one.
-    let mut body = String::new();
-    for _ in 0..40 {
-        body = scrape(s.metrics).await;
-        if body.contains("samp_dropped_total{model=\"all-MiniLM-L6-v2\"") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let dropped: f64 = body
+    let body = scrape(s.metrics).await;
+    let refused: f64 = body
         .lines()
-        .filter(|l| l.starts_with("samp_dropped_total{model=\"all-MiniLM-L6-v2\""))
+        .filter(|l| {
+            l.starts_with("samp_refused_total{")
+                && l.contains("model=\"all-MiniLM-L6-v2\"")
+                && l.contains("reason=\"deadline\"")
+        })
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .sum();
-    assert!(
-        dropped >= 1.0,
-        "the expired request was dropped before compute:\n{body}"
-    );
+    assert!(refused >= 1.0, "the refusal is counted:\n{body}");
     s.shutdown().await;
 }
 

@@ -97,6 +97,19 @@ pub struct ServeArgs {
     /// Queued requests per model before new ones get RESOURCE_EXHAUSTED.
     #[arg(long, env = "SAMP_QUEUE_CAPACITY")]
     pub queue_capacity: Option<usize>,
+    /// Queued tokens per model before new requests get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "SAMP_MAX_QUEUE_TOKENS")]
+    pub max_queue_tokens: Option<usize>,
+    /// Open gRPC connections at once [default: 1024].
+    #[arg(long, env = "SAMP_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Concurrent calls per HTTP/2 connection [default: 64].
+    #[arg(long, env = "SAMP_MAX_CONCURRENT_STREAMS")]
+    pub max_concurrent_streams: Option<u32>,
+    /// File with a static bearer token that every call and /metrics scrape must present
+    /// (`authorization: Bearer TOKEN`); health checks are exempt. Off by default.
+    #[arg(long, env = "SAMP_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
     /// Longest drain after SIGTERM/SIGINT, in seconds.
     #[arg(long, env = "SAMP_SHUTDOWN_GRACE_SECONDS")]
     pub shutdown_grace_seconds: Option<u64>,
@@ -160,6 +173,18 @@ impl ServeArgs {
         }
         if let Some(v) = self.queue_capacity {
             c.batching.queue_capacity = v;
+        }
+        if let Some(v) = self.max_queue_tokens {
+            c.batching.max_queue_tokens = v;
+        }
+        if let Some(v) = self.max_connections {
+            c.connections.max_connections = v;
+        }
+        if let Some(v) = self.max_concurrent_streams {
+            c.connections.max_concurrent_streams = v;
+        }
+        if let Some(v) = &self.auth_token_file {
+            c.auth_token_file = Some(v.clone());
         }
         if let Some(v) = self.shutdown_grace_seconds {
             c.shutdown_grace_seconds = v;
@@ -443,6 +468,8 @@ pub fn run_serve(a: &ServeArgs) -> anyhow::Result<()> {
                 "cuda_built": crate::backend::device::CUDA_BUILT,
                 "batching": format!("{:?}", cfg.batching),
                 "limits": format!("{:?}", cfg.limits),
+                "connections": format!("{:?}", cfg.connections),
+                "auth": cfg.auth_token.is_some(),
             })
         );
         return Ok(());

@@ -376,10 +376,15 @@ impl Model {
 
     /// Last-layer hidden states `[T, H]` of one packed batch, on the accelerator when the model
     /// has one.
+    /// Non-finite states (NaN or infinite weights, an overflow) are an error, never an answer.
     pub fn forward(&self, batch: &Batch) -> Result<Vec<f32>> {
-        match &self.accelerator {
+        let states = match &self.accelerator {
             Some(acc) => acc.forward(&self.encoder, batch),
             None => self.encoder.forward(batch),
+        }?;
+        match states.iter().position(|x| !x.is_finite()) {
+            None => Ok(states),
+            Some(index) => Err(SampError::NonFinite { index }),
         }
     }
 

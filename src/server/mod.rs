@@ -4,11 +4,13 @@
 
 pub mod client;
 mod fidelity;
+pub mod gate;
 pub mod loadgen;
 mod observe;
 pub mod service;
 pub mod status;
 mod stream;
+pub mod wire;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,7 +18,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::backend::ModelWorker;
 use crate::config::ServeConfig;
@@ -63,7 +64,7 @@ pub async fn prepare(
             let plan2 = plan.clone();
             let device = entry.device.unwrap_or(cfg.device);
             let lib_dirs = crate::backend::device::lib_dirs(cfg.cuda_lib_dir.as_deref());
-            let model = tokio::task::spawn_blocking(move || -> anyhow::Result<Model> {
+            let (model, rate) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
                 let opts = LoadOptions {
                     plan: plan2,
                     ..Default::default()
@@ -72,9 +73,16 @@ pub async fn prepare(
                     .map_err(|e| anyhow::anyhow!("model {name}: {e:#}"))?;
                 m.name = name;
                 crate::backend::device::place(&mut m, device, &lib_dirs);
-                // Warm-up: one pass so the first request doesn't pay for page faults.
+                // Warm-up: one pass so the first request doesn't pay for page faults, then one
+                // timed batch of ordinary sentences to seed the throughput admission plans with.
                 m.embed(&[Input::from("warm up")], &EmbedOptions::default())?;
-                Ok(m)
+                let texts: Vec<Input> = (0..16)
+                    .map(|i| Input::Single(format!("{i}: {WARM_UP_SENTENCE}")))
+                    .collect();
+                let t0 = std::time::Instant::now();
+                let out = m.embed(&texts, &EmbedOptions::default())?;
+                let tokens: usize = out.iter().map(|e| e.tokens).sum();
+                Ok((m, (tokens, t0.elapsed())))
             })
             .await??;
             let variant = variant.unwrap_or_else(|| model.plan().name.clone());
@@ -87,6 +95,7 @@ pub async fn prepare(
             }
             let quality = plan.as_deref().and_then(|p| quality(p, &model.plan().name));
             let mut w = ModelWorker::spawn(Arc::new(model), &variant, cfg.batching)?;
+            w.seed_rate(rate.0, rate.1);
             w.quality = quality;
             workers.push(w);
         }
@@ -100,6 +109,10 @@ pub async fn prepare(
     Ok((workers, grpc, metrics))
 }
 
+/// A sentence of ordinary length for the start-up throughput measurement.
+const WARM_UP_SENTENCE: &str = "the quick brown fox jumps over the lazy dog while the server \
+     measures how many tokens per second this model computes on this machine";
+
 /// Serve until `shutdown` resolves, then: health NOT_SERVING, stop accepting, finish admitted
 /// work (at most the grace period), return.
 pub async fn serve(
@@ -110,7 +123,11 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let handle = crate::metrics::handle();
-    let metrics_task = tokio::spawn(crate::metrics::serve(metrics_listener, handle));
+    let metrics_task = tokio::spawn(crate::metrics::serve(
+        metrics_listener,
+        handle,
+        cfg.auth_token.clone(),
+    ));
     for w in &workers {
         metrics::gauge!(crate::metrics::MODEL_INFO, "model" => w.model.name.clone(),
             "task" => w.model.task.name(), "variant" => w.variant.clone())
@@ -142,7 +159,9 @@ pub async fn serve(
             .or_default()
             .push(Arc::new(w));
     }
-    let svc = service::SampService::new(models.clone(), cfg.limits, cfg.fidelity_sample_rate);
+    wire::raise_limits(&cfg.limits);
+    let svc = service::SampService::new(models.clone(), cfg.limits, cfg.fidelity_sample_rate)?;
+    let grace = derived_grace(&cfg, &models);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -178,20 +197,39 @@ pub async fn serve(
         let _ = began_tx.send(());
     });
 
+    let watch = tokio::spawn(watch_workers(models.clone(), health_reporter.clone()));
+    let gate = gate::Gate::new(cfg.auth_token.clone());
+    let conns = &cfg.connections;
     let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(conns.max_concurrent_streams)
+        .http2_keepalive_interval(conns.keepalive_interval())
+        .http2_keepalive_timeout(conns.keepalive_timeout())
+        .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
+        .tcp_nodelay(true);
+    let mut server = match conns.max_connection_age() {
+        Some(age) => server.max_connection_age(age),
+        None => server,
+    };
+    let server = server
         .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            reflection_v1,
+            gate.clone(),
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            reflection_v1alpha,
+            gate.clone(),
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
             proto::samp_server::SampServer::new(svc)
                 .max_decoding_message_size(cfg.limits.max_message_bytes),
-        )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async {
+            gate,
+        ))
+        .serve_with_incoming_shutdown(gate::incoming(grpc, conns.max_connections), async {
             let _ = stop_rx.await;
         });
-    let grace = cfg.grace();
     // Serve; once shutdown starts, tonic stops accepting and waits for in-flight calls, for at
-    // most the grace period.
+    // most the grace period (which the queues' budgets fit in: `derived_grace`).
     tokio::select! {
         r = server => r?,
         _ = async {
@@ -202,6 +240,7 @@ pub async fn serve(
             }
         } => tracing::warn!(?grace, "grace period over; abandoning unfinished requests"),
     }
+    watch.abort();
     metrics_task.abort();
     // Close the queues; each compute thread answers what was admitted, then exits.
     tokio::task::spawn_blocking(move || {
@@ -214,6 +253,56 @@ pub async fn serve(
     .await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The shutdown grace: the configured one, or longer when a full queue would take longer to
+/// drain at the measured rates (the queues are drained one model after another in the worst
+/// case, as they share the CPU). Logged, so that the orchestrator's own grace
+/// (`terminationGracePeriodSeconds`) can be set above it.
+fn derived_grace(
+    cfg: &ServeConfig,
+    models: &BTreeMap<String, Vec<Arc<ModelWorker>>>,
+) -> std::time::Duration {
+    let drain: f64 = models
+        .values()
+        .flatten()
+        .filter_map(|w| w.stats.tokens_per_second())
+        .map(|rate| cfg.batching.max_queue_tokens as f64 / rate)
+        .sum();
+    let needed = std::time::Duration::from_secs_f64((drain * 1.5 + 1.0).min(86_400.0));
+    let grace = cfg.grace().max(needed);
+    if grace > cfg.grace() {
+        tracing::warn!(
+            configured_seconds = cfg.shutdown_grace_seconds,
+            grace_seconds = grace.as_secs_f64().ceil(),
+            "full queues would take longer than shutdown_grace_seconds to drain; the grace is \
+             raised to fit (set the orchestrator's grace above it, or lower max_queue_tokens)"
+        );
+    }
+    grace
+}
+
+/// Health follows the compute threads: NOT_SERVING while a model has none.
+async fn watch_workers(
+    models: BTreeMap<String, Vec<Arc<ModelWorker>>>,
+    reporter: tonic_health::server::HealthReporter,
+) {
+    let mut was_ok = true;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let ok = models.values().flatten().all(|w| w.alive());
+        if ok != was_ok {
+            let status = if ok {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tracing::error!("a model's compute thread is gone: health NOT_SERVING");
+                tonic_health::ServingStatus::NotServing
+            };
+            reporter.set_service_status("samp.v1.Samp", status).await;
+            reporter.set_service_status("", status).await;
+            was_ok = ok;
+        }
+    }
 }
 
 /// The score of the plan named `plan_name` in the quantization report beside `plan`

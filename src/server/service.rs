@@ -31,6 +31,8 @@ pub struct State {
     /// Shadow one in this many requests of quantized variants through the float variant.
     fidelity_every: Option<usize>,
     sampled: AtomicUsize,
+    /// The tokenizers' own threads (not the encoder's rayon pool, not tokio's).
+    tokenizers: rayon::ThreadPool,
 }
 
 impl State {
@@ -52,9 +54,16 @@ impl SampService {
         models: BTreeMap<String, Vec<Arc<ModelWorker>>>,
         limits: Limits,
         fidelity_rate: f64,
-    ) -> Self {
-        SampService {
+    ) -> std::io::Result<Self> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let tokenizers = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("samp-tokenize-{i}"))
+            .build()
+            .map_err(std::io::Error::other)?;
+        Ok(SampService {
             state: Arc::new(State {
+                tokenizers,
                 models,
                 limits,
                 admitting: AtomicBool::new(true),
@@ -62,7 +71,7 @@ impl SampService {
                     .then(|| (1.0 / fidelity_rate).round().max(1.0) as usize),
                 sampled: AtomicUsize::new(0),
             }),
-        }
+        })
     }
 
     pub fn state(&self) -> Arc<State> {
@@ -120,76 +129,101 @@ impl SampService {
         Ok(worker)
     }
 
-    fn check_texts<'a>(
-        &self,
-        texts: impl Iterator<Item = (String, &'a str)>,
-    ) -> Result<usize, ServeError> {
-        let mut n = 0;
-        for (field, t) in texts {
-            n += 1;
-            if t.is_empty() {
-                return Err(ServeError::invalid(field, "empty text"));
-            }
-            if t.chars().count() > self.state.limits.max_text_chars {
-                return Err(ServeError::invalid(
-                    field,
-                    format!(
-                        "longer than {} characters",
-                        self.state.limits.max_text_chars
-                    ),
-                ));
-            }
-        }
+    /// The number of inputs (a pair counts once) against the limit.
+    fn check_count(&self, field: &str, n: usize) -> Result<(), ServeError> {
+        let limit = self.state.limits.max_inputs;
         if n == 0 {
-            return Err(ServeError::invalid("inputs", "empty batch"));
+            return Err(ServeError::invalid(field, "empty batch"));
         }
-        if n > self.state.limits.max_inputs {
+        if n > limit {
             return Err(ServeError::invalid(
-                "inputs",
-                format!(
-                    "{n} inputs, more than the limit of {}",
-                    self.state.limits.max_inputs
-                ),
+                field,
+                format!("{n} inputs, more than the limit of {limit}"),
             ));
         }
-        Ok(n)
+        Ok(())
     }
 
-    /// Tokenize, queue, wait. Returns the finished job and the tokenize time.
+    /// One text, checked where it lies (no copy); `field` is only formatted on error.
+    fn check_text(&self, field: impl FnOnce() -> String, t: &str) -> Result<(), ServeError> {
+        let limit = self.state.limits.max_text_chars;
+        if t.is_empty() {
+            return Err(ServeError::invalid(field(), "empty text"));
+        }
+        // Bytes bound characters from above: count only when the bytes could be over.
+        if t.len() > limit && t.chars().count() > limit {
+            return Err(ServeError::invalid(
+                field(),
+                format!("longer than {limit} characters"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Tokenize, queue, wait, all within the deadline. `work` is built from the inputs once
+    /// they are tokenized (so that texts a head needs are moved, not copied). Returns the
+    /// finished job and the tokenize time.
     async fn run(
         &self,
         worker: &Arc<ModelWorker>,
         inputs: Vec<Input>,
         truncation: Truncation,
-        work: Work,
+        work: impl FnOnce(Vec<Input>) -> Work,
+        deadline: Option<Instant>,
+    ) -> Result<(Done, Duration), ServeError> {
+        let call = self.run_within(worker, inputs, truncation, work, deadline);
+        match deadline {
+            // Dropping the call on expiry closes the job's reply: the compute thread skips it.
+            Some(d) => tokio::time::timeout_at(d.into(), call)
+                .await
+                .map_err(|_| ServeError::DeadlineExceeded)?,
+            None => call.await,
+        }
+    }
+
+    async fn run_within(
+        &self,
+        worker: &Arc<ModelWorker>,
+        inputs: Vec<Input>,
+        truncation: Truncation,
+        work: impl FnOnce(Vec<Input>) -> Work,
         deadline: Option<Instant>,
     ) -> Result<(Done, Duration), ServeError> {
         if !self.state.admitting.load(Ordering::SeqCst) {
             return Err(ServeError::Unavailable);
         }
+        if deadline.is_some_and(|d| d <= Instant::now()) {
+            return Err(ServeError::DeadlineExceeded);
+        }
+        let left = |d: Instant| d.saturating_duration_since(Instant::now());
+        // Refuse before spending anything on a request the queue cannot take.
+        worker
+            .precheck(deadline.map(left))
+            .map_err(|e| refused(worker, e))?;
         let t0 = Instant::now();
         let model = worker.model.clone();
-        let encoded = tokio::task::spawn_blocking(move || model.encode(&inputs, truncation))
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // Tokenizers have a pool of their own: never the encoder's, never tokio's.
+        self.state.tokenizers.spawn(move || {
+            let encoded = model.encode(&inputs, truncation);
+            let _ = tx.send((encoded, inputs));
+        });
+        let (encoded, inputs) = rx
             .await
-            .map_err(|e| ServeError::Internal(e.into()))??;
+            .map_err(|_| ServeError::Internal(anyhow::anyhow!("tokenizer task lost")))?;
+        let encoded = encoded?;
         let tokenize = t0.elapsed();
+        let work = work(inputs);
         let shadow = self
             .shadow_for(worker)
             .map(|f| (f, encoded.clone(), work.clone()));
         let (job, rx) = Job::new(encoded, work, deadline);
-        worker
-            .submit(job)
-            .map_err(|e| ServeError::Overloaded(e.to_string()))?;
+        worker.submit(job).map_err(|e| refused(worker, e))?;
         metrics::gauge!(m::QUEUE_DEPTH, "model" => worker.model.name.clone())
             .set(worker.queue_depth() as f64);
-        let answer = match deadline {
-            Some(d) => tokio::time::timeout_at(d.into(), rx)
-                .await
-                .map_err(|_| ServeError::DeadlineExceeded)?,
-            None => rx.await,
-        };
-        let done =
-            answer.map_err(|_| ServeError::Internal(anyhow::anyhow!("compute thread gone")))??;
+        let done = rx
+            .await
+            .map_err(|_| ServeError::Internal(anyhow::anyhow!("the request's batch failed")))??;
         if let Some((float, encoded, work)) = shadow {
             spawn_shadow(worker, float, encoded, work, done.output.clone());
         }
@@ -228,12 +262,36 @@ impl SampService {
     }
 }
 
-/// The client's deadline from `grpc-timeout` (e.g. `100m`, `5S`), if it sent one.
-fn deadline<T>(req: &Request<T>) -> Option<Instant> {
+/// When a call reached the server (set by the interceptor, before decoding).
+#[derive(Debug, Clone, Copy)]
+pub struct Arrived(pub Instant);
+
+/// A deadline set by the stream a message came on (its own, not the message's).
+#[derive(Debug, Clone, Copy)]
+pub struct StreamDeadline(pub Option<Instant>);
+
+/// The client's deadline: the stream's for a message of a stream, else `grpc-timeout` (e.g.
+/// `100m`, `5S`) from the call's arrival. It is set a little early so that samp answers
+/// DEADLINE_EXCEEDED before tonic's own timer (started at arrival too) answers CANCELLED.
+pub fn deadline<T>(req: &Request<T>) -> Option<Instant> {
+    if let Some(StreamDeadline(d)) = req.extensions().get::<StreamDeadline>() {
+        return *d;
+    }
+    let start = req
+        .extensions()
+        .get::<Arrived>()
+        .map_or_else(Instant::now, |a| a.0);
     let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let d = parse_timeout(v)?;
+    let margin = (d / 50).clamp(Duration::from_millis(2), Duration::from_millis(50));
+    start.checked_add(d.saturating_sub(margin))
+}
+
+/// A `grpc-timeout` value: digits and a unit.
+fn parse_timeout(v: &str) -> Option<Duration> {
     let (num, unit) = v.split_at(v.len().checked_sub(1)?);
     let n: u64 = num.parse().ok()?;
-    let d = match unit {
+    Some(match unit {
         "H" => Duration::from_secs(n.saturating_mul(3600)),
         "M" => Duration::from_secs(n.saturating_mul(60)),
         "S" => Duration::from_secs(n),
@@ -241,8 +299,27 @@ fn deadline<T>(req: &Request<T>) -> Option<Instant> {
         "u" => Duration::from_micros(n),
         "n" => Duration::from_nanos(n),
         _ => return None,
+    })
+}
+
+/// A refusal at the door, counted by reason.
+fn refused(worker: &ModelWorker, e: crate::backend::Refused) -> ServeError {
+    use crate::backend::Refused;
+    use crate::batching::Refusal;
+    let reason = match &e {
+        Refused::Overloaded { reason, .. } => match reason {
+            Refusal::QueueFull { .. } => "queue_full",
+            Refusal::TokenBudget { .. } => "token_budget",
+            Refusal::Deadline { .. } => "deadline",
+        },
+        Refused::NoWorker { .. } => "no_worker",
     };
-    Instant::now().checked_add(d)
+    metrics::counter!(m::REFUSED_TOTAL, "model" => worker.model.name.clone(), "reason" => reason)
+        .increment(1);
+    match e {
+        Refused::Overloaded { .. } => ServeError::Overloaded(e.to_string()),
+        Refused::NoWorker { .. } => ServeError::Unavailable,
+    }
 }
 
 fn truncation(v: i32) -> Result<Truncation, ServeError> {
@@ -284,7 +361,8 @@ impl proto::samp_server::Samp for SampService {
         req: Request<tonic::Streaming<proto::EmbedRequest>>,
     ) -> Result<Response<Self::EmbedStreamStream>, Status> {
         let svc = self.clone();
-        Ok(Response::new(pipeline(req, move |r| {
+        let max = self.state.limits.max_stream();
+        Ok(Response::new(pipeline(req, max, move |r| {
             let svc = svc.clone();
             async move { proto::samp_server::Samp::embed(&svc, r).await }
         })))
@@ -295,7 +373,8 @@ impl proto::samp_server::Samp for SampService {
         req: Request<tonic::Streaming<proto::ClassifyRequest>>,
     ) -> Result<Response<Self::ClassifyStreamStream>, Status> {
         let svc = self.clone();
-        Ok(Response::new(pipeline(req, move |r| {
+        let max = self.state.limits.max_stream();
+        Ok(Response::new(pipeline(req, max, move |r| {
             let svc = svc.clone();
             async move { proto::samp_server::Samp::classify(&svc, r).await }
         })))
@@ -306,7 +385,8 @@ impl proto::samp_server::Samp for SampService {
         req: Request<tonic::Streaming<proto::TagRequest>>,
     ) -> Result<Response<Self::TagStreamStream>, Status> {
         let svc = self.clone();
-        Ok(Response::new(pipeline(req, move |r| {
+        let max = self.state.limits.max_stream();
+        Ok(Response::new(pipeline(req, max, move |r| {
             let svc = svc.clone();
             async move { proto::samp_server::Samp::tag(&svc, r).await }
         })))
@@ -325,12 +405,11 @@ impl proto::samp_server::Samp for SampService {
         let result = async {
             let worker = self.pick(&r.model, &r.variant, Task::Embed)?;
             resolved = (worker.model.name.clone(), worker.variant.clone());
-            let n = self.check_texts(
-                r.texts
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| (format!("texts[{i}]"), t.as_str())),
-            )?;
+            let n = r.texts.len();
+            self.check_count("inputs", n)?;
+            for (i, t) in r.texts.iter().enumerate() {
+                self.check_text(|| format!("texts[{i}]"), t)?;
+            }
             let opts = EmbedOptions {
                 normalize: r.normalize,
                 dims: (r.dimensions > 0).then_some(r.dimensions as usize),
@@ -343,7 +422,7 @@ impl proto::samp_server::Samp for SampService {
                     &worker,
                     inputs,
                     opts.truncation,
-                    Work::Embed(opts),
+                    move |_| Work::Embed(opts),
                     deadline,
                 )
                 .await?;
@@ -382,18 +461,20 @@ impl proto::samp_server::Samp for SampService {
         let result = async {
             let worker = self.pick(&r.model, &r.variant, Task::Classify)?;
             resolved = (worker.model.name.clone(), worker.variant.clone());
+            use proto::classify_input::Input as In;
+            self.check_count("inputs", r.inputs.len())?;
             let mut inputs = Vec::with_capacity(r.inputs.len());
-            let mut fields = Vec::new();
-            for (i, inp) in r.inputs.iter().enumerate() {
-                match &inp.input {
-                    Some(proto::classify_input::Input::Text(t)) => {
-                        fields.push((format!("inputs[{i}].text"), t.clone()));
-                        inputs.push(Input::Single(t.clone()));
+            // Checked where they lie and moved, never copied.
+            for (i, inp) in r.inputs.into_iter().enumerate() {
+                inputs.push(match inp.input {
+                    Some(In::Text(t)) => {
+                        self.check_text(|| format!("inputs[{i}].text"), &t)?;
+                        Input::Single(t)
                     }
-                    Some(proto::classify_input::Input::Pair(p)) => {
-                        fields.push((format!("inputs[{i}].pair.a"), p.a.clone()));
-                        fields.push((format!("inputs[{i}].pair.b"), p.b.clone()));
-                        inputs.push(Input::Pair(p.a.clone(), p.b.clone()));
+                    Some(In::Pair(p)) => {
+                        self.check_text(|| format!("inputs[{i}].pair.a"), &p.a)?;
+                        self.check_text(|| format!("inputs[{i}].pair.b"), &p.b)?;
+                        Input::Pair(p.a, p.b)
                     }
                     None => {
                         return Err(ServeError::invalid(
@@ -401,13 +482,12 @@ impl proto::samp_server::Samp for SampService {
                             "neither text nor pair",
                         ))
                     }
-                }
+                });
             }
-            self.check_texts(fields.iter().map(|(f, t)| (f.clone(), t.as_str())))?;
             let n = inputs.len();
             let trunc = truncation(r.truncation)?;
             let (done, tokenize) = self
-                .run(&worker, inputs, trunc, Work::Classify, deadline)
+                .run(&worker, inputs, trunc, |_| Work::Classify, deadline)
                 .await?;
             record_stages("classify", &worker, &done, tokenize, n);
             let Output::Classify(v) = &done.output else {
@@ -453,16 +533,18 @@ impl proto::samp_server::Samp for SampService {
         let result = async {
             let worker = self.pick(&r.model, &r.variant, Task::Tag)?;
             resolved = (worker.model.name.clone(), worker.variant.clone());
-            let n = self.check_texts(
-                r.texts
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| (format!("texts[{i}]"), t.as_str())),
-            )?;
+            let n = r.texts.len();
+            self.check_count("inputs", n)?;
+            for (i, t) in r.texts.iter().enumerate() {
+                self.check_text(|| format!("texts[{i}]"), t)?;
+            }
             let agg = aggregation(r.aggregation)?;
             let trunc = truncation(r.truncation)?;
-            let inputs = r.texts.iter().cloned().map(Input::Single).collect();
-            let work = Work::Tag(r.texts.clone(), agg);
+            let inputs = r.texts.into_iter().map(Input::Single).collect();
+            // The head needs the texts for entity offsets: moved back out of the inputs.
+            let work = move |inputs: Vec<Input>| {
+                Work::Tag(inputs.into_iter().map(Input::into_first).collect(), agg)
+            };
             let (done, tokenize) = self.run(&worker, inputs, trunc, work, deadline).await?;
             record_stages("tag", &worker, &done, tokenize, n);
             let Output::Tag(v) = &done.output else {

@@ -26,6 +26,12 @@ impl Input {
             Input::Single(a) | Input::Pair(a, _) => a,
         }
     }
+
+    pub fn into_first(self) -> String {
+        match self {
+            Input::Single(a) | Input::Pair(a, _) => a,
+        }
+    }
 }
 
 impl From<&str> for Input {
@@ -163,24 +169,38 @@ impl Tokenizer {
                 Ok(())
             }
         };
-        let ei: EncodeInput = match input {
-            Input::Single(a) => {
-                check(format!("texts[{index}]"), a)?;
-                a.as_str().into()
-            }
+        match input {
+            Input::Single(a) => check(format!("texts[{index}]"), a)?,
             Input::Pair(a, b) => {
                 check(format!("texts[{index}].a"), a)?;
                 check(format!("texts[{index}].b"), b)?;
-                (a.as_str(), b.as_str()).into()
+            }
+        }
+        // Tokenize only about as much text as the limit can keep: a prefix of a long text,
+        // cut at a space. Its tokens are a prefix of the whole text's tokens except perhaps the
+        // last few, so when the prefix still overflows by a margin the kept tokens are exactly
+        // the whole text's; otherwise the whole text is tokenized.
+        let cut = self.max_len.saturating_mul(CHARS_PER_TOKEN_CUT);
+        let encoding = match input {
+            Input::Single(a) => match prefix(a, cut) {
+                Some(p) => {
+                    let e = self.encode_input(p.into())?;
+                    if overflow_tokens(&e) >= CUT_MARGIN_TOKENS {
+                        e
+                    } else {
+                        self.encode_input(a.as_str().into())?
+                    }
+                }
+                None => self.encode_input(a.as_str().into())?,
+            },
+            // Pairs: each side cut the same way. Longest-first truncation then keeps the same
+            // tokens, except that when both sides are over the limit the odd token may go to
+            // the other side (it goes to the longer, and a cut side's full length is unknown).
+            Input::Pair(a, b) => {
+                let (pa, pb) = (prefix(a, cut * 2), prefix(b, cut * 2));
+                self.encode_input((pa.unwrap_or(a), pb.unwrap_or(b)).into())?
             }
         };
-        let encoding =
-            self.inner
-                .encode_char_offsets(ei, true)
-                .map_err(|e| SampError::Tokenizer {
-                    path: self.path.clone(),
-                    reason: e.to_string(),
-                })?;
         let truncated = !encoding.get_overflowing().is_empty();
         if truncated && truncation == Truncation::Error {
             return Err(SampError::invalid(
@@ -197,6 +217,15 @@ impl Tokenizer {
         })
     }
 
+    fn encode_input(&self, ei: EncodeInput) -> Result<Encoding> {
+        self.inner
+            .encode_char_offsets(ei, true)
+            .map_err(|e| SampError::Tokenizer {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })
+    }
+
     /// Tokenize many inputs in parallel, keeping order.
     pub fn encode_all(&self, inputs: &[Input], truncation: Truncation) -> Result<Vec<Encoded>> {
         inputs
@@ -205,6 +234,33 @@ impl Tokenizer {
             .map(|(i, input)| self.encode(input, i, truncation))
             .collect()
     }
+}
+
+/// A text longer than `max_len × CHARS_PER_TOKEN_CUT` characters is tokenized from a prefix.
+const CHARS_PER_TOKEN_CUT: usize = 8;
+/// The prefix stands for the whole text only when this many of its tokens are cut off anyway.
+const CUT_MARGIN_TOKENS: usize = 16;
+
+/// The start of `text` up to the last whitespace before its `max_chars`-th character, when the
+/// text is longer than that (and such a whitespace exists).
+fn prefix(text: &str, max_chars: usize) -> Option<&str> {
+    let (end, _) = text.char_indices().nth(max_chars)?;
+    let head = &text[..end];
+    let space = head.rfind(char::is_whitespace)?;
+    Some(head[..space].trim_end()).filter(|p| !p.is_empty())
+}
+
+/// Tokens (special tokens not counted) that truncation dropped.
+fn overflow_tokens(e: &Encoding) -> usize {
+    e.get_overflowing()
+        .iter()
+        .map(|o| {
+            o.get_special_tokens_mask()
+                .iter()
+                .filter(|&&m| m == 0)
+                .count()
+        })
+        .sum()
 }
 
 /// A BERT WordPiece tokenizer from `vocab.txt`, lower-casing as `tokenizer_config.json` says.
@@ -253,4 +309,47 @@ fn wordpiece_from_vocab(dir: &Path, vocab: &Path) -> Result<tokenizers::Tokenize
         ("[CLS]".into(), cls),
     )));
     Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny(max_len: usize) -> Tokenizer {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert-multilabel");
+        Tokenizer::load(&dir, max_len).unwrap()
+    }
+
+    #[test]
+    fn a_long_text_is_tokenized_from_a_prefix_with_the_same_result() {
+        let t = tiny(32);
+        let words = [
+            "the", "cat", "sat", "on", "mat", "dog", "ran", "far", "away", "home",
+        ];
+        let long: String = (0..5000)
+            .map(|i| words[(i * 7) % words.len()])
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(prefix(&long, 32 * CHARS_PER_TOKEN_CUT).is_some());
+        let got = t
+            .encode(&Input::Single(long.clone()), 0, Truncation::Truncate)
+            .unwrap();
+        let whole = t.encode_input(long.as_str().into()).unwrap();
+        assert!(got.truncated);
+        assert_eq!(got.ids(), whole.get_ids());
+        assert_eq!(got.encoding.get_offsets(), whole.get_offsets());
+        // Mostly whitespace: the prefix does not reach the limit, the whole text is used.
+        let sparse = format!("{}{}", " ".repeat(10_000), "word ".repeat(40));
+        let got = t
+            .encode(&Input::Single(sparse.clone()), 0, Truncation::Truncate)
+            .unwrap();
+        assert_eq!(
+            got.ids(),
+            t.encode_input(sparse.as_str().into()).unwrap().get_ids()
+        );
+        assert!(got.truncated);
+        // No whitespace at all: no prefix.
+        assert_eq!(prefix(&"x".repeat(1000), 10), None);
+        assert_eq!(prefix("short text", 100), None);
+    }
 }
