@@ -65,6 +65,9 @@ pub struct Job {
     pub deadline: Option<Instant>,
     pub reply: oneshot::Sender<Result<Done, JobError>>,
     enqueued: Instant,
+    /// Its tokens still counted in the queue's budget (released exactly once, by whoever
+    /// gets there first: the compute thread pass by pass, or the caller giving up).
+    counted: Arc<AtomicUsize>,
 }
 
 impl Job {
@@ -80,6 +83,7 @@ impl Job {
             deadline,
             reply,
             enqueued: Instant::now(),
+            counted: Arc::new(AtomicUsize::new(0)),
         };
         (job, rx)
     }
@@ -197,61 +201,64 @@ impl ModelWorker {
         }
     }
 
-    /// Refuse at once what cannot be admitted, before any work is spent on it (a queue already
-    /// over its budget, or a deadline already out of reach of the work queued).
-    pub fn precheck(&self, left: Option<Duration>) -> Result<(), Refused> {
-        let mut q = self.queue_state();
-        if q.tokens < self.policy.max_queue_tokens {
-            // Only the queue ahead counts here: the request's own size is not known yet.
-            q.tokens = q.tokens.min(self.policy.max_queue_tokens.saturating_sub(1));
-        }
-        admit(&q, 1, left, &self.policy).map_err(|reason| self.refused(reason))
-    }
-
-    /// Admit a job (its tokens against the queue's budget, its deadline against the measured
-    /// rate), or refuse it at once.
-    pub fn submit(&self, job: Job) -> Result<(), Refused> {
-        if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
+    /// Take a place in the queue for a request of about `tokens` (an estimate: it is not
+    /// tokenized yet), or refuse it at once, before any work is spent on it.
+    pub fn reserve(&self, tokens: usize, left: Option<Duration>) -> Result<Ticket, Refused> {
+        if !self.alive() {
             return Err(Refused::NoWorker {
                 model: self.model.name.clone(),
             });
         }
-        let tokens = job.tokens();
-        let left = job
-            .deadline
-            .map(|d| d.saturating_duration_since(Instant::now()));
         // Count first, then check against what was there before us, so that concurrent
-        // submitters cannot all squeeze into the last slot.
+        // callers cannot all squeeze into the last slot; the ticket undoes it on refusal.
         let jobs = self.stats.queued.fetch_add(1, Ordering::SeqCst);
         let queued = self.stats.queued_tokens.fetch_add(tokens, Ordering::SeqCst);
+        let ticket = Ticket {
+            counted: Arc::new(AtomicUsize::new(tokens)),
+            stats: self.stats.clone(),
+            sent: false,
+        };
         let q = QueueState {
             jobs,
             tokens: queued,
             tokens_per_second: self.stats.tokens_per_second(),
         };
-        let undo = || {
-            self.stats.queued.fetch_sub(1, Ordering::SeqCst);
-            self.stats.queued_tokens.fetch_sub(tokens, Ordering::SeqCst);
-        };
-        if let Err(reason) = admit(&q, tokens, left, &self.policy) {
-            undo();
-            return Err(self.refused(reason));
-        }
+        admit(&q, tokens, left, &self.policy).map_err(|reason| self.refused(reason))?;
+        Ok(ticket)
+    }
+
+    /// Send a job on its reserved place, its tokens now counted exactly. Keep the ticket while
+    /// waiting for the answer: dropping it releases what is still counted.
+    pub fn send(&self, ticket: &mut Ticket, mut job: Job) -> Result<(), Refused> {
+        let exact = job.tokens();
+        self.stats.queued_tokens.fetch_add(exact, Ordering::SeqCst);
+        let had = ticket.counted.swap(exact, Ordering::SeqCst);
+        self.stats.queued_tokens.fetch_sub(had, Ordering::SeqCst);
+        job.counted = ticket.counted.clone();
         match self.tx.try_send(job) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => {
-                undo();
-                Err(self.refused(Refusal::QueueFull {
-                    capacity: self.policy.queue_capacity,
-                }))
+            Ok(()) => {
+                ticket.sent = true;
+                Ok(())
             }
-            Err(TrySendError::Disconnected(_)) => {
-                undo();
-                Err(Refused::NoWorker {
-                    model: self.model.name.clone(),
-                })
-            }
+            Err(TrySendError::Full(_)) => Err(self.refused(Refusal::QueueFull {
+                capacity: self.policy.queue_capacity,
+            })),
+            Err(TrySendError::Disconnected(_)) => Err(Refused::NoWorker {
+                model: self.model.name.clone(),
+            }),
         }
+    }
+
+    /// Reserve and send in one step, for a job already tokenized whose caller does not wait
+    /// on a ticket: its tokens stay counted until the compute thread is done with it.
+    pub fn submit(&self, job: Job) -> Result<(), Refused> {
+        let left = job
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        let mut ticket = self.reserve(job.tokens(), left)?;
+        self.send(&mut ticket, job)?;
+        ticket.counted = Arc::new(AtomicUsize::new(0));
+        Ok(())
     }
 
     fn refused(&self, reason: Refusal) -> Refused {
@@ -276,6 +283,42 @@ impl ModelWorker {
         drop(self);
         if let Some(t) = thread {
             let _ = t.join();
+        }
+    }
+}
+
+/// A place in a model's queue. Dropping it (the request was refused, failed before it was
+/// sent, or its caller gave up) releases the tokens still counted for it at once, so a client
+/// that leaves frees the budget without waiting for the compute thread to notice.
+pub struct Ticket {
+    counted: Arc<AtomicUsize>,
+    stats: Arc<Stats>,
+    sent: bool,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        release(&self.counted, &self.stats, usize::MAX);
+        if !self.sent {
+            self.stats.queued.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Release up to `n` of the tokens `counted` holds from the queue's budget, exactly once.
+fn release(counted: &AtomicUsize, stats: &Stats, n: usize) {
+    let mut cur = counted.load(Ordering::SeqCst);
+    loop {
+        let take = cur.min(n);
+        if take == 0 {
+            return;
+        }
+        match counted.compare_exchange(cur, cur - take, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => {
+                stats.queued_tokens.fetch_sub(take, Ordering::SeqCst);
+                return;
+            }
+            Err(now) => cur = now,
         }
     }
 }
@@ -320,13 +363,16 @@ fn compute_loop(
             }
         }
         stats.queued.fetch_sub(batch.len(), Ordering::SeqCst);
+        let counters: Vec<Arc<AtomicUsize>> = batch.iter().map(|j| j.counted.clone()).collect();
         // A panic in one batch fails that batch's requests (their reply senders drop while
         // unwinding: INTERNAL) and the worker goes on with the next; the model is read-only.
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             run(model, batch, policy, stats)
         }));
-        // The batch's tokens count as work ahead until it is done (or failed).
-        stats.queued_tokens.fetch_sub(fill.tokens, Ordering::SeqCst);
+        // Whatever the batch did not release (it panicked part-way) is no longer queued.
+        for c in &counters {
+            release(c, stats, usize::MAX);
+        }
         if ran.is_err() {
             stats.restarts.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(crate::metrics::WORKER_RESTARTS_TOTAL, "model" => model.name.clone())
@@ -402,6 +448,7 @@ fn run_batch(model: &Model, batch: Vec<Job>, policy: &BatchPolicy, stats: &Stats
                 for (s, &(j, l)) in pass.iter().enumerate() {
                     let r = batch.seq(s);
                     head(model, &mut jobs[j], l, &states[r.start * h..r.end * h]);
+                    release(&jobs[j].job.counted, stats, r.len());
                 }
             }
             Err(e) => {
@@ -416,6 +463,7 @@ fn run_batch(model: &Model, batch: Vec<Job>, policy: &BatchPolicy, stats: &Stats
         let mut i = 0;
         while i < jobs.len() {
             if jobs[i].done == jobs[i].job.encoded.len() || jobs[i].out.is_err() {
+                release(&jobs[i].job.counted, stats, usize::MAX);
                 answer(jobs.remove(i));
             } else {
                 i += 1;
@@ -438,6 +486,7 @@ fn still_wanted(model: &Model, p: &mut Progress, now: Instant, stats: &Stats) ->
     } else {
         return true;
     };
+    release(&p.job.counted, stats, usize::MAX);
     metrics::counter!(crate::metrics::DROPPED_TOTAL, "model" => model.name.clone(), "reason" => reason)
         .increment(1);
     false
@@ -570,13 +619,35 @@ mod tests {
         let (b, _b_rx) = job(&model, 2, None);
         let err = w.submit(b).unwrap_err();
         assert!(err.to_string().contains("tokens"), "{err}");
-        assert!(w.precheck(None).is_ok());
-        w.stats.queued_tokens.store(10, Ordering::SeqCst);
+        assert_eq!(
+            w.queue_state().tokens,
+            8,
+            "a refusal leaves nothing counted"
+        );
+        assert_eq!(w.queue_state().jobs, 0);
+        let t = w.reserve(2, None).unwrap();
+        assert_eq!(w.queue_state().tokens, 10);
         assert!(
-            w.precheck(None).is_err(),
+            w.reserve(1, None).is_err(),
             "a full queue refuses before tokenizing"
         );
+        drop(t);
+        assert_eq!(
+            w.queue_state().tokens,
+            8,
+            "a caller giving up releases its tokens"
+        );
+        assert_eq!(w.queue_state().jobs, 0);
         w.stats.queued_tokens.store(0, Ordering::SeqCst);
+        // A sent job's tokens: released by the compute thread, or by the ticket when the
+        // caller leaves first; never both.
+        let t = w.reserve(5, None).unwrap();
+        let (c, c_rx) = job(&model, 1, None);
+        let mut t = t;
+        w.send(&mut t, c).unwrap();
+        c_rx.blocking_recv().unwrap().unwrap();
+        assert_eq!(w.queue_state().tokens, 0);
+        assert_eq!(w.queue_state().jobs, 0);
         w.drain();
     }
 }

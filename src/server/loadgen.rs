@@ -63,8 +63,10 @@ pub struct Report {
     pub requests_per_s: f64,
     /// Texts in successful requests per second.
     pub texts_per_s: f64,
-    /// Latency of successful requests, milliseconds.
+    /// Latency of successful requests, milliseconds (open loop: from when each was due).
     pub latency_ms: Latency,
+    /// How long the server took to refuse (RESOURCE_EXHAUSTED), from sending, milliseconds.
+    pub refused_ms: Latency,
     pub histogram: Vec<Bucket>,
     /// Count per gRPC status code name (OK, RESOURCE_EXHAUSTED, ...).
     pub status: BTreeMap<String, usize>,
@@ -175,7 +177,7 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
         let mut client = SampClient::new(channels[w % channels.len()].clone())
             .max_decoding_message_size(64 * 1024 * 1024);
         tasks.push(tokio::spawn(async move {
-            let mut seen: Vec<(Duration, Result<usize, tonic::Code>)> = Vec::new();
+            let mut seen: Vec<(Duration, Duration, Result<usize, tonic::Code>)> = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if o.requests.is_some_and(|n| i >= n) {
@@ -189,8 +191,9 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
                     break;
                 }
                 tokio::time::sleep_until(due.into()).await;
+                let sent = Instant::now();
                 let r = one(&mut client, &o, i).await.map_err(|s| s.code());
-                seen.push((due.elapsed(), r));
+                seen.push((due.elapsed(), sent.elapsed(), r));
             }
             seen
         }));
@@ -202,33 +205,25 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
     let seconds = start.elapsed().as_secs_f64();
     let mut status: BTreeMap<String, usize> = BTreeMap::new();
     let mut lat: Vec<f64> = Vec::new();
+    let mut refused: Vec<f64> = Vec::new();
     let mut texts_ok = 0;
-    for (d, r) in &all {
+    for (due, sent, r) in &all {
         match r {
             Ok(n) => {
                 *status.entry("OK".into()).or_default() += 1;
-                lat.push(d.as_secs_f64() * 1000.0);
+                lat.push(due.as_secs_f64() * 1000.0);
                 texts_ok += n;
             }
-            Err(c) => *status.entry(code_name(*c)).or_default() += 1,
+            Err(c) => {
+                *status.entry(code_name(*c)).or_default() += 1;
+                if *c == tonic::Code::ResourceExhausted {
+                    refused.push(sent.as_secs_f64() * 1000.0);
+                }
+            }
         }
     }
-    lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        if lat.is_empty() {
-            0.0
-        } else {
-            lat[((lat.len() - 1) as f64 * p).round() as usize]
-        }
-    };
-    let latency = Latency {
-        min: pct(0.0),
-        mean: lat.iter().sum::<f64>() / lat.len().max(1) as f64,
-        p50: pct(0.5),
-        p90: pct(0.9),
-        p99: pct(0.99),
-        max: pct(1.0),
-    };
+    let latency = Latency::of(&mut lat);
+    let refused_ms = Latency::of(&mut refused);
     // Log-spaced buckets: 0.5 ms · 2^k up to past the slowest request.
     let mut histogram = Vec::new();
     let mut le = 0.5;
@@ -251,9 +246,32 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
         requests_per_s: all.len() as f64 / seconds,
         texts_per_s: texts_ok as f64 / seconds,
         latency_ms: latency,
+        refused_ms,
         histogram,
         status,
     })
+}
+
+impl Latency {
+    /// Percentiles of `v` (sorted here).
+    fn of(v: &mut [f64]) -> Latency {
+        v.sort_by(f64::total_cmp);
+        let pct = |p: f64| {
+            if v.is_empty() {
+                0.0
+            } else {
+                v[((v.len() - 1) as f64 * p).round() as usize]
+            }
+        };
+        Latency {
+            min: pct(0.0),
+            mean: v.iter().sum::<f64>() / v.len().max(1) as f64,
+            p50: pct(0.5),
+            p90: pct(0.9),
+            p99: pct(0.99),
+            max: pct(1.0),
+        }
+    }
 }
 
 /// A human-readable summary, like ghz's.

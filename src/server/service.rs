@@ -195,10 +195,11 @@ impl SampService {
         if deadline.is_some_and(|d| d <= Instant::now()) {
             return Err(ServeError::DeadlineExceeded);
         }
-        let left = |d: Instant| d.saturating_duration_since(Instant::now());
-        // Refuse before spending anything on a request the queue cannot take.
-        worker
-            .precheck(deadline.map(left))
+        // Take a place in the queue before spending anything on the request, by an estimate of
+        // its tokens (made exact once tokenized); refused at once when the queue cannot take it.
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let mut ticket = worker
+            .reserve(estimate_tokens(&inputs, worker.model.max_len()), left)
             .map_err(|e| refused(worker, e))?;
         let t0 = Instant::now();
         let model = worker.model.clone();
@@ -218,12 +219,15 @@ impl SampService {
             .shadow_for(worker)
             .map(|f| (f, encoded.clone(), work.clone()));
         let (job, rx) = Job::new(encoded, work, deadline);
-        worker.submit(job).map_err(|e| refused(worker, e))?;
+        worker
+            .send(&mut ticket, job)
+            .map_err(|e| refused(worker, e))?;
         metrics::gauge!(m::QUEUE_DEPTH, "model" => worker.model.name.clone())
             .set(worker.queue_depth() as f64);
         let done = rx
             .await
             .map_err(|_| ServeError::Internal(anyhow::anyhow!("the request's batch failed")))??;
+        drop(ticket);
         if let Some((float, encoded, work)) = shadow {
             spawn_shadow(worker, float, encoded, work, done.output.clone());
         }
@@ -300,6 +304,19 @@ fn parse_timeout(v: &str) -> Option<Duration> {
         "n" => Duration::from_nanos(n),
         _ => return None,
     })
+}
+
+/// Tokens a request will have, guessed from its bytes before tokenizing (about four bytes a
+/// token in English text, at most the model's limit per input).
+fn estimate_tokens(inputs: &[Input], max_len: usize) -> usize {
+    inputs
+        .iter()
+        .map(|i| match i {
+            Input::Single(a) => a.len() / 4 + 2,
+            Input::Pair(a, b) => (a.len() + b.len()) / 4 + 3,
+        })
+        .map(|t| t.min(max_len))
+        .sum()
 }
 
 /// A refusal at the door, counted by reason.
