@@ -268,10 +268,6 @@ impl ModelWorker {
         }
     }
 
-    pub fn queue_depth(&self) -> usize {
-        self.stats.queued.load(Ordering::Relaxed)
-    }
-
     /// Whether the compute thread is running (it only stops when the queue closes).
     pub fn alive(&self) -> bool {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())

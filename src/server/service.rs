@@ -222,8 +222,12 @@ impl SampService {
         worker
             .send(&mut ticket, job)
             .map_err(|e| refused(worker, e))?;
-        metrics::gauge!(m::QUEUE_DEPTH, "model" => worker.model.name.clone())
-            .set(worker.queue_depth() as f64);
+        let q = worker.queue_state();
+        metrics::gauge!(m::QUEUE_DEPTH, "model" => worker.model.name.clone()).set(q.jobs as f64);
+        metrics::gauge!(m::QUEUE_TOKENS, "model" => worker.model.name.clone()).set(q.tokens as f64);
+        if let Some(rate) = q.tokens_per_second {
+            metrics::gauge!(m::TOKENS_PER_SECOND, "model" => worker.model.name.clone()).set(rate);
+        }
         let done = rx
             .await
             .map_err(|_| ServeError::Internal(anyhow::anyhow!("the request's batch failed")))??;
