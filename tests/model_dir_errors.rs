@@ -171,3 +171,81 @@ fn task_head_without_labels() {
     };
     assert!(e.contains("id2label"), "{e}");
 }
+
+fn edit_json(path: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(path, v.to_string()).unwrap();
+}
+
+#[test]
+fn pad_token_id_outside_the_vocabulary() {
+    let d = copy_minilm();
+    edit_json(&d.path().join("config.json"), |v| {
+        v["pad_token_id"] = serde_json::json!(u64::MAX)
+    });
+    let e = load_err(d.path());
+    assert!(
+        e.contains("config.json") && e.contains("pad_token_id"),
+        "{e}"
+    );
+}
+
+#[test]
+fn max_seq_length_below_two() {
+    let d = copy_minilm();
+    std::fs::write(
+        d.path().join("sentence_bert_config.json"),
+        r#"{"max_seq_length": 1}"#,
+    )
+    .unwrap();
+    let e = load_err(d.path());
+    assert!(
+        e.contains("sentence_bert_config.json") && e.contains("max_seq_length"),
+        "{e}"
+    );
+}
+
+#[test]
+fn modules_json_path_leaving_the_directory() {
+    let d = copy_minilm();
+    std::fs::write(
+        d.path().join("modules.json"),
+        r#"[{"idx": 1, "name": "1", "path": "../../etc", "type": "sentence_transformers.models.Pooling"}]"#,
+    )
+    .unwrap();
+    let e = load_err(d.path());
+    assert!(e.contains("modules.json") && e.contains("leaves"), "{e}");
+}
+
+/// NaN weights load (the file is well-formed) but never produce an answer.
+#[test]
+fn nan_weights_give_an_error_not_nan_outputs() {
+    let src = common::root().join("tests/fixtures/tiny-bert-multilabel");
+    let d = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(&src).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), d.path().join(f.file_name())).unwrap();
+    }
+    let path = d.path().join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let hlen = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + hlen]).unwrap();
+    let (name, t) = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k.ends_with("attention.output.dense.bias"))
+        .unwrap();
+    assert_eq!(t["dtype"], "F32", "{name}");
+    let start = 8 + hlen + t["data_offsets"][0].as_u64().unwrap() as usize;
+    bytes[start..start + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let m = Model::load(d.path(), &LoadOptions::default()).unwrap();
+    let e = m
+        .embed(&[samp::tokenize::Input::from("hello")], &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("non-finite"), "{e}");
+}

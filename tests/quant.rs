@@ -158,6 +158,25 @@ fn saved_int8_weights_match_load_time_quantization() {
     let y = b.classify(&sentences(), Truncation::Truncate).unwrap();
     assert_eq!(x, y);
     assert_eq!(b.plan().summary(), "Q".repeat(b.cfg.layers));
+    // An entry for a layer the model does not have: the file is not this model's.
+    let mut extra = refs.clone();
+    extra.push((samp::quant::artifact::tensor_name(99, "qkv"), refs[0].1));
+    samp::quant::artifact::write(&dir.path().join(samp::quant::artifact::INT8_FILE), &extra)
+        .unwrap();
+    let e = Model::load(
+        dir.path(),
+        &LoadOptions {
+            plan: Some(dir.path().join("samp-plan.json")),
+            ..Default::default()
+        },
+    )
+    .err()
+    .expect("an artifact entry matching no layer is an error")
+    .to_string();
+    assert!(
+        e.contains("layers.99.qkv") && e.contains(samp::quant::artifact::INT8_FILE),
+        "{e}"
+    );
 
     // A plan that does not fit the model is refused with the entry named.
     let mut bad = plan.clone();

@@ -192,10 +192,24 @@ impl ModelConfig {
             "relu" => Activation::Relu,
             other => return Err(bad(format!("unsupported activation {other:?}"))),
         };
-        let pad_token_id =
-            v.get("pad_token_id")
-                .and_then(Value::as_u64)
-                .unwrap_or(if arch == Arch::Roberta { 1 } else { 0 }) as usize;
+        let pad_token_id = match v.get("pad_token_id") {
+            None | Some(Value::Null) => {
+                if arch == Arch::Roberta {
+                    1
+                } else {
+                    0
+                }
+            }
+            Some(p) => p
+                .as_u64()
+                .and_then(|p| usize::try_from(p).ok())
+                .filter(|&p| p < vocab_size)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "pad_token_id {p} is not a token id below vocab_size {vocab_size}"
+                    ))
+                })?,
+        };
         if let Some(pet) = v.get("position_embedding_type").and_then(Value::as_str) {
             if pet != "absolute" {
                 return Err(bad(format!(
@@ -324,6 +338,19 @@ impl SentenceConfig {
                 }
                 if ty.ends_with("models.Pooling") {
                     if let Some(p) = m.get("path").and_then(Value::as_str) {
+                        // A module path stays inside the model directory.
+                        let inside = Path::new(p).components().all(|c| {
+                            matches!(
+                                c,
+                                std::path::Component::Normal(_) | std::path::Component::CurDir
+                            )
+                        });
+                        if !inside {
+                            return Err(SampError::malformed(
+                                &modules,
+                                format!("path {p:?} leaves the model directory"),
+                            ));
+                        }
                         pooling_dir = dir.join(p);
                     }
                 }

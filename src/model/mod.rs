@@ -133,6 +133,17 @@ impl Model {
         let max_len = sentence
             .max_seq_length
             .map_or(cfg.position_limit(), |m| m.min(cfg.position_limit()));
+        // [CLS] and [SEP] alone take two positions.
+        if max_len < 2 {
+            let (file, key) = match sentence.max_seq_length {
+                Some(m) if m < 2 => ("sentence_bert_config.json", "max_seq_length"),
+                _ => ("config.json", "max_position_embeddings"),
+            };
+            return Err(SampError::malformed(
+                dir.join(file),
+                format!("{key} leaves {max_len} token positions; at least 2 are needed"),
+            ));
+        }
         let tokenizer = Tokenizer::load(dir, max_len)?;
         if tokenizer.max_token_id() as usize >= cfg.vocab_size {
             return Err(SampError::Tokenizer {
@@ -220,6 +231,16 @@ impl Model {
                         })?;
                     }
                 }
+            }
+            // Weights for a layer or GEMM this model does not have: not this model's file.
+            if let Some(name) = saved.keys().next() {
+                return Err(SampError::malformed(
+                    &int8,
+                    format!(
+                        "tensor {name} matches no GEMM of this {}-layer model",
+                        self.cfg.layers
+                    ),
+                ));
             }
         }
         self.apply_plan(&plan)

@@ -104,7 +104,11 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, QWeights>> {
                 .ok_or_else(|| bad(format!("{name}: {k} is not a list of integers")))
         };
         let (shape, off) = (nums("shape")?, nums("data_offsets")?);
-        let len = shape.iter().product::<usize>() * if dtype == "F32" { 4 } else { 1 };
+        let width = if dtype == "F32" { 4 } else { 1 };
+        let len = shape
+            .iter()
+            .try_fold(width, |n: usize, &d| n.checked_mul(d))
+            .ok_or_else(|| bad(format!("{name}: shape {shape:?} overflows")))?;
         match off[..] {
             [s, e] if s <= e && e <= data.len() && e - s == len => Ok((shape, &data[s..e])),
             _ => Err(bad(format!(
@@ -161,5 +165,12 @@ mod tests {
         std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
         let e = read(&path).unwrap_err().to_string();
         assert!(e.contains("data_offsets"), "{e}");
+        // A shape whose size overflows is an error naming it, not a panic or a wrap.
+        let header = br#"{"layers.0.qkv.weight":{"dtype":"I8","shape":[4294967296,4294967296,16],"data_offsets":[0,0]}}"#;
+        let mut file = (header.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(header);
+        std::fs::write(&path, &file).unwrap();
+        let e = read(&path).unwrap_err().to_string();
+        assert!(e.contains("overflows"), "{e}");
     }
 }
