@@ -292,7 +292,9 @@ async fn a_burst_past_capacity_is_refused_at_once_and_nothing_is_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_tag_job_stops_when_its_client_leaves_or_its_deadline_passes() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let s = start(&[]);
+    // Passes of 1,024 tokens: the 131,072-token job below is 128 passes (tens of seconds), and
+    // the one in flight when its client leaves is over within a fraction of a second.
+    let s = start(&["--max-batch-tokens", "1024"]);
     let mut c = s.client().await;
     let long = || proto::TagRequest {
         texts: texts(256, 40),
