@@ -61,11 +61,16 @@ pub fn write(path: &Path, tensors: &[(String, &QWeights)]) -> Result<()> {
 
 /// The INT8 weights in a file, by name (without the `.weight`/`.scale` suffix).
 pub fn read(path: &Path) -> Result<BTreeMap<String, QWeights>> {
-    let bad = |reason: String| SampError::malformed(path, reason);
     let bytes = std::fs::read(path).map_err(|e| SampError::Io {
         path: path.to_path_buf(),
         source: e,
     })?;
+    parse(&bytes, path)
+}
+
+/// The INT8 weights in the bytes of a file; `path` names it in errors.
+pub fn parse(bytes: &[u8], path: &Path) -> Result<BTreeMap<String, QWeights>> {
+    let bad = |reason: String| SampError::malformed(path, reason);
     if bytes.len() < 8 {
         return Err(bad("shorter than a safetensors header".into()));
     }

@@ -129,35 +129,12 @@ impl SampService {
         Ok(worker)
     }
 
-    /// The number of inputs (a pair counts once) against the limit.
     fn check_count(&self, field: &str, n: usize) -> Result<(), ServeError> {
-        let limit = self.state.limits.max_inputs;
-        if n == 0 {
-            return Err(ServeError::invalid(field, "empty batch"));
-        }
-        if n > limit {
-            return Err(ServeError::invalid(
-                field,
-                format!("{n} inputs, more than the limit of {limit}"),
-            ));
-        }
-        Ok(())
+        check_count(&self.state.limits, field, n)
     }
 
-    /// One text, checked where it lies (no copy); `field` is only formatted on error.
     fn check_text(&self, field: impl FnOnce() -> String, t: &str) -> Result<(), ServeError> {
-        let limit = self.state.limits.max_text_chars;
-        if t.is_empty() {
-            return Err(ServeError::invalid(field(), "empty text"));
-        }
-        // Bytes bound characters from above: count only when the bytes could be over.
-        if t.len() > limit && t.chars().count() > limit {
-            return Err(ServeError::invalid(
-                field(),
-                format!("longer than {limit} characters"),
-            ));
-        }
-        Ok(())
+        check_text(&self.state.limits, field, t)
     }
 
     /// Tokenize, queue, wait, all within the deadline. `work` is built from the inputs once
@@ -270,6 +247,40 @@ impl SampService {
     }
 }
 
+/// The number of inputs of a request (a pair counts once) against the limit.
+pub fn check_count(limits: &Limits, field: &str, n: usize) -> Result<(), ServeError> {
+    if n == 0 {
+        return Err(ServeError::invalid(field, "empty batch"));
+    }
+    if n > limits.max_inputs {
+        return Err(ServeError::invalid(
+            field,
+            format!("{n} inputs, more than the limit of {}", limits.max_inputs),
+        ));
+    }
+    Ok(())
+}
+
+/// One text, checked where it lies (no copy); `field` is only formatted on error.
+pub fn check_text(
+    limits: &Limits,
+    field: impl FnOnce() -> String,
+    t: &str,
+) -> Result<(), ServeError> {
+    let limit = limits.max_text_chars;
+    if t.is_empty() {
+        return Err(ServeError::invalid(field(), "empty text"));
+    }
+    // Bytes bound characters from above: count only when the bytes could be over.
+    if t.len() > limit && t.chars().count() > limit {
+        return Err(ServeError::invalid(
+            field(),
+            format!("longer than {limit} characters"),
+        ));
+    }
+    Ok(())
+}
+
 /// When a call reached the server (set by the interceptor, before decoding).
 #[derive(Debug, Clone, Copy)]
 pub struct Arrived(pub Instant);
@@ -343,7 +354,7 @@ fn refused(worker: &ModelWorker, e: crate::backend::Refused) -> ServeError {
     }
 }
 
-fn truncation(v: i32) -> Result<Truncation, ServeError> {
+pub fn truncation(v: i32) -> Result<Truncation, ServeError> {
     match proto::Truncation::try_from(v) {
         Ok(proto::Truncation::Unspecified | proto::Truncation::Truncate) => {
             Ok(Truncation::Truncate)
@@ -356,7 +367,7 @@ fn truncation(v: i32) -> Result<Truncation, ServeError> {
     }
 }
 
-fn aggregation(v: i32) -> Result<Aggregation, ServeError> {
+pub fn aggregation(v: i32) -> Result<Aggregation, ServeError> {
     use proto::Aggregation as A;
     match A::try_from(v) {
         Ok(A::Unspecified | A::Simple) => Ok(Aggregation::Simple),

@@ -229,7 +229,9 @@ impl<U: Message + Default + Precheck> Decoder for SampDecoder<U> {
 }
 
 /// Bound the request on its raw bytes, then decode it.
-fn checked_decode<U: Message + Default + Precheck>(buf: &mut impl bytes::Buf) -> Result<U, Status> {
+pub fn checked_decode<U: Message + Default + Precheck>(
+    buf: &mut impl bytes::Buf,
+) -> Result<U, Status> {
     if let Some((field, per_char, overhead)) = U::INPUTS {
         // tonic hands over one message in one contiguous buffer; were it ever split, the
         // handlers' exact checks still apply after decoding.
