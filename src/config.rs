@@ -63,6 +63,26 @@ impl Limits {
     }
 }
 
+/// TLS on the gRPC port (off unless `cert_file` and `key_file` are set).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain of the server.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate.
+    pub key_file: Option<PathBuf>,
+    /// PEM CA certificate(s): when set, clients must present a certificate it signed (mTLS).
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// The PEM files of [`Tls`], read by `validate`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsPem {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+    pub client_ca: Option<Vec<u8>>,
+}
+
 /// Connection hygiene of the gRPC port.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -125,6 +145,10 @@ pub struct ServeConfig {
     /// The token read from `auth_token_file` by `validate`.
     #[serde(skip)]
     pub auth_token: Option<String>,
+    pub tls: Tls,
+    /// The files of `tls`, read by `validate` (None: plain HTTP/2).
+    #[serde(skip)]
+    pub tls_pem: Option<TlsPem>,
     /// Longest wait for admitted work to finish after SIGTERM/SIGINT, in seconds.
     pub shutdown_grace_seconds: u64,
     /// Share (0..=1) of requests to a quantized variant that are run again, in the background,
@@ -147,6 +171,8 @@ impl Default for ServeConfig {
             connections: Connections::default(),
             auth_token_file: None,
             auth_token: None,
+            tls: Tls::default(),
+            tls_pem: None,
             shutdown_grace_seconds: 30,
             fidelity_sample_rate: 0.01,
             device: Device::Cpu,
@@ -225,6 +251,25 @@ impl ServeConfig {
             }
             self.auth_token = Some(token.to_string());
         }
+        let read = |key: &str, p: &Path| {
+            std::fs::read(p)
+                .map_err(|e| anyhow::anyhow!("tls.{key} {}: cannot read: {e}", p.display()))
+        };
+        self.tls_pem = match (&self.tls.cert_file, &self.tls.key_file) {
+            (None, None) if self.tls.client_ca_file.is_some() => {
+                anyhow::bail!("tls.client_ca_file needs tls.cert_file and tls.key_file")
+            }
+            (None, None) => None,
+            (Some(c), Some(k)) => Some(TlsPem {
+                cert: read("cert_file", c)?,
+                key: read("key_file", k)?,
+                client_ca: match &self.tls.client_ca_file {
+                    Some(ca) => Some(read("client_ca_file", ca)?),
+                    None => None,
+                },
+            }),
+            _ => anyhow::bail!("tls.cert_file and tls.key_file go together: set both or neither"),
+        };
         Ok(self)
     }
 }
@@ -314,5 +359,31 @@ mod tests {
             ("mini".into(), "fp".into(), "float32".into())
         );
         assert!(parse_variant_arg("mini=x").is_err());
+    }
+
+    #[test]
+    fn tls_and_token_files_are_read_and_checked_at_start_up() {
+        let mut c = ServeConfig::default();
+        c.tls.cert_file = Some("/nonexistent/cert.pem".into());
+        let e = c.clone().validate().unwrap_err().to_string();
+        assert!(e.contains("tls.cert_file and tls.key_file"), "{e}");
+        c.tls.key_file = Some("/nonexistent/key.pem".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("tls.cert_file") && e.contains("cannot read"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "two words\n").unwrap();
+        let c = ServeConfig {
+            auth_token_file: Some(token),
+            ..Default::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("printable ASCII"));
     }
 }

@@ -458,3 +458,88 @@ impl tonic::codec::Decoder for Raw {
         Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_mutual_tls() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = leaf("localhost");
+    let (client_cert, client_key) = leaf("client");
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let (cert, key, ca_file) = (
+        file("server.pem", &server_cert),
+        file("server.key", &server_key),
+        file("ca.pem", &ca.pem()),
+    );
+    let s = start(&[
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-client-ca-file",
+        &ca_file,
+    ]);
+    let url = format!("https://{}", s.grpc);
+    let tls = || {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca.pem()))
+            .domain_name("localhost")
+    };
+    let embed = |ch: Channel| async move {
+        SampClient::new(ch)
+            .embed(proto::EmbedRequest {
+                texts: vec!["over tls".into()],
+                ..Default::default()
+            })
+            .await
+    };
+    // With a client certificate the CA signed: served.
+    let ch = Channel::from_shared(url.clone())
+        .unwrap()
+        .tls_config(tls().identity(Identity::from_pem(&client_cert, &client_key)))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let r = embed(ch).await.unwrap().into_inner();
+    assert_eq!(r.embeddings.len(), 1);
+    // Without one: refused (at the handshake, or at the first call under TLS 1.3).
+    let refused = match Channel::from_shared(url.clone())
+        .unwrap()
+        .tls_config(tls())
+        .unwrap()
+        .connect()
+        .await
+    {
+        Err(_) => true,
+        Ok(ch) => embed(ch).await.is_err(),
+    };
+    assert!(refused, "mTLS must refuse a client without a certificate");
+    // Plain HTTP/2 on the TLS port: refused.
+    let plain = match Channel::from_shared(format!("http://{}", s.grpc))
+        .unwrap()
+        .connect()
+        .await
+    {
+        Err(_) => true,
+        Ok(ch) => embed(ch).await.is_err(),
+    };
+    assert!(plain);
+}

@@ -110,6 +110,15 @@ pub struct ServeArgs {
     /// (`authorization: Bearer TOKEN`); health checks are exempt. Off by default.
     #[arg(long, env = "SAMP_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<PathBuf>,
+    /// PEM certificate chain: serve gRPC over TLS (with --tls-key-file). Off by default.
+    #[arg(long, env = "SAMP_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, env = "SAMP_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificate(s) that client certificates must be signed by (mutual TLS).
+    #[arg(long, env = "SAMP_TLS_CLIENT_CA_FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
     /// Longest drain after SIGTERM/SIGINT, in seconds.
     #[arg(long, env = "SAMP_SHUTDOWN_GRACE_SECONDS")]
     pub shutdown_grace_seconds: Option<u64>,
@@ -185,6 +194,15 @@ impl ServeArgs {
         }
         if let Some(v) = &self.auth_token_file {
             c.auth_token_file = Some(v.clone());
+        }
+        if let Some(v) = &self.tls_cert_file {
+            c.tls.cert_file = Some(v.clone());
+        }
+        if let Some(v) = &self.tls_key_file {
+            c.tls.key_file = Some(v.clone());
+        }
+        if let Some(v) = &self.tls_client_ca_file {
+            c.tls.client_ca_file = Some(v.clone());
         }
         if let Some(v) = self.shutdown_grace_seconds {
             c.shutdown_grace_seconds = v;
@@ -470,6 +488,8 @@ pub fn run_serve(a: &ServeArgs) -> anyhow::Result<()> {
                 "limits": format!("{:?}", cfg.limits),
                 "connections": format!("{:?}", cfg.connections),
                 "auth": cfg.auth_token.is_some(),
+                "tls": cfg.tls_pem.is_some(),
+                "mtls": cfg.tls_pem.as_ref().is_some_and(|t| t.client_ca.is_some()),
             })
         );
         return Ok(());

@@ -200,7 +200,18 @@ pub async fn serve(
     let watch = tokio::spawn(watch_workers(models.clone(), health_reporter.clone()));
     let gate = gate::Gate::new(cfg.auth_token.clone());
     let conns = &cfg.connections;
-    let server = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(pem) = &cfg.tls_pem {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(&pem.cert, &pem.key));
+        if let Some(ca) = &pem.client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(ca));
+        }
+        server = server
+            .tls_config(tls)
+            .map_err(|e| anyhow::anyhow!("tls: {e:#}"))?;
+    }
+    let server = server
         .max_concurrent_streams(conns.max_concurrent_streams)
         .http2_keepalive_interval(conns.keepalive_interval())
         .http2_keepalive_timeout(conns.keepalive_timeout())
