@@ -310,6 +310,12 @@ pub fn summary(r: &Report) -> String {
     for (c, n) in &r.status {
         s += &format!("  {c:<20} {n}\n");
     }
+    if r.status.contains_key("RESOURCE_EXHAUSTED") {
+        s += &format!(
+            "\nRefusals answered in: p50 {:.2}  p99 {:.2}  max {:.2} ms (from sending)\n",
+            r.refused_ms.p50, r.refused_ms.p99, r.refused_ms.max
+        );
+    }
     s
 }
 
