@@ -41,6 +41,9 @@ pub struct Limits {
     pub max_text_chars: usize,
     /// Largest request message in bytes.
     pub max_message_bytes: usize,
+    /// Request bytes being received (not yet decoded) over all connections and streams at
+    /// once; past it, a stream that sends more gets RESOURCE_EXHAUSTED.
+    pub max_inflight_request_bytes: usize,
     /// Longest life of one stream (the streaming RPCs), in seconds; the stream's own deadline
     /// may end it sooner.
     pub max_stream_seconds: u64,
@@ -52,6 +55,7 @@ impl Default for Limits {
             max_inputs: 256,
             max_text_chars: 100_000,
             max_message_bytes: 16 * 1024 * 1024,
+            max_inflight_request_bytes: 256 * 1024 * 1024,
             max_stream_seconds: 600,
         }
     }
@@ -228,6 +232,14 @@ impl ServeConfig {
         self.batching.validate().map_err(anyhow::Error::msg)?;
         if self.limits.max_inputs == 0 || self.limits.max_text_chars == 0 {
             anyhow::bail!("limits.max_inputs and limits.max_text_chars must be at least 1");
+        }
+        if self.limits.max_inflight_request_bytes < self.limits.max_message_bytes {
+            anyhow::bail!(
+                "limits.max_inflight_request_bytes ({}) is below limits.max_message_bytes ({}): \
+                 no largest message could be received",
+                self.limits.max_inflight_request_bytes,
+                self.limits.max_message_bytes
+            );
         }
         if self.limits.max_stream_seconds == 0 {
             anyhow::bail!("limits.max_stream_seconds must be at least 1");

@@ -543,3 +543,66 @@ async fn tls_and_mutual_tls() {
     };
     assert!(plain);
 }
+
+/// Many large uploads at once: bytes being received count against one budget for the whole
+/// process, so a flood of maximal messages is refused rather than buffered into an OOM kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_large_uploads_are_bounded_by_one_byte_budget() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("samp.toml");
+    std::fs::write(
+        &cfg,
+        "[limits]\nmax_message_bytes = 4194304\nmax_inflight_request_bytes = 8388608\n",
+    )
+    .unwrap();
+    let s = start(&["--config", cfg.to_str().unwrap()]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (idle, _) = s.rss_kib();
+    s.reset_peak();
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let addr = s.grpc.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = SampClient::connect(format!("http://{addr}")).await.unwrap();
+            // ~4 MB, and invalid (an empty text last): nothing is computed either way.
+            let mut texts = vec![format!("{i} {}", "a ".repeat(25_000)); 80];
+            texts.push(String::new());
+            let st = c
+                .embed(proto::EmbedRequest {
+                    texts,
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            (st.code(), st.message().to_string())
+        }));
+    }
+    let mut budget = 0;
+    for t in tasks {
+        let (code, msg) = t.await.unwrap();
+        match code {
+            Code::InvalidArgument => assert!(msg.contains("empty text"), "{msg}"),
+            Code::ResourceExhausted => {
+                assert!(msg.contains("budget"), "{msg}");
+                budget += 1;
+            }
+            other => panic!("unexpected {other:?}: {msg}"),
+        }
+    }
+    let (_, peak) = s.rss_kib();
+    eprintln!(
+        "{budget} of 16 uploads refused by the byte budget; RSS idle {} MiB, peak {} MiB",
+        idle / 1024,
+        peak / 1024
+    );
+    assert!(budget > 0, "64 MB offered at once against an 8 MB budget");
+    // The budget is released: an ordinary request still goes through.
+    let mut c = s.client().await;
+    c.embed(proto::EmbedRequest {
+        texts: vec!["after the flood".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}

@@ -3,6 +3,7 @@
 //! and the optional bearer token).
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -60,6 +61,132 @@ pub fn authorized(got: Option<&[u8]>, token: &str) -> bool {
 
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Request bytes received and not yet decoded, over every connection and stream of the process.
+/// Each message is bounded by `max_message_bytes`, but many concurrent streams each uploading
+/// one would add up past any pod's memory: past this budget, a stream that sends more gets
+/// RESOURCE_EXHAUSTED and its bytes are released.
+#[derive(Clone)]
+pub struct ByteBudget(Arc<InFlight>);
+
+struct InFlight {
+    used: AtomicUsize,
+    limit: usize,
+    /// The most one stream holds: one message. A streaming call's body lives as long as the
+    /// stream, but tonic decodes each message as soon as it is complete, so bytes past one
+    /// message's worth belong to messages already decoded and are released.
+    per_stream: usize,
+}
+
+impl ByteBudget {
+    pub fn new(limit: usize, max_message: usize) -> Self {
+        ByteBudget(Arc::new(InFlight {
+            used: AtomicUsize::new(0),
+            limit,
+            per_stream: max_message,
+        }))
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.0.used.load(Ordering::Relaxed)
+    }
+}
+
+impl<S> tower_layer::Layer<S> for ByteBudget {
+    type Service = Budgeted<S>;
+    fn layer(&self, inner: S) -> Budgeted<S> {
+        Budgeted {
+            inner,
+            budget: self.clone(),
+        }
+    }
+}
+
+/// A service whose request bodies count against a [`ByteBudget`].
+#[derive(Clone)]
+pub struct Budgeted<S> {
+    inner: S,
+    budget: ByteBudget,
+}
+
+impl<S> tower_service::Service<http::Request<tonic::body::Body>> for Budgeted<S>
+where
+    S: tower_service::Service<http::Request<tonic::body::Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> S::Future {
+        let (parts, body) = req.into_parts();
+        let body = tonic::body::Body::new(Counted {
+            inner: body,
+            held: 0,
+            budget: self.budget.0.clone(),
+        });
+        self.inner.call(http::Request::from_parts(parts, body))
+    }
+}
+
+/// A request body that counts its bytes in the budget until it is dropped (once tonic has
+/// decoded the message, or the call ended).
+struct Counted {
+    inner: tonic::body::Body,
+    held: usize,
+    budget: Arc<InFlight>,
+}
+
+impl http_body::Body for Counted {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Status>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(Ok(f)) = &frame {
+            if let Some(data) = f.data_ref() {
+                let n = data.len();
+                let before = self.budget.used.fetch_add(n, Ordering::SeqCst);
+                self.held += n;
+                let over = before + n > self.budget.limit;
+                if self.held > self.budget.per_stream {
+                    let decoded = self.held - self.budget.per_stream;
+                    self.budget.used.fetch_sub(decoded, Ordering::SeqCst);
+                    self.held -= decoded;
+                }
+                if over {
+                    return Poll::Ready(Some(Err(Status::resource_exhausted(format!(
+                        "the server's budget of {} bytes for requests being received is spent; \
+                         retry later",
+                        self.budget.limit
+                    )))));
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.held, Ordering::SeqCst);
+    }
 }
 
 /// A connection that holds one of the listener's slots until it closes.
@@ -145,6 +272,73 @@ pub async fn accept(listener: &TcpListener) -> TcpStream {
 mod tests {
     use super::*;
     use tonic::service::Interceptor;
+
+    /// A request body of `n` data frames of `size` bytes.
+    struct Frames {
+        n: usize,
+        size: usize,
+    }
+
+    impl http_body::Body for Frames {
+        type Data = bytes::Bytes;
+        type Error = Status;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Status>>> {
+            if self.n == 0 {
+                return Poll::Ready(None);
+            }
+            self.n -= 1;
+            let data = bytes::Bytes::from(vec![0u8; self.size]);
+            Poll::Ready(Some(Ok(http_body::Frame::data(data))))
+        }
+    }
+
+    fn counted(budget: &ByteBudget, n: usize, size: usize) -> Counted {
+        Counted {
+            inner: tonic::body::Body::new(Frames { n, size }),
+            held: 0,
+            budget: budget.0.clone(),
+        }
+    }
+
+    async fn next(b: &mut Counted) -> Option<Result<http_body::Frame<bytes::Bytes>, Status>> {
+        use http_body::Body as _;
+        futures_util::future::poll_fn(|cx| Pin::new(&mut *b).poll_frame(cx)).await
+    }
+
+    #[tokio::test]
+    async fn the_byte_budget_counts_undecoded_bytes_and_releases_them() {
+        let budget = ByteBudget::new(100, 30);
+        // A long stream: never more than one message's worth held.
+        let mut stream = counted(&budget, 50, 10);
+        while let Some(f) = next(&mut stream).await {
+            assert!(f.is_ok());
+            assert!(budget.used() <= 30, "{}", budget.used());
+        }
+        assert_eq!(budget.used(), 30);
+        // Concurrent bodies past the budget: refused.
+        let mut others: Vec<Counted> = (0..3).map(|_| counted(&budget, 3, 10)).collect();
+        let mut refused = 0;
+        for b in &mut others {
+            while let Some(f) = next(b).await {
+                if let Err(st) = f {
+                    assert_eq!(st.code(), tonic::Code::ResourceExhausted);
+                    refused += 1;
+                    break;
+                }
+            }
+        }
+        assert!(refused > 0);
+        drop(others);
+        drop(stream);
+        assert_eq!(
+            budget.used(),
+            0,
+            "everything is released when the bodies go"
+        );
+    }
 
     #[test]
     fn bearer_token_is_checked_and_arrival_stamped() {

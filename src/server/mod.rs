@@ -217,10 +217,14 @@ pub async fn serve(
         .http2_keepalive_timeout(conns.keepalive_timeout())
         .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
         .tcp_nodelay(true);
-    let mut server = match conns.max_connection_age() {
+    let server = match conns.max_connection_age() {
         Some(age) => server.max_connection_age(age),
         None => server,
     };
+    let mut server = server.layer(gate::ByteBudget::new(
+        cfg.limits.max_inflight_request_bytes,
+        cfg.limits.max_message_bytes,
+    ));
     let server = server
         .add_service(health_service)
         .add_service(tonic::service::interceptor::InterceptedService::new(
