@@ -6,68 +6,38 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::model_dir;
+use common::{model_dir, ServeProcess};
 use samp::server::proto;
 use samp::server::proto::samp_client::SampClient;
 use tonic::Code;
-
-struct Server {
-    child: Child,
-    grpc: String,
-    metrics: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One server at a time: the timings and memory bounds below are for a machine that is not
 /// also running five other servers.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn start(extra: &[&str]) -> Server {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_samp"));
-    cmd.args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
-        .args(["--metrics-listen", "127.0.0.1:0"])
-        .args(extra);
+fn start(extra: &[&str]) -> ServeProcess {
+    let mut args: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
     for m in ["all-MiniLM-L6-v2", "minilm-sentiment", "rampart-pii"] {
-        cmd.arg("--model")
-            .arg(format!("{m}={}", model_dir(m).display()));
+        args.push("--model".into());
+        args.push(format!("{m}={}", model_dir(m).display()));
     }
-    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (mut grpc, mut metrics) = (String::new(), String::new());
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        let f = if v["fields"].is_object() {
-            &v["fields"]
-        } else {
-            &v
-        };
-        if let (Some(g), Some(m)) = (f["grpc"].as_str(), f["metrics"].as_str()) {
-            grpc = g.to_string();
-            metrics = m.to_string();
-            break;
-        }
-    }
-    assert!(!grpc.is_empty(), "server did not report its address");
-    std::thread::spawn(move || for _ in lines {});
-    Server {
-        child,
-        grpc,
-        metrics,
-    }
+    common::serve_process(&args)
 }
 
-impl Server {
+/// What the tests ask of a running server.
+trait Probe {
+    async fn client(&self) -> SampClient<tonic::transport::Channel>;
+    fn rss_kib(&self) -> (u64, u64);
+    fn reset_peak(&self);
+    async fn metrics(&self, token: Option<&str>) -> String;
+    async fn counted(&self) -> f64;
+    async fn health(&self) -> i32;
+}
+
+impl Probe for ServeProcess {
     async fn client(&self) -> SampClient<tonic::transport::Channel> {
         SampClient::connect(format!("http://{}", self.grpc))
             .await
@@ -251,19 +221,21 @@ async fn a_burst_past_capacity_is_refused_at_once_and_nothing_is_lost() {
             (r.map(|_| ()).map_err(|s| s.code()), t0.elapsed())
         }));
     }
-    let mut refused = Vec::new();
-    let mut ok = 0;
+    let (mut refused, mut admitted) = (Vec::new(), Vec::new());
     for t in tasks {
         let (r, took) = t.await.unwrap();
         match r {
-            Ok(()) => ok += 1,
+            Ok(()) => admitted.push(took),
             Err(Code::ResourceExhausted) => refused.push(took),
             Err(c) => panic!("unexpected {c:?} after {took:?}"),
         }
     }
     refused.sort();
+    admitted.sort();
+    let ok = admitted.len();
     eprintln!(
-        "{ok} ok, {} refused; refused median {:?}, max {:?}",
+        "{ok} ok (median {:?}), {} refused (median {:?}, max {:?})",
+        admitted.get(ok / 2),
         refused.len(),
         refused.get(refused.len() / 2),
         refused.last()
@@ -273,13 +245,12 @@ async fn a_burst_past_capacity_is_refused_at_once_and_nothing_is_lost() {
         "a burst of {sent} must be partly refused"
     );
     assert!(ok > 0);
-    // Refused at the door, not after waiting in line (the time includes the client's own
-    // work and the two cores the encoder is busy on: the soak test measures the server's
-    // refusal time under a steady 3x overload).
-    assert!(
-        refused[refused.len() / 2] < Duration::from_millis(100),
-        "{refused:?}"
-    );
+    // Refused at the door, not after waiting in line. The times here include the client's own
+    // work for 256 calls on two threads and the cores the encoder is busy on, so they are
+    // compared with the admitted calls' (the soak test bounds the server's refusal time under a
+    // steady 3x overload in milliseconds).
+    let (r50, a50) = (refused[refused.len() / 2], admitted[ok / 2]);
+    assert!(r50 * 4 < a50, "refused median {r50:?}, admitted {a50:?}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         s.counted().await - before,

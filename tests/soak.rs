@@ -6,59 +6,19 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::model_dir;
+use common::{model_dir, ServeProcess};
 use samp::server::loadgen::{self, Options, Rpc};
 
-struct Server {
-    child: Child,
-    grpc: String,
-    metrics: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start() -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_samp"))
-        .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
-        .args(["--metrics-listen", "127.0.0.1:0", "--queue-capacity", "32"])
-        .arg("--model")
-        .arg(model_dir("all-MiniLM-L6-v2"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (mut grpc, mut metrics) = (String::new(), String::new());
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        let f = if v["fields"].is_object() {
-            &v["fields"]
-        } else {
-            &v
-        };
-        if let (Some(g), Some(m)) = (f["grpc"].as_str(), f["metrics"].as_str()) {
-            grpc = g.to_string();
-            metrics = m.to_string();
-            break;
-        }
-    }
-    assert!(!grpc.is_empty(), "server did not report its address");
-    // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Server {
-        child,
-        grpc,
-        metrics,
-    }
+fn start() -> ServeProcess {
+    let model = model_dir("all-MiniLM-L6-v2");
+    common::serve_process(&[
+        "--queue-capacity".as_ref(),
+        "32".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+    ])
 }
 
 fn rss_kib(pid: u32) -> u64 {

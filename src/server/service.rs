@@ -148,71 +148,60 @@ impl SampService {
         work: impl FnOnce(Vec<Input>) -> Work,
         deadline: Option<Instant>,
     ) -> Result<(Done, Duration), ServeError> {
-        let call = self.run_within(worker, inputs, truncation, work, deadline);
-        match deadline {
-            // Dropping the call on expiry closes the job's reply: the compute thread skips it.
-            Some(d) => tokio::time::timeout_at(d.into(), call)
+        within(deadline, async {
+            if !self.state.admitting.load(Ordering::SeqCst) {
+                return Err(ServeError::Unavailable);
+            }
+            if deadline.is_some_and(|d| d <= Instant::now()) {
+                return Err(ServeError::DeadlineExceeded);
+            }
+            // Take a place in the queue before spending anything on the request, by an
+            // estimate of its tokens (made exact once tokenized); refused at once when the
+            // queue cannot take it.
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let mut ticket = worker
+                .reserve(estimate_tokens(&inputs, worker.model.max_len()), left)
+                .map_err(|e| refused(worker, e))?;
+            let t0 = Instant::now();
+            let model = worker.model.clone();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            // Tokenizers have a pool of their own: never the encoder's, never tokio's.
+            self.state.tokenizers.spawn(move || {
+                let encoded = model.encode(&inputs, truncation);
+                let _ = tx.send((encoded, inputs));
+            });
+            let (encoded, inputs) = rx
                 .await
-                .map_err(|_| ServeError::DeadlineExceeded)?,
-            None => call.await,
-        }
-    }
-
-    async fn run_within(
-        &self,
-        worker: &Arc<ModelWorker>,
-        inputs: Vec<Input>,
-        truncation: Truncation,
-        work: impl FnOnce(Vec<Input>) -> Work,
-        deadline: Option<Instant>,
-    ) -> Result<(Done, Duration), ServeError> {
-        if !self.state.admitting.load(Ordering::SeqCst) {
-            return Err(ServeError::Unavailable);
-        }
-        if deadline.is_some_and(|d| d <= Instant::now()) {
-            return Err(ServeError::DeadlineExceeded);
-        }
-        // Take a place in the queue before spending anything on the request, by an estimate of
-        // its tokens (made exact once tokenized); refused at once when the queue cannot take it.
-        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let mut ticket = worker
-            .reserve(estimate_tokens(&inputs, worker.model.max_len()), left)
-            .map_err(|e| refused(worker, e))?;
-        let t0 = Instant::now();
-        let model = worker.model.clone();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        // Tokenizers have a pool of their own: never the encoder's, never tokio's.
-        self.state.tokenizers.spawn(move || {
-            let encoded = model.encode(&inputs, truncation);
-            let _ = tx.send((encoded, inputs));
-        });
-        let (encoded, inputs) = rx
-            .await
-            .map_err(|_| ServeError::Internal(anyhow::anyhow!("tokenizer task lost")))?;
-        let encoded = encoded?;
-        let tokenize = t0.elapsed();
-        let work = work(inputs);
-        let shadow = self
-            .shadow_for(worker)
-            .map(|f| (f, encoded.clone(), work.clone()));
-        let (job, rx) = Job::new(encoded, work, deadline);
-        worker
-            .send(&mut ticket, job)
-            .map_err(|e| refused(worker, e))?;
-        let q = worker.queue_state();
-        metrics::gauge!(m::QUEUE_DEPTH, "model" => worker.model.name.clone()).set(q.jobs as f64);
-        metrics::gauge!(m::QUEUE_TOKENS, "model" => worker.model.name.clone()).set(q.tokens as f64);
-        if let Some(rate) = q.tokens_per_second {
-            metrics::gauge!(m::TOKENS_PER_SECOND, "model" => worker.model.name.clone()).set(rate);
-        }
-        let done = rx
-            .await
-            .map_err(|_| ServeError::Internal(anyhow::anyhow!("the request's batch failed")))??;
-        drop(ticket);
-        if let Some((float, encoded, work)) = shadow {
-            spawn_shadow(worker, float, encoded, work, done.output.clone());
-        }
-        Ok((done, tokenize))
+                .map_err(|_| ServeError::Internal(anyhow::anyhow!("tokenizer task lost")))?;
+            let encoded = encoded?;
+            let tokenize = t0.elapsed();
+            let work = work(inputs);
+            let shadow = self
+                .shadow_for(worker)
+                .map(|f| (f, encoded.clone(), work.clone()));
+            let (job, rx) = Job::new(encoded, work, deadline);
+            worker
+                .send(&mut ticket, job)
+                .map_err(|e| refused(worker, e))?;
+            let q = worker.queue_state();
+            metrics::gauge!(m::QUEUE_DEPTH, "model" => worker.model.name.clone())
+                .set(q.jobs as f64);
+            metrics::gauge!(m::QUEUE_TOKENS, "model" => worker.model.name.clone())
+                .set(q.tokens as f64);
+            if let Some(rate) = q.tokens_per_second {
+                metrics::gauge!(m::TOKENS_PER_SECOND, "model" => worker.model.name.clone())
+                    .set(rate);
+            }
+            let done = rx.await.map_err(|_| {
+                ServeError::Internal(anyhow::anyhow!("the request's batch failed"))
+            })??;
+            drop(ticket);
+            if let Some((float, encoded, work)) = shadow {
+                spawn_shadow(worker, float, encoded, work, done.output.clone());
+            }
+            Ok((done, tokenize))
+        })
+        .await
     }
 
     /// For a request served by a quantized variant, and picked by the sampling rate: the
@@ -279,6 +268,20 @@ pub fn check_text(
         ));
     }
     Ok(())
+}
+
+/// `call`, or DEADLINE_EXCEEDED once `deadline` passes. Dropping the call on expiry drops what
+/// it holds: the job's reply (the compute thread skips the job) and its place in the queue.
+async fn within<T>(
+    deadline: Option<Instant>,
+    call: impl std::future::Future<Output = Result<T, ServeError>>,
+) -> Result<T, ServeError> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d.into(), call)
+            .await
+            .map_err(|_| ServeError::DeadlineExceeded)?,
+        None => call.await,
+    }
 }
 
 /// When a call reached the server (set by the interceptor, before decoding).

@@ -50,3 +50,53 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// `samp serve` as a child process on 127.0.0.1:0 (both ports), killed when dropped.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    pub grpc: String,
+    pub metrics: String,
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start the real binary with `args` after `serve` and wait until it logs its addresses.
+pub fn serve_process<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> ServeProcess {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_samp"))
+        .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut grpc, mut metrics) = (String::new(), String::new());
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        let f = if v["fields"].is_object() {
+            &v["fields"]
+        } else {
+            &v
+        };
+        if let (Some(g), Some(m)) = (f["grpc"].as_str(), f["metrics"].as_str()) {
+            grpc = g.to_string();
+            metrics = m.to_string();
+            break;
+        }
+    }
+    assert!(!grpc.is_empty(), "server did not report its address");
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    ServeProcess {
+        child,
+        grpc,
+        metrics,
+    }
+}
