@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use samp::config::Limits;
 use samp::server::proto;
-use samp::server::service::{aggregation, check_count, check_text, truncation};
+use samp::server::validate::{aggregation, check_count, check_text, truncation};
 use samp::server::wire::checked_decode;
 
 fuzz_target!(|data: &[u8]| {

@@ -133,7 +133,6 @@ impl Model {
         let max_len = sentence
             .max_seq_length
             .map_or(cfg.position_limit(), |m| m.min(cfg.position_limit()));
-        // [CLS] and [SEP] alone take two positions.
         if max_len < 2 {
             let (file, key) = match sentence.max_seq_length {
                 Some(m) if m < 2 => ("sentence_bert_config.json", "max_seq_length"),
@@ -141,7 +140,7 @@ impl Model {
             };
             return Err(SampError::malformed(
                 dir.join(file),
-                format!("{key} leaves {max_len} token positions; at least 2 are needed"),
+                format!("{key} leaves {max_len} token positions; [CLS] and [SEP] need 2"),
             ));
         }
         let tokenizer = Tokenizer::load(dir, max_len)?;

@@ -14,7 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::{Request, Status};
 
-use super::service::Arrived;
+use super::deadline::Arrived;
 
 /// Stamps each call with its arrival and checks its bearer token when one is configured.
 #[derive(Clone)]

@@ -3,6 +3,7 @@
 //! The only module that sees proto types.
 
 pub mod client;
+pub mod deadline;
 mod fidelity;
 pub mod gate;
 pub mod loadgen;
@@ -10,6 +11,7 @@ mod observe;
 pub mod service;
 pub mod status;
 mod stream;
+pub mod validate;
 pub mod wire;
 
 use std::collections::BTreeMap;

@@ -9,16 +9,17 @@ use std::time::{Duration, Instant};
 
 use tonic::{Request, Response, Status};
 
+use super::deadline::{deadline, within};
 use super::fidelity::spawn_shadow;
 use super::observe::{record, record_stages, CancelGuard};
 use super::proto;
 use super::status::ServeError;
 use super::stream::{pipeline, Answers};
+use super::validate::{aggregation, check_count, check_text, estimate_tokens, truncation};
 use crate::backend::{Done, Job, ModelWorker, Output, Work};
 use crate::config::Limits;
 use crate::metrics as m;
 use crate::model::config::Task;
-use crate::model::heads::tag::Aggregation;
 use crate::model::EmbedOptions;
 use crate::tokenize::{Input, Truncation};
 
@@ -236,108 +237,6 @@ impl SampService {
     }
 }
 
-/// The number of inputs of a request (a pair counts once) against the limit.
-pub fn check_count(limits: &Limits, field: &str, n: usize) -> Result<(), ServeError> {
-    if n == 0 {
-        return Err(ServeError::invalid(field, "empty batch"));
-    }
-    if n > limits.max_inputs {
-        return Err(ServeError::invalid(
-            field,
-            format!("{n} inputs, more than the limit of {}", limits.max_inputs),
-        ));
-    }
-    Ok(())
-}
-
-/// One text, checked where it lies (no copy); `field` is only formatted on error.
-pub fn check_text(
-    limits: &Limits,
-    field: impl FnOnce() -> String,
-    t: &str,
-) -> Result<(), ServeError> {
-    let limit = limits.max_text_chars;
-    if t.is_empty() {
-        return Err(ServeError::invalid(field(), "empty text"));
-    }
-    // Bytes bound characters from above: count only when the bytes could be over.
-    if t.len() > limit && t.chars().count() > limit {
-        return Err(ServeError::invalid(
-            field(),
-            format!("longer than {limit} characters"),
-        ));
-    }
-    Ok(())
-}
-
-/// `call`, or DEADLINE_EXCEEDED once `deadline` passes. Dropping the call on expiry drops what
-/// it holds: the job's reply (the compute thread skips the job) and its place in the queue.
-async fn within<T>(
-    deadline: Option<Instant>,
-    call: impl std::future::Future<Output = Result<T, ServeError>>,
-) -> Result<T, ServeError> {
-    match deadline {
-        Some(d) => tokio::time::timeout_at(d.into(), call)
-            .await
-            .map_err(|_| ServeError::DeadlineExceeded)?,
-        None => call.await,
-    }
-}
-
-/// When a call reached the server (set by the interceptor, before decoding).
-#[derive(Debug, Clone, Copy)]
-pub struct Arrived(pub Instant);
-
-/// A deadline set by the stream a message came on (its own, not the message's).
-#[derive(Debug, Clone, Copy)]
-pub struct StreamDeadline(pub Option<Instant>);
-
-/// The client's deadline: the stream's for a message of a stream, else `grpc-timeout` (e.g.
-/// `100m`, `5S`) from the call's arrival. It is set a little early (5%, 2 to 100 ms) so that
-/// samp's DEADLINE_EXCEEDED reaches the client before tonic's own timer (started at arrival too)
-/// answers CANCELLED, or the client's gives up, even on a busy machine.
-pub fn deadline<T>(req: &Request<T>) -> Option<Instant> {
-    if let Some(StreamDeadline(d)) = req.extensions().get::<StreamDeadline>() {
-        return *d;
-    }
-    let start = req
-        .extensions()
-        .get::<Arrived>()
-        .map_or_else(Instant::now, |a| a.0);
-    let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
-    let d = parse_timeout(v)?;
-    let margin = (d / 20).clamp(Duration::from_millis(2), Duration::from_millis(100));
-    start.checked_add(d.saturating_sub(margin))
-}
-
-/// A `grpc-timeout` value: digits and a unit.
-fn parse_timeout(v: &str) -> Option<Duration> {
-    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
-    let n: u64 = num.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
-/// Tokens a request will have, guessed from its bytes before tokenizing (about four bytes a
-/// token in English text, at most the model's limit per input).
-fn estimate_tokens(inputs: &[Input], max_len: usize) -> usize {
-    inputs
-        .iter()
-        .map(|i| match i {
-            Input::Single(a) => a.len() / 4 + 2,
-            Input::Pair(a, b) => (a.len() + b.len()) / 4 + 3,
-        })
-        .map(|t| t.min(max_len))
-        .sum()
-}
-
 /// A refusal at the door, counted by reason.
 fn refused(worker: &ModelWorker, e: crate::backend::Refused) -> ServeError {
     use crate::backend::Refused;
@@ -355,34 +254,6 @@ fn refused(worker: &ModelWorker, e: crate::backend::Refused) -> ServeError {
     match e {
         Refused::Overloaded { .. } => ServeError::Overloaded(e.to_string()),
         Refused::NoWorker { .. } => ServeError::Unavailable,
-    }
-}
-
-pub fn truncation(v: i32) -> Result<Truncation, ServeError> {
-    match proto::Truncation::try_from(v) {
-        Ok(proto::Truncation::Unspecified | proto::Truncation::Truncate) => {
-            Ok(Truncation::Truncate)
-        }
-        Ok(proto::Truncation::Error) => Ok(Truncation::Error),
-        Err(_) => Err(ServeError::invalid(
-            "truncation",
-            format!("unknown value {v}"),
-        )),
-    }
-}
-
-pub fn aggregation(v: i32) -> Result<Aggregation, ServeError> {
-    use proto::Aggregation as A;
-    match A::try_from(v) {
-        Ok(A::Unspecified | A::Simple) => Ok(Aggregation::Simple),
-        Ok(A::None) => Ok(Aggregation::None),
-        Ok(A::First) => Ok(Aggregation::First),
-        Ok(A::Average) => Ok(Aggregation::Average),
-        Ok(A::Max) => Ok(Aggregation::Max),
-        Err(_) => Err(ServeError::invalid(
-            "aggregation",
-            format!("unknown value {v}"),
-        )),
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use tonic::{Request, Response, Status};
 
-use super::service::{deadline, StreamDeadline};
+use super::deadline::{deadline, StreamDeadline};
 
 /// Requests of one stream in flight at once.
 const STREAM_WINDOW: usize = 32;

@@ -1,0 +1,156 @@
+//! One batch on the compute thread: passes of at most `max_batch_tokens`, the jobs no one waits
+//! for dropped before every pass, the task heads, and each job answered when it is done.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use super::{release, Done, Job, JobError, Output, Stats, Work};
+use crate::batching::BatchPolicy;
+use crate::error::SampError;
+use crate::model::encoder::Batch;
+use crate::model::Model;
+
+/// A job of the batch being computed: what it has so far.
+struct Progress {
+    job: Job,
+    out: Result<Output, SampError>,
+    /// Its sequences computed so far.
+    done: usize,
+    /// When its first pass started, and that pass's inputs and tokens.
+    first_pass: Option<(Instant, usize, usize)>,
+}
+
+/// Run a batch in passes of at most `max_batch_tokens`. Before every pass, jobs whose client
+/// left are dropped and jobs whose deadline passed are answered DEADLINE_EXCEEDED, so a large
+/// job stops computing for nobody. Each job is answered as soon as its last sequence is done.
+pub(super) fn run_batch(model: &Model, batch: Vec<Job>, policy: &BatchPolicy, stats: &Stats) {
+    let mut jobs: Vec<Progress> = batch
+        .into_iter()
+        .map(|job| Progress {
+            out: Ok(match job.work {
+                Work::Embed(_) => Output::Embed(Vec::with_capacity(job.encoded.len())),
+                Work::Classify => Output::Classify(Vec::with_capacity(job.encoded.len())),
+                Work::Tag(..) => Output::Tag(Vec::with_capacity(job.encoded.len())),
+            }),
+            job,
+            done: 0,
+            first_pass: None,
+        })
+        .collect();
+    let h = model.cfg.hidden;
+    let _span = tracing::debug_span!("batch", model = %model.name, jobs = jobs.len()).entered();
+    loop {
+        let now = Instant::now();
+        jobs.retain_mut(|p| still_wanted(model, p, now, stats));
+        if jobs.is_empty() {
+            return;
+        }
+        // The next pass: sequences in job order, up to the token budget (at least one).
+        let mut pass: Vec<(usize, usize)> = Vec::new();
+        let mut tokens = 0;
+        'fill: for (j, p) in jobs.iter().enumerate() {
+            for l in p.done..p.job.encoded.len() {
+                let n = p.job.encoded[l].len();
+                if !pass.is_empty()
+                    && (tokens + n > policy.max_batch_tokens || pass.len() >= policy.max_batch_size)
+                {
+                    break 'fill;
+                }
+                pass.push((j, l));
+                tokens += n;
+            }
+        }
+        let start = Instant::now();
+        let mut batch = Batch::new();
+        for &(j, l) in &pass {
+            jobs[j]
+                .first_pass
+                .get_or_insert((start, pass.len(), tokens));
+            let e = &jobs[j].job.encoded[l].encoding;
+            batch.push(e.get_ids(), e.get_type_ids());
+        }
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        match model.forward(&batch) {
+            Ok(states) => {
+                stats.record_pass(tokens, start.elapsed());
+                for (s, &(j, l)) in pass.iter().enumerate() {
+                    let r = batch.seq(s);
+                    head(model, &mut jobs[j], l, &states[r.start * h..r.end * h]);
+                    release(&jobs[j].job.counted, stats, r.len());
+                }
+            }
+            Err(e) => {
+                tracing::error!(model = %model.name, error = %e, "encoder pass failed");
+                let msg = format!("{e:#}");
+                for &(j, _) in &pass {
+                    jobs[j].out = Err(SampError::Device(msg.clone()));
+                }
+            }
+        }
+        // Answer every job that is complete (or failed).
+        let mut i = 0;
+        while i < jobs.len() {
+            if jobs[i].done == jobs[i].job.encoded.len() || jobs[i].out.is_err() {
+                release(&jobs[i].job.counted, stats, usize::MAX);
+                answer(jobs.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+/// False (after answering or counting it) for a job no one waits for any more.
+fn still_wanted(model: &Model, p: &mut Progress, now: Instant, stats: &Stats) -> bool {
+    let reason = if p.job.reply.is_closed() {
+        stats.dropped_cancelled.fetch_add(1, Ordering::Relaxed);
+        "cancelled"
+    } else if p.job.deadline.is_some_and(|d| d <= now) {
+        stats.dropped_deadline.fetch_add(1, Ordering::Relaxed);
+        // `retain_mut` only lends the job: swap its sender out to answer through it.
+        let reply = std::mem::replace(&mut p.job.reply, oneshot::channel().0);
+        let _ = reply.send(Err(JobError::DeadlineExceeded));
+        "deadline"
+    } else {
+        return true;
+    };
+    release(&p.job.counted, stats, usize::MAX);
+    metrics::counter!(crate::metrics::DROPPED_TOTAL, "model" => model.name.clone(), "reason" => reason)
+        .increment(1);
+    false
+}
+
+/// The task head on sequence `l` of a job, into the job's output.
+fn head(model: &Model, p: &mut Progress, l: usize, states: &[f32]) {
+    p.done = l + 1;
+    let Ok(out) = &mut p.out else { return };
+    let enc = &p.job.encoded[l];
+    let step = match (&p.job.work, out) {
+        (Work::Embed(o), Output::Embed(v)) => {
+            v.push(model.embed_one(states, enc, o));
+            Ok(())
+        }
+        (Work::Classify, Output::Classify(v)) => model.classify_one(states, enc).map(|r| v.push(r)),
+        (Work::Tag(texts, agg), Output::Tag(v)) => model
+            .tag_one(states, enc, &texts[l], *agg)
+            .map(|r| v.push(r)),
+        _ => unreachable!("outputs are built from the same work"),
+    };
+    if let Err(e) = step {
+        p.out = Err(e);
+    }
+}
+
+fn answer(p: Progress) {
+    let (start, inputs, tokens) = p.first_pass.unwrap_or((Instant::now(), 0, 0));
+    let reply = p.out.map_err(JobError::from).map(|output| Done {
+        output,
+        queue: start.saturating_duration_since(p.job.enqueued),
+        inference: start.elapsed(),
+        batch_inputs: inputs,
+        batch_tokens: tokens,
+    });
+    let _ = p.job.reply.send(reply);
+}
