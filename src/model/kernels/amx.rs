@@ -1,8 +1,15 @@
-//! AMX micro-kernels for INT8 (`tdpbusd`) and BF16 (`tdpbf16ps`): 16 rows × two adjacent
-//! 16-column panels per call; tile registers tmm0/tmm1 accumulate the two 16 × 16 blocks (i32 or
-//! f32), tmm4 holds 16 rows × 64 bytes of activations, tmm6/tmm7 16 rows of 64 bytes of weights.
+//! AMX micro-kernels for INT8 (`tdpbusd`) and BF16 (`tdpbf16ps`). Two schedules over the same
+//! tile configuration (every tile 16 rows × 64 bytes):
 //!
-//! **Written without an AMX machine to run it on.** The packed weight panels of both
+//! - [`block`], the fast path: 32 rows × two adjacent 16-column panels per call, four C tiles
+//!   (tmm0–tmm3) started at zero, two A tiles (tmm4/tmm5) and two B tiles (tmm6/tmm7), so each
+//!   tile load feeds two dot products; the caller configures the tiles once per task. For
+//!   depths that are a multiple of 64 bytes (every BERT-class shape).
+//! - [`schedule`], any depth: 16 rows × two panels, accumulators loaded and stored around each
+//!   call, a narrower tile configuration for the depth's tail; configures and releases itself.
+//!
+//! First written without an AMX machine; since run on one (Sapphire Rapids-class, AMX-INT8 and
+//! AMX-BF16), where both schedules pass their self-checks. The packed weight panels of both
 //! precisions are already in the layout the instructions want for their B operand (each
 //! 64-byte group holds 4 consecutive int8 k, or 2 consecutive bf16 k, of 16 columns, so 16
 //! groups are one B tile at stride 64), and the activation rows are the A operand at stride
@@ -51,6 +58,11 @@ pub trait Tiles {
     /// # Safety
     /// `ptr` must address the configured rows of the C tile at `stride` bytes, writable.
     unsafe fn store(&mut self, tile: usize, ptr: *mut u8, stride: usize);
+    /// Set a C tile to zero.
+    ///
+    /// # Safety
+    /// The tiles must be configured.
+    unsafe fn zero(&mut self, tile: usize);
     /// # Safety
     /// Hardware: AMX must be enabled.
     unsafe fn release(&mut self);
@@ -59,6 +71,11 @@ pub trait Tiles {
 const C: [usize; NP] = [0, 1];
 const A: usize = 4;
 const B: [usize; NP] = [6, 7];
+/// The fast path's tiles: C\[half\]\[panel\], A\[half\] (half = rows 0–15 or 16–31), B\[panel\].
+const BLOCK_C: [[usize; NP]; 2] = [[0, 1], [2, 3]];
+const BLOCK_A: [usize; 2] = [4, 5];
+/// Rows per call of the fast path (two A tiles).
+pub const BLOCK_ROWS: usize = 2 * MR;
 
 /// One call of a table entry on any [`Tiles`], everything in bytes: `rows` (≤ 16) rows of
 /// `kc` bytes at `a` (stride `lda`); per panel `q < np` (≤ 2) `kc / 4` rows of 64 bytes at
@@ -114,6 +131,56 @@ pub unsafe fn schedule<T: Tiles>(
     t.release();
 }
 
+/// One call of the fast path on tiles configured by `t.config(MR, 64)` (the caller's, once per
+/// task): `halves` (1 or 2) × 16 rows — half `h` at `a[h]`, stride `lda` bytes — times `np`
+/// (≤ 2) panels at `b + q * bstride`, over `kc` bytes of depth (a multiple of 64). The C tiles
+/// start at zero and are stored once, panel-major: rows `q * 32 + 16 * h ..` of 64 bytes at
+/// `acc`.
+///
+/// # Safety
+/// Every pointer must address what is described above (16 whole rows per A half), and the
+/// tiles must be configured so.
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+pub unsafe fn block<T: Tiles>(
+    t: &mut T,
+    dot: Dot,
+    halves: usize,
+    np: usize,
+    kc: usize,
+    a: [*const u8; 2],
+    lda: usize,
+    b: *const u8,
+    bstride: usize,
+    acc: *mut u8,
+) {
+    let (halves, np) = (halves.clamp(1, 2), np.min(NP));
+    debug_assert!(kc.is_multiple_of(KB));
+    for h in 0..halves {
+        for q in 0..np {
+            t.zero(BLOCK_C[h][q]);
+        }
+    }
+    let mut k = 0;
+    while k < kc {
+        // SAFETY: within the extents the caller vouches for.
+        for h in 0..halves {
+            t.load(BLOCK_A[h], a[h].add(k), lda);
+        }
+        for q in 0..np {
+            t.load(B[q], b.add(q * bstride + k * 16), 64);
+            for h in 0..halves {
+                t.dot(dot, BLOCK_C[h][q], BLOCK_A[h], B[q]);
+            }
+        }
+        k += KB;
+    }
+    for h in 0..halves {
+        for q in 0..np {
+            t.store(BLOCK_C[h][q], acc.add((q * BLOCK_ROWS + h * MR) * 64), 64);
+        }
+    }
+}
+
 /// A software model of the eight tile registers, `tdpbusd` and `tdpbf16ps`, for the tests.
 pub struct Emulated {
     tiles: [[[u8; 64]; 16]; 8],
@@ -134,10 +201,12 @@ impl Emulated {
     /// The shapes palette 1 gives each tile for `rows × kb` (as [`config_block`] writes them).
     fn shapes(rows: usize, kb: usize) -> [(usize, usize); 8] {
         let mut s = [(0, 0); 8];
-        for c in C {
+        for c in BLOCK_C.into_iter().flatten() {
             s[c] = (rows, 64);
         }
-        s[A] = (rows, kb);
+        for a in BLOCK_A {
+            s[a] = (rows, kb);
+        }
         for b in B {
             s[b] = (kb / 4, 64);
         }
@@ -217,6 +286,10 @@ impl Tiles for Emulated {
                 *ptr.add(r * stride + c) = self.tiles[tile][r][c];
             }
         }
+    }
+
+    unsafe fn zero(&mut self, tile: usize) {
+        self.tiles[tile] = [[0; 64]; 16];
     }
 
     unsafe fn release(&mut self) {
@@ -313,57 +386,68 @@ impl Tiles for Hardware {
     }
 
     unsafe fn load(&mut self, tile: usize, ptr: *const u8, stride: usize) {
-        // SAFETY: the caller vouches for the configured rows at ptr, stride bytes apart.
-        match tile {
-            0 => {
-                std::arch::asm!("tileloadd tmm0, [{p} + {s} * 1]", p = in(reg) ptr, s = in(reg) stride, options(nostack, readonly))
-            }
-            1 => {
-                std::arch::asm!("tileloadd tmm1, [{p} + {s} * 1]", p = in(reg) ptr, s = in(reg) stride, options(nostack, readonly))
-            }
-            4 => {
-                std::arch::asm!("tileloadd tmm4, [{p} + {s} * 1]", p = in(reg) ptr, s = in(reg) stride, options(nostack, readonly))
-            }
-            6 => {
-                std::arch::asm!("tileloadd tmm6, [{p} + {s} * 1]", p = in(reg) ptr, s = in(reg) stride, options(nostack, readonly))
-            }
-            7 => {
-                std::arch::asm!("tileloadd tmm7, [{p} + {s} * 1]", p = in(reg) ptr, s = in(reg) stride, options(nostack, readonly))
-            }
-            _ => unreachable!("tile numbers are the schedule's constants"),
+        macro_rules! load {
+            ($($n:literal),*) => {
+                match tile {
+                    // SAFETY: the caller vouches for the configured rows at ptr, stride apart.
+                    $($n => std::arch::asm!(
+                        concat!("tileloadd tmm", $n, ", [{p} + {s} * 1]"),
+                        p = in(reg) ptr, s = in(reg) stride, options(nostack, readonly)
+                    ),)*
+                    _ => unreachable!("tile numbers are the schedules' constants"),
+                }
+            };
         }
+        load!(0, 1, 2, 3, 4, 5, 6, 7)
     }
 
     unsafe fn dot(&mut self, dot: Dot, c: usize, a: usize, b: usize) {
-        debug_assert_eq!(a, A);
-        match (dot, c, b) {
-            (Dot::Int8, 0, 6) => {
-                std::arch::asm!("tdpbusd tmm0, tmm4, tmm6", options(nostack, nomem))
-            }
-            (Dot::Int8, 1, 7) => {
-                std::arch::asm!("tdpbusd tmm1, tmm4, tmm7", options(nostack, nomem))
-            }
-            (Dot::Bf16, 0, 6) => {
-                std::arch::asm!("tdpbf16ps tmm0, tmm4, tmm6", options(nostack, nomem))
-            }
-            (Dot::Bf16, 1, 7) => {
-                std::arch::asm!("tdpbf16ps tmm1, tmm4, tmm7", options(nostack, nomem))
-            }
-            _ => unreachable!("the schedule pairs C0 with B6 and C1 with B7"),
+        macro_rules! dot {
+            ($(($c:literal, $a:literal, $b:literal)),*) => {
+                match (dot, c, a, b) {
+                    $(
+                        (Dot::Int8, $c, $a, $b) => std::arch::asm!(
+                            concat!("tdpbusd tmm", $c, ", tmm", $a, ", tmm", $b),
+                            options(nostack, nomem)
+                        ),
+                        (Dot::Bf16, $c, $a, $b) => std::arch::asm!(
+                            concat!("tdpbf16ps tmm", $c, ", tmm", $a, ", tmm", $b),
+                            options(nostack, nomem)
+                        ),
+                    )*
+                    _ => unreachable!("the schedules pair C0/C2 with B6 and C1/C3 with B7"),
+                }
+            };
         }
+        dot!((0, 4, 6), (1, 4, 7), (2, 5, 6), (3, 5, 7))
     }
 
     unsafe fn store(&mut self, tile: usize, ptr: *mut u8, stride: usize) {
-        // SAFETY: the caller vouches for the configured rows at ptr, writable.
-        match tile {
-            0 => {
-                std::arch::asm!("tilestored [{p} + {s} * 1], tmm0", p = in(reg) ptr, s = in(reg) stride, options(nostack))
-            }
-            1 => {
-                std::arch::asm!("tilestored [{p} + {s} * 1], tmm1", p = in(reg) ptr, s = in(reg) stride, options(nostack))
-            }
-            _ => unreachable!("only C tiles are stored"),
+        macro_rules! store {
+            ($($n:literal),*) => {
+                match tile {
+                    // SAFETY: the caller vouches for the configured rows at ptr, writable.
+                    $($n => std::arch::asm!(
+                        concat!("tilestored [{p} + {s} * 1], tmm", $n),
+                        p = in(reg) ptr, s = in(reg) stride, options(nostack)
+                    ),)*
+                    _ => unreachable!("only C tiles are stored"),
+                }
+            };
         }
+        store!(0, 1, 2, 3)
+    }
+
+    unsafe fn zero(&mut self, tile: usize) {
+        macro_rules! zero {
+            ($($n:literal),*) => {
+                match tile {
+                    $($n => std::arch::asm!(concat!("tilezero tmm", $n), options(nostack, nomem)),)*
+                    _ => unreachable!("only C tiles are zeroed"),
+                }
+            };
+        }
+        zero!(0, 1, 2, 3)
     }
 
     unsafe fn release(&mut self) {

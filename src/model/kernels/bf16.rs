@@ -166,7 +166,20 @@ pub struct Bf16Kernel {
     /// A whole-depth call with the epilogue in registers, where the entry has one.
     #[cfg(target_arch = "x86_64")]
     fused: Option<Bf16Fused>,
+    /// A whole task (its panels, every row) with its own loop nest, where the entry has one;
+    /// it answers false for a problem it does not take (then `tile` serves).
+    task: Option<Bf16Task>,
 }
+
+/// See `amx::task`.
+type Bf16Task = unsafe fn(
+    x: &Bf16Acts,
+    w: &Bf16Weights,
+    y: *mut f32,
+    ep: Epilogue<'_>,
+    panels: std::ops::Range<usize>,
+    isa: Isa,
+) -> bool;
 
 /// See `avx512::fused`.
 #[cfg(target_arch = "x86_64")]
@@ -200,11 +213,11 @@ impl PartialEq for Bf16Kernel {
 
 /// Every BF16 micro-kernel, fastest first.
 pub static BF16_KERNELS: &[Bf16Kernel] = &[
-    // Written blind: no AMX host yet; only with the `amx` feature, and then only after its
-    // self-check passes.
-    #[cfg(all(target_arch = "x86_64", feature = "amx"))]
+    // Used only after its self-check passes (first run on hardware on a Sapphire Rapids-class
+    // host; see amx.rs).
+    #[cfg(target_arch = "x86_64")]
     Bf16Kernel {
-        name: "bf16-amx-16x32",
+        name: "bf16-amx-32x32",
         mr: super::amx::MR,
         np: super::amx::NP,
         kc: 512,
@@ -212,6 +225,7 @@ pub static BF16_KERNELS: &[Bf16Kernel] = &[
         supported: super::amx::supported_bf16,
         tile: super::amx::bf16,
         fused: None,
+        task: Some(amx::task),
     },
     #[cfg(target_arch = "x86_64")]
     Bf16Kernel {
@@ -223,6 +237,7 @@ pub static BF16_KERNELS: &[Bf16Kernel] = &[
         supported: avx512::supported,
         tile: avx512::tile,
         fused: Some(avx512::fused),
+        task: None,
     },
     Bf16Kernel {
         name: "bf16-portable",
@@ -234,6 +249,7 @@ pub static BF16_KERNELS: &[Bf16Kernel] = &[
         tile: portable_tile,
         #[cfg(target_arch = "x86_64")]
         fused: None,
+        task: None,
     },
 ];
 
@@ -277,7 +293,13 @@ impl Bf16Kernel {
         if !self.supported() {
             return false;
         }
-        let (m, n, k) = (23, 5 * NR + 5, 2 * 256 + 77);
+        // A depth that the AMX task takes (whole 64-byte steps) and one that it does not.
+        [(23, 2 * 256 + 77), (49, 320)]
+            .into_iter()
+            .all(|(m, k)| self.agrees_on(m, 5 * NR + 5, k))
+    }
+
+    fn agrees_on(&self, m: usize, n: usize, k: usize) -> bool {
         let x: Vec<f32> = (0..m * k)
             .map(|i| ((i * 7919) % 255) as f32 / 127.0 - 1.0)
             .collect();
@@ -354,6 +376,12 @@ unsafe fn panels_range(
 ) {
     let (m, n, kp, mr, np) = (x.m, w.n, w.kp, kernel.mr, kernel.np);
     let mc = row_block(kp, mr);
+    if let Some(task) = kernel.task {
+        // SAFETY: as this function's; the kernel's features were detected.
+        if task(x, w, y, ep, panels.clone(), kernel.isa) {
+            return;
+        }
+    }
     #[cfg(target_arch = "x86_64")]
     if let Some(fused) = kernel.fused {
         fused_tiles(m, n, (mc, mr, np), panels, |t| {
@@ -462,117 +490,8 @@ unsafe fn portable_tile(
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
+
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rounding_is_nearest_even_on_the_bit_pattern() {
-        assert_eq!(round(1.0), 0x3f80);
-        // 1 + 2^-8 is halfway between two bf16 values: ties go to even (1.0).
-        assert_eq!(round(f32::from_bits(0x3f80_8000)), 0x3f80);
-        assert_eq!(round(f32::from_bits(0x3f81_8000)), 0x3f82);
-        assert_eq!(round(f32::from_bits(0x3f80_8001)), 0x3f81);
-        assert_eq!(round(-2.5), 0xc020);
-        assert!(widen(round(f32::NAN)).is_nan());
-        assert_eq!(widen(round(f32::INFINITY)), f32::INFINITY);
-        assert_eq!(widen(round(f32::MAX)), f32::INFINITY);
-        for v in [0.1f32, -3.7, 1e-20, 65504.0] {
-            assert!((widen(round(v)) - v).abs() <= v.abs() / 256.0);
-        }
-    }
-
-    #[test]
-    fn every_row_rounding_path_agrees_with_the_scalar_one() {
-        let (m, k) = (3, 77);
-        let mut x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin() * 1e3).collect();
-        x[5] = f32::NAN;
-        x[6] = f32::from_bits(0x3f80_8000);
-        x[7] = 1e-40; // denormal
-        let mut q = Bf16Acts::new();
-        q.round(&x, m, k);
-        for r in 0..m {
-            for c in 0..k {
-                let (got, want) = (q.data[r * q.kp + c], round(x[r * k + c]));
-                assert!(
-                    got == want || (widen(got).is_nan() && widen(want).is_nan()),
-                    "{r},{c}"
-                );
-            }
-        }
-    }
-
-    /// The AMX-BF16 schedule through the software tile model (any CPU), against the f64
-    /// reference like every other entry.
-    #[cfg(target_arch = "x86_64")]
-    fn amx_emulated() -> Bf16Kernel {
-        Bf16Kernel {
-            name: "bf16-amx-emulated",
-            mr: super::super::amx::MR,
-            np: super::super::amx::NP,
-            kc: 512,
-            isa: Isa::Portable,
-            supported: || true,
-            tile: super::super::amx::bf16_emulated,
-            fused: None,
-        }
-    }
-
-    #[test]
-    fn every_kernel_matches_f64_reference_within_bf16_sum_bounds() {
-        // Each entry (an entry with a fused path also on its tile path), and the AMX schedule
-        // on the tile model.
-        let mut kernels: Vec<Bf16Kernel> = Vec::new();
-        for k in Bf16Kernel::available() {
-            kernels.push(k.clone());
-            #[cfg(target_arch = "x86_64")]
-            if k.fused.is_some() {
-                kernels.push(Bf16Kernel {
-                    fused: None,
-                    ..k.clone()
-                });
-            }
-        }
-        #[cfg(target_arch = "x86_64")]
-        kernels.push(amx_emulated());
-        for kernel in &kernels {
-            assert!(kernel.self_check(), "{kernel:?}");
-            for (m, n, k) in [(1, 1, 1), (5, 17, 3), (9, 50, 70), (30, 100, 600)] {
-                let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.13).cos()).collect();
-                let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.07).sin() * 0.1).collect();
-                let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.01).collect();
-                let pw = Bf16Weights::from_rows(&w, n, k);
-                let mut q = Bf16Acts::new();
-                q.round(&x, m, k);
-                let mut y = vec![0.25f32; m * n];
-                let ep = Epilogue {
-                    bias: Some(&bias),
-                    accumulate: true,
-                    act: None,
-                };
-                matmul_with(&q, &pw, &mut y, ep, kernel);
-                for i in 0..m {
-                    for j in 0..n {
-                        let (mut want, mut mag) = (0.0f64, 0.0f64);
-                        for p in 0..k {
-                            let t = widen(round(x[i * k + p])) as f64
-                                * widen(round(w[j * k + p])) as f64;
-                            want += t;
-                            mag += t.abs();
-                        }
-                        let want = want + bias[j] as f64 + 0.25;
-                        let got = y[i * n + j] as f64;
-                        let tol = 2.0 * k as f64 * f32::EPSILON as f64 * mag + 1e-6;
-                        assert!(
-                            (got - want).abs() <= tol,
-                            "{kernel:?} {m}x{n}x{k} ({i},{j}): {got} vs {want}"
-                        );
-                    }
-                }
-            }
-        }
-        for k in BF16_KERNELS.iter().filter(|k| !k.supported()) {
-            eprintln!("SKIPPED: {k:?} not testable here (CPU lacks the feature)");
-        }
-    }
-}
+mod tests;

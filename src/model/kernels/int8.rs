@@ -41,145 +41,6 @@ pub fn weight_max(bits: u32) -> i32 {
 /// The weight widths a plan may ask for.
 pub const WEIGHT_BITS: [u32; 2] = [7, 8];
 
-/// Weights `[k, n]` quantized per output column and packed into panels of `NR` columns.
-#[derive(Clone)]
-pub struct QWeights {
-    /// `panels × (kp / 4) × NR × 4` bytes.
-    data: Vec<i8>,
-    /// Per output column: `w ≈ q · scale`.
-    pub scales: Vec<f32>,
-    /// Per output column, padded to whole panels: `-128 · Σ_k q`, the unsigned-activation
-    /// compensation.
-    offset: Vec<i32>,
-    /// `scales`, padded to whole panels (zeros).
-    scales_pad: Vec<f32>,
-    pub k: usize,
-    pub n: usize,
-    /// `k` rounded up to a multiple of 4.
-    kp: usize,
-    /// Weight width: values lie within ±[`weight_max`]`(bits)`.
-    pub bits: u32,
-}
-
-impl std::fmt::Debug for QWeights {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "QWeights [{}, {}] int8 ({}-bit)",
-            self.n, self.k, self.bits
-        )
-    }
-}
-
-impl QWeights {
-    /// Quantize float weights in PyTorch layout `[n, k]`, symmetric per output row, to `bits`
-    /// (7 or 8) bits.
-    pub fn quantize(w: &[f32], n: usize, k: usize, bits: u32) -> Self {
-        assert_eq!(w.len(), n * k, "weight size");
-        assert!(WEIGHT_BITS.contains(&bits), "weight bits {bits}");
-        let wmax = weight_max(bits);
-        let mut q = vec![0i8; n * k];
-        let mut scales = vec![0.0f32; n];
-        for (o, row) in w.chunks_exact(k.max(1)).enumerate().take(n) {
-            let max = row.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
-            let scale = if max > 0.0 && max.is_finite() {
-                max / wmax as f32
-            } else {
-                1.0
-            };
-            scales[o] = scale;
-            for (d, &v) in q[o * k..(o + 1) * k].iter_mut().zip(row) {
-                *d = (v / scale)
-                    .round_ties_even()
-                    .clamp(-wmax as f32, wmax as f32) as i8;
-            }
-        }
-        Self::from_parts(&q, scales, n, k, bits).expect("quantized weights are in range")
-    }
-
-    /// From already-quantized rows `[n, k]` and per-row scales (a saved artifact). Values must
-    /// lie within ±[`weight_max`]`(bits)`.
-    pub fn from_parts(
-        q: &[i8],
-        scales: Vec<f32>,
-        n: usize,
-        k: usize,
-        bits: u32,
-    ) -> Result<Self, String> {
-        if !WEIGHT_BITS.contains(&bits) {
-            return Err(format!(
-                "int8 weights: {bits}-bit weights (7 or 8 expected)"
-            ));
-        }
-        let wmax = weight_max(bits);
-        if q.len() != n * k || scales.len() != n {
-            return Err(format!(
-                "int8 weights: {} values and {} scales for [{n}, {k}]",
-                q.len(),
-                scales.len()
-            ));
-        }
-        if let Some(v) = q.iter().find(|v| (**v as i32).abs() > wmax) {
-            return Err(format!(
-                "int8 weights: value {v} outside ±{wmax} ({bits}-bit weights expected)"
-            ));
-        }
-        if let Some(s) = scales.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
-            return Err(format!("int8 weights: scale {s} is not a positive number"));
-        }
-        let kp = k.div_ceil(KG) * KG;
-        let panels = n.div_ceil(NR);
-        let mut data = vec![0i8; panels * kp * NR];
-        let mut offset = vec![0i32; panels * NR];
-        for o in 0..n {
-            let (p, j) = (o / NR, o % NR);
-            let panel = &mut data[p * kp * NR..(p + 1) * kp * NR];
-            for (i, &v) in q[o * k..(o + 1) * k].iter().enumerate() {
-                panel[(i / KG) * NR * KG + j * KG + i % KG] = v;
-                offset[o] -= 128 * v as i32;
-            }
-        }
-        let mut scales_pad = scales.clone();
-        scales_pad.resize(panels * NR, 0.0);
-        Ok(QWeights {
-            data,
-            scales,
-            offset,
-            scales_pad,
-            k,
-            n,
-            kp,
-            bits,
-        })
-    }
-
-    /// The quantized rows `[n, k]` back out of the panels (for saving).
-    pub fn rows(&self) -> Vec<i8> {
-        let mut q = vec![0i8; self.n * self.k];
-        for o in 0..self.n {
-            let (p, j) = (o / NR, o % NR);
-            let panel = self.panel(p);
-            for i in 0..self.k {
-                q[o * self.k + i] = panel[(i / KG) * NR * KG + j * KG + i % KG];
-            }
-        }
-        q
-    }
-
-    fn panels(&self) -> usize {
-        self.n.div_ceil(NR)
-    }
-
-    fn panel(&self, p: usize) -> &[i8] {
-        &self.data[p * self.kp * NR..(p + 1) * self.kp * NR]
-    }
-
-    /// Bytes of weight data (for reports).
-    pub fn bytes(&self) -> usize {
-        self.data.len() + 8 * self.n
-    }
-}
-
 #[cfg(test)]
 use acts::quantize_row;
 #[cfg(all(test, target_arch = "x86_64"))]
@@ -225,7 +86,20 @@ pub struct Int8Kernel {
     /// serves only the tests' schedule checks).
     #[cfg(target_arch = "x86_64")]
     fused: Option<Int8Fused>,
+    /// A whole task (its panels, every row) with its own loop nest, where the entry has one;
+    /// it answers false for a problem it does not take (then `tile` serves).
+    task: Option<Int8Task>,
 }
+
+/// See `amx::task`.
+type Int8Task = unsafe fn(
+    x: &QActs,
+    w: &QWeights,
+    y: *mut f32,
+    ep: Epilogue<'_>,
+    panels: std::ops::Range<usize>,
+    isa: Isa,
+) -> bool;
 
 /// See `avx512::fused`.
 #[cfg(target_arch = "x86_64")]
@@ -257,19 +131,20 @@ impl PartialEq for Int8Kernel {
 
 /// Every INT8 micro-kernel, fastest first.
 pub static INT8_KERNELS: &[Int8Kernel] = &[
-    // Written blind: no AMX host yet; only with the `amx` feature, and then only after its
-    // self-check passes.
-    #[cfg(all(target_arch = "x86_64", feature = "amx"))]
+    // Used only after its self-check passes (first run on hardware on a Sapphire Rapids-class
+    // host; see amx.rs).
+    #[cfg(target_arch = "x86_64")]
     Int8Kernel {
-        name: "int8-amx-16x32",
-        mr: amx::MR,
-        np: amx::NP,
+        name: "int8-amx-32x32",
+        mr: tiles::MR,
+        np: tiles::NP,
         max_bits: 8,
         kc: 1024,
         isa: Isa::Avx512,
-        supported: amx::supported_int8,
-        tile: amx::int8,
+        supported: tiles::supported_int8,
+        tile: tiles::int8,
         fused: None,
+        task: Some(amx::task),
     },
     #[cfg(target_arch = "x86_64")]
     Int8Kernel {
@@ -282,6 +157,7 @@ pub static INT8_KERNELS: &[Int8Kernel] = &[
         supported: avx512::supported,
         tile: avx512::tile,
         fused: Some(avx512::fused),
+        task: None,
     },
     #[cfg(target_arch = "x86_64")]
     Int8Kernel {
@@ -294,6 +170,7 @@ pub static INT8_KERNELS: &[Int8Kernel] = &[
         supported: avx2::supported_vnni,
         tile: avx2::tile_vnni,
         fused: None,
+        task: None,
     },
     #[cfg(target_arch = "x86_64")]
     Int8Kernel {
@@ -306,6 +183,7 @@ pub static INT8_KERNELS: &[Int8Kernel] = &[
         supported: super::has_avx2_fma,
         tile: avx2::tile,
         fused: None,
+        task: None,
     },
     #[cfg(target_arch = "x86_64")]
     Int8Kernel {
@@ -318,6 +196,7 @@ pub static INT8_KERNELS: &[Int8Kernel] = &[
         supported: super::has_avx2_fma,
         tile: avx2::tile_wide,
         fused: None,
+        task: None,
     },
     Int8Kernel {
         name: "int8-portable",
@@ -330,6 +209,7 @@ pub static INT8_KERNELS: &[Int8Kernel] = &[
         tile: portable_tile,
         #[cfg(target_arch = "x86_64")]
         fused: None,
+        task: None,
     },
 ];
 
@@ -370,13 +250,19 @@ impl Int8Kernel {
             .collect()
     }
 
-    /// Exact agreement with the portable kernel on a ragged problem with extreme values
-    /// (every row count of a tile, a partial panel group, more than one depth pass).
+    /// Exact agreement with the portable kernel on two ragged problems with extreme values
+    /// (every row count of a tile, a partial panel group, more than one depth pass; a depth of
+    /// whole 64-byte steps, which the AMX task takes, and one that is not).
     pub fn self_check(&self, bits: u32) -> bool {
         if !self.supported() || self.max_bits < bits {
             return false;
         }
-        let (m, n, k) = (2 * MAX_MR + 7, 5 * NR + 5, 3 * 203);
+        [(2 * MAX_MR + 7, 3 * 203), (3 * MAX_MR + 1, 320)]
+            .into_iter()
+            .all(|(m, k)| self.agrees_on(bits, m, 5 * NR + 5, k))
+    }
+
+    fn agrees_on(&self, bits: u32, m: usize, n: usize, k: usize) -> bool {
         let x: Vec<f32> = (0..m * k)
             .map(|i| (((i * 7919) % 255) as f32 - 127.0) / 127.0)
             .collect();
@@ -451,6 +337,12 @@ unsafe fn panels_range(
 ) {
     let (m, n, kp, mr, np) = (x.m, w.n, w.kp, kernel.mr, kernel.np);
     let mc = row_block(kp, mr);
+    if let Some(task) = kernel.task {
+        // SAFETY: as this function's; the kernel's features were detected.
+        if task(x, w, y, ep, panels.clone(), kernel.isa) {
+            return;
+        }
+    }
     #[cfg(target_arch = "x86_64")]
     if let Some(fused) = kernel.fused {
         fused_tiles(m, n, (mc, mr, np), panels, |t| {
@@ -514,88 +406,17 @@ unsafe fn panels_range(
             }
             for q in 0..gp {
                 let c0 = (p + q) * NR;
-                let cols = NR.min(n - c0);
-                let offset = &w.offset[c0..c0 + NR];
-                let ws = &w.scales_pad[c0..c0 + NR];
                 for t in 0..tiles {
                     let r = r0 + t * mr;
                     let rows = mr.min(r1 - r);
-                    let sa = &x.scales[r..r + rows];
                     let tile = &acc[(t * np + q) * mr..(t * np + q) * mr + rows];
-                    #[cfg(target_arch = "x86_64")]
-                    if kernel.isa == Isa::Avx512 {
-                        // SAFETY: AVX-512 was detected (the kernel's ISA); rows r..r+rows and
-                        // columns c0..c0+cols of y lie inside it and belong to this task.
-                        unsafe {
-                            avx512::finish(
-                                tile,
-                                sa,
-                                offset,
-                                ws,
-                                ep.bias.map(|b| &b[c0..]),
-                                y.add(r * n + c0),
-                                n,
-                                cols,
-                                ep.accumulate,
-                                ep.act,
-                            )
-                        };
-                        continue;
-                    }
-                    let out = &mut tile_f[..rows];
-                    match kernel.isa {
-                        // SAFETY (both): the kernel's ISA was detected at run time.
-                        #[cfg(target_arch = "x86_64")]
-                        Isa::Avx512 => unsafe { dequant_avx512(tile, sa, offset, ws, out) },
-                        #[cfg(target_arch = "x86_64")]
-                        Isa::Avx2 => unsafe { dequant_avx2(tile, sa, offset, ws, out) },
-                        _ => dequant(tile, sa, offset, ws, out),
-                    }
-                    // SAFETY: rows r..r+rows < m and columns c0..c0+cols < n lie inside y; this
-                    // task owns these columns.
-                    unsafe { finish(y.add(r * n + c0), n, out, cols, ep, c0, kernel.isa) };
+                    // SAFETY: rows r..r+rows < m and the columns of panel p+q lie inside y;
+                    // this task owns these columns; the kernel's ISA was detected.
+                    unsafe { epilogue(tile, x, w, ep, y, r, c0, kernel.isa, &mut tile_f) };
                 }
             }
         }
     }
-}
-
-/// `out = (acc + offset) · sa[row] · ws[col]`, row by row.
-#[inline(always)]
-fn dequant(acc: &[[i32; NR]], sa: &[f32], offset: &[i32], ws: &[f32], out: &mut [[f32; NR]]) {
-    let (offset, ws): (&[i32; NR], &[f32; NR]) = (
-        offset.try_into().expect("NR offsets"),
-        ws.try_into().expect("NR scales"),
-    );
-    for ((acc, o), &s) in acc.iter().zip(out.iter_mut()).zip(sa) {
-        for j in 0..NR {
-            o[j] = (acc[j] + offset[j]) as f32 * (s * ws[j]);
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dequant_avx2(
-    acc: &[[i32; NR]],
-    sa: &[f32],
-    offset: &[i32],
-    ws: &[f32],
-    out: &mut [[f32; NR]],
-) {
-    dequant(acc, sa, offset, ws, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-unsafe fn dequant_avx512(
-    acc: &[[i32; NR]],
-    sa: &[f32],
-    offset: &[i32],
-    ws: &[f32],
-    out: &mut [[f32; NR]],
-) {
-    dequant(acc, sa, offset, ws, out)
 }
 
 const PORTABLE_MR: usize = 6;
@@ -633,10 +454,17 @@ unsafe fn portable_tile(
     }
 }
 
-#[cfg(all(target_arch = "x86_64", any(test, feature = "amx")))]
-use super::amx;
+#[cfg(target_arch = "x86_64")]
+use super::amx as tiles;
+
+#[cfg(target_arch = "x86_64")]
+mod amx;
 
 mod acts;
+mod epilogue;
+mod weights;
+use epilogue::epilogue;
+pub use weights::QWeights;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;

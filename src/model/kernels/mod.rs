@@ -2,9 +2,7 @@
 //! chosen at run time), LayerNorm, GELU and softmax. Pure functions over slices; no model
 //! knowledge. `unsafe` lives only here.
 
-// The hardware half of the AMX kernels is only in the tables with the `amx` feature.
 #[cfg(target_arch = "x86_64")]
-#[cfg_attr(not(feature = "amx"), allow(dead_code))]
 mod amx;
 mod attention;
 pub mod bf16;

@@ -1,0 +1,126 @@
+use super::*;
+
+#[test]
+fn rounding_is_nearest_even_on_the_bit_pattern() {
+    assert_eq!(round(1.0), 0x3f80);
+    // 1 + 2^-8 is halfway between two bf16 values: ties go to even (1.0).
+    assert_eq!(round(f32::from_bits(0x3f80_8000)), 0x3f80);
+    assert_eq!(round(f32::from_bits(0x3f81_8000)), 0x3f82);
+    assert_eq!(round(f32::from_bits(0x3f80_8001)), 0x3f81);
+    assert_eq!(round(-2.5), 0xc020);
+    assert!(widen(round(f32::NAN)).is_nan());
+    assert_eq!(widen(round(f32::INFINITY)), f32::INFINITY);
+    assert_eq!(widen(round(f32::MAX)), f32::INFINITY);
+    for v in [0.1f32, -3.7, 1e-20, 65504.0] {
+        assert!((widen(round(v)) - v).abs() <= v.abs() / 256.0);
+    }
+}
+
+#[test]
+fn every_row_rounding_path_agrees_with_the_scalar_one() {
+    let (m, k) = (3, 77);
+    let mut x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin() * 1e3).collect();
+    x[5] = f32::NAN;
+    x[6] = f32::from_bits(0x3f80_8000);
+    x[7] = 1e-40; // denormal
+    let mut q = Bf16Acts::new();
+    q.round(&x, m, k);
+    for r in 0..m {
+        for c in 0..k {
+            let (got, want) = (q.data[r * q.kp + c], round(x[r * k + c]));
+            assert!(
+                got == want || (widen(got).is_nan() && widen(want).is_nan()),
+                "{r},{c}"
+            );
+        }
+    }
+}
+
+/// The AMX-BF16 schedule through the software tile model (any CPU), against the f64
+/// reference like every other entry.
+#[cfg(target_arch = "x86_64")]
+fn amx_emulated() -> Bf16Kernel {
+    Bf16Kernel {
+        name: "bf16-amx-emulated",
+        mr: crate::model::kernels::amx::MR,
+        np: crate::model::kernels::amx::NP,
+        kc: 512,
+        isa: Isa::Portable,
+        supported: || true,
+        tile: crate::model::kernels::amx::bf16_emulated,
+        fused: None,
+        task: Some(super::amx::task_emulated),
+    }
+}
+
+#[test]
+fn every_kernel_matches_f64_reference_within_bf16_sum_bounds() {
+    // Each entry (an entry with a fused path also on its tile path), and the AMX schedule
+    // on the tile model.
+    let mut kernels: Vec<Bf16Kernel> = Vec::new();
+    for k in Bf16Kernel::available() {
+        kernels.push(k.clone());
+        #[cfg(target_arch = "x86_64")]
+        if k.fused.is_some() {
+            kernels.push(Bf16Kernel {
+                fused: None,
+                ..k.clone()
+            });
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        kernels.push(amx_emulated());
+        kernels.push(Bf16Kernel {
+            task: None,
+            ..amx_emulated()
+        });
+    }
+    for kernel in &kernels {
+        assert!(kernel.self_check(), "{kernel:?}");
+        for (m, n, k) in [
+            (1, 1, 1),
+            (5, 17, 3),
+            (9, 50, 70),
+            (3, 17, 32),
+            (33, 40, 64),
+            (30, 100, 600),
+            (70, 112, 384),
+        ] {
+            let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.13).cos()).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.07).sin() * 0.1).collect();
+            let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.01).collect();
+            let pw = Bf16Weights::from_rows(&w, n, k);
+            let mut q = Bf16Acts::new();
+            q.round(&x, m, k);
+            let mut y = vec![0.25f32; m * n];
+            let ep = Epilogue {
+                bias: Some(&bias),
+                accumulate: true,
+                act: None,
+            };
+            matmul_with(&q, &pw, &mut y, ep, kernel);
+            for i in 0..m {
+                for j in 0..n {
+                    let (mut want, mut mag) = (0.0f64, 0.0f64);
+                    for p in 0..k {
+                        let t =
+                            widen(round(x[i * k + p])) as f64 * widen(round(w[j * k + p])) as f64;
+                        want += t;
+                        mag += t.abs();
+                    }
+                    let want = want + bias[j] as f64 + 0.25;
+                    let got = y[i * n + j] as f64;
+                    let tol = 2.0 * k as f64 * f32::EPSILON as f64 * mag + 1e-6;
+                    assert!(
+                        (got - want).abs() <= tol,
+                        "{kernel:?} {m}x{n}x{k} ({i},{j}): {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+    for k in BF16_KERNELS.iter().filter(|k| !k.supported()) {
+        eprintln!("SKIPPED: {k:?} not testable here (CPU lacks the feature)");
+    }
+}
