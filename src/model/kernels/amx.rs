@@ -58,6 +58,23 @@ pub trait Tiles {
     /// # Safety
     /// `ptr` must address the configured rows of the C tile at `stride` bytes, writable.
     unsafe fn store(&mut self, tile: usize, ptr: *mut u8, stride: usize);
+    /// One depth step of the fast path's full 2 × 2 block: load A halves from `a` (stride
+    /// `lda`) and B panels from `b` (stride 64), then `C[h][q] += A[h] · B[q]` for all four.
+    /// The hardware issues it as one instruction sequence.
+    ///
+    /// # Safety
+    /// As [`Tiles::load`] for each pointer, and the tiles configured by `config(MR, 64)`.
+    unsafe fn step_2x2(&mut self, dot: Dot, a: [*const u8; 2], lda: usize, b: [*const u8; 2]) {
+        for h in 0..2 {
+            self.load(BLOCK_A[h], a[h], lda);
+        }
+        for q in 0..NP {
+            self.load(B[q], b[q], 64);
+            for h in 0..2 {
+                self.dot(dot, BLOCK_C[h][q], BLOCK_A[h], B[q]);
+            }
+        }
+    }
     /// Set a C tile to zero.
     ///
     /// # Safety
@@ -162,7 +179,16 @@ pub unsafe fn block<T: Tiles>(
     }
     let mut k = 0;
     while k < kc {
-        // SAFETY: within the extents the caller vouches for.
+        // SAFETY (loop): within the extents the caller vouches for.
+        if halves == 2 && np == 2 {
+            let (a, b) = (
+                [a[0].add(k), a[1].add(k)],
+                [b.add(k * 16), b.add(bstride + k * 16)],
+            );
+            t.step_2x2(dot, a, lda, b);
+            k += KB;
+            continue;
+        }
         for h in 0..halves {
             t.load(BLOCK_A[h], a[h].add(k), lda);
         }
@@ -436,6 +462,35 @@ impl Tiles for Hardware {
             };
         }
         store!(0, 1, 2, 3)
+    }
+
+    unsafe fn step_2x2(&mut self, dot: Dot, a: [*const u8; 2], lda: usize, b: [*const u8; 2]) {
+        macro_rules! step {
+            ($op:literal) => {
+                std::arch::asm!(
+                    "tileloadd tmm4, [{a0} + {lda} * 1]",
+                    "tileloadd tmm5, [{a1} + {lda} * 1]",
+                    "tileloadd tmm6, [{b0} + {s} * 1]",
+                    concat!($op, " tmm0, tmm4, tmm6"),
+                    concat!($op, " tmm2, tmm5, tmm6"),
+                    "tileloadd tmm7, [{b1} + {s} * 1]",
+                    concat!($op, " tmm1, tmm4, tmm7"),
+                    concat!($op, " tmm3, tmm5, tmm7"),
+                    a0 = in(reg) a[0],
+                    a1 = in(reg) a[1],
+                    b0 = in(reg) b[0],
+                    b1 = in(reg) b[1],
+                    lda = in(reg) lda,
+                    s = in(reg) 64usize,
+                    options(nostack, readonly)
+                )
+            };
+        }
+        // SAFETY: the caller vouches for 16 rows at each pointer and the configuration.
+        match dot {
+            Dot::Int8 => step!("tdpbusd"),
+            Dot::Bf16 => step!("tdpbf16ps"),
+        }
     }
 
     unsafe fn zero(&mut self, tile: usize) {

@@ -14,6 +14,7 @@
 
 use rayon::prelude::*;
 
+use super::aligned::Aligned;
 use super::driver::{first_passing, fused_tiles, split_panels};
 use super::packed::{finish, Epilogue, NR};
 use super::Isa;
@@ -42,7 +43,7 @@ pub fn widen(h: u16) -> f32 {
 #[derive(Clone)]
 pub struct Bf16Weights {
     /// `panels × (kp / 2) × NR × 2` bf16 bit patterns.
-    data: Vec<u16>,
+    data: Aligned<u16>,
     pub k: usize,
     pub n: usize,
     /// `k` rounded up to even.
@@ -61,7 +62,7 @@ impl Bf16Weights {
         assert_eq!(w.len(), n * k, "weight size");
         let kp = k.div_ceil(KG) * KG;
         let panels = n.div_ceil(NR);
-        let mut data = vec![0u16; panels * kp * NR];
+        let mut data = Aligned::zeroed(panels * kp * NR);
         for (o, row) in w.chunks_exact(k.max(1)).enumerate().take(n) {
             let (p, j) = (o / NR, o % NR);
             let panel = &mut data[p * kp * NR..(p + 1) * kp * NR];
@@ -89,7 +90,7 @@ impl Bf16Weights {
 /// Activations rounded to bfloat16: `m` rows of `kp` values (the pad is zero).
 #[derive(Default)]
 pub struct Bf16Acts {
-    data: Vec<u16>,
+    data: Aligned<u16>,
     m: usize,
     kp: usize,
 }
@@ -105,17 +106,22 @@ impl Bf16Acts {
         let kp = k.div_ceil(KG) * KG;
         self.m = m;
         self.kp = kp;
-        self.data.clear();
-        self.data.resize(m * kp, 0);
+        // Every value is written below: the row's k, then a zero pad (it meets zero weights,
+        // and must not be a NaN).
+        self.data.set_len(m * kp);
         if k == 0 {
+            self.data.fill(0);
             return;
         }
         let isa = Isa::detect();
-        let body = |(src, dst): (&[f32], &mut [u16])| match isa {
-            // SAFETY: AVX-512 was detected at run time.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { avx512::round_row(src, &mut dst[..k]) },
-            _ => dst.iter_mut().zip(src).for_each(|(d, &v)| *d = round(v)),
+        let body = |(src, dst): (&[f32], &mut [u16])| {
+            match isa {
+                // SAFETY: AVX-512 was detected at run time.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { avx512::round_row(src, &mut dst[..k]) },
+                _ => dst.iter_mut().zip(src).for_each(|(d, &v)| *d = round(v)),
+            }
+            dst[k..].fill(0);
         };
         let rows = x[..m * k]
             .chunks_exact(k)

@@ -3,6 +3,7 @@
 //! knowledge. `unsafe` lives only here.
 
 #[cfg(target_arch = "x86_64")]
+mod aligned;
 mod amx;
 mod attention;
 pub mod bf16;

@@ -4,6 +4,7 @@
 use rayon::prelude::*;
 
 use super::{ACT_MAX, KG};
+use crate::model::kernels::aligned::Aligned;
 use crate::model::kernels::Isa;
 
 /// How activations are scaled.
@@ -18,7 +19,7 @@ pub enum ActScale {
 /// Activations quantized for the kernel: `m` rows of `kp` bytes (`q + 128`), and each row's
 /// scale.
 pub struct QActs {
-    pub(super) data: Vec<u8>,
+    pub(super) data: Aligned<u8>,
     pub(super) scales: Vec<f32>,
     pub(super) m: usize,
     pub(super) kp: usize,
@@ -27,7 +28,7 @@ pub struct QActs {
 impl QActs {
     pub fn new() -> Self {
         QActs {
-            data: Vec::new(),
+            data: Aligned::default(),
             scales: Vec::new(),
             m: 0,
             kp: 0,
@@ -40,9 +41,9 @@ impl QActs {
         let kp = k.div_ceil(KG) * KG;
         self.m = m;
         self.kp = kp;
-        self.data.clear();
-        // Padding bytes meet zero weights; any value works.
-        self.data.resize(m * kp, 128);
+        // Every row's first k bytes are written below; the padding bytes meet zero weights, so
+        // whatever they hold works.
+        self.data.set_len(m * kp);
         self.scales.clear();
         self.scales.resize(m, 1.0);
         let isa = Isa::detect();

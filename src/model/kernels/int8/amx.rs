@@ -5,6 +5,7 @@
 use std::ops::Range;
 
 use super::{epilogue, Epilogue, Isa, QActs, QWeights, MAX_MR, NR};
+use crate::model::kernels::aligned::Aligned;
 use crate::model::kernels::amx as tiles;
 use tiles::{Dot, Tiles, BLOCK_ROWS};
 
@@ -62,7 +63,7 @@ unsafe fn run<T: Tiles>(
     // An A tile reads 16 whole rows: the rows after the last whole 16 are copied into a tile's
     // worth of their own (the rows past m are never written out).
     let whole = m / tiles::MR * tiles::MR;
-    let mut tail = Vec::new();
+    let mut tail = Aligned::default();
     if m > whole {
         tail.resize(tiles::MR * kp, 0u8);
         tail[..(m - whole) * kp].copy_from_slice(&x.data[whole * kp..m * kp]);

@@ -2,12 +2,13 @@
 //! depth in groups of four, plus the per-column compensation for unsigned activations.
 
 use super::{weight_max, KG, NR, WEIGHT_BITS};
+use crate::model::kernels::aligned::Aligned;
 
 /// Weights `[k, n]` quantized per output column and packed into panels of `NR` columns.
 #[derive(Clone)]
 pub struct QWeights {
     /// `panels × (kp / 4) × NR × 4` bytes.
-    pub(super) data: Vec<i8>,
+    pub(super) data: Aligned<i8>,
     /// Per output column: `w ≈ q · scale`.
     pub scales: Vec<f32>,
     /// Per output column, padded to whole panels: `-128 · Σ_k q`, the unsigned-activation
@@ -91,7 +92,7 @@ impl QWeights {
         }
         let kp = k.div_ceil(KG) * KG;
         let panels = n.div_ceil(NR);
-        let mut data = vec![0i8; panels * kp * NR];
+        let mut data = Aligned::zeroed(panels * kp * NR);
         let mut offset = vec![0i32; panels * NR];
         for o in 0..n {
             let (p, j) = (o / NR, o % NR);
