@@ -22,6 +22,12 @@ pub struct KernelsArgs {
     /// Only the detected kernels (not every supported one).
     #[arg(long)]
     pub detected_only: bool,
+    /// Only the shapes whose name contains this (e.g. `minilm`, `attn_out`), for profiling one.
+    #[arg(long)]
+    pub shape: Option<String>,
+    /// Skip the instruction peak probes.
+    #[arg(long)]
+    pub no_peaks: bool,
 }
 
 /// (name, k, n): the four GEMMs of a MiniLM layer and of a BERT-base layer.
@@ -59,7 +65,7 @@ pub fn run_kernels(a: &KernelsArgs) -> anyhow::Result<()> {
     let m = a.rows;
     let threads = rayon::current_num_threads();
     let mut peaks = serde_json::Map::new();
-    for p in Probe::ALL {
+    for p in Probe::ALL.iter().filter(|_| !a.no_peaks) {
         if let Some(r) = p.measure(a.seconds) {
             eprintln!(
                 "peak {:<18} {:>8.1} Gop/s ({threads} threads)",
@@ -114,7 +120,8 @@ pub fn run_kernels(a: &KernelsArgs) -> anyhow::Result<()> {
         eprintln!("not on this CPU: {}", k.name);
     }
     let mut rates = Vec::new();
-    for (shape, k, n) in SHAPES {
+    let wanted = |s: &str| a.shape.as_deref().is_none_or(|w| s.contains(w));
+    for (shape, k, n) in SHAPES.into_iter().filter(|(s, _, _)| wanted(s)) {
         let x = data(m * k, 1, 2.0);
         let w = data(n * k, 2, 0.1);
         let mut y = vec![0.0f32; m * n];

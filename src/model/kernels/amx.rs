@@ -23,12 +23,15 @@
 
 use super::packed::NR;
 
+mod task;
+pub use task::run_task;
+
 /// Rows per call (one A tile).
 pub const MR: usize = 16;
 /// Adjacent panels per call (one C and one B tile each).
 pub const NP: usize = 2;
 /// Depth bytes per tile step (a full A-tile row).
-const KB: usize = 64;
+pub(super) const KB: usize = 64;
 
 /// Which dot-product instruction a schedule issues.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -87,10 +90,10 @@ pub trait Tiles {
 
 const C: [usize; NP] = [0, 1];
 const A: usize = 4;
-const B: [usize; NP] = [6, 7];
+pub(super) const B: [usize; NP] = [6, 7];
 /// The fast path's tiles: C\[half\]\[panel\], A\[half\] (half = rows 0–15 or 16–31), B\[panel\].
-const BLOCK_C: [[usize; NP]; 2] = [[0, 1], [2, 3]];
-const BLOCK_A: [usize; 2] = [4, 5];
+pub(super) const BLOCK_C: [[usize; NP]; 2] = [[0, 1], [2, 3]];
+pub(super) const BLOCK_A: [usize; 2] = [4, 5];
 /// Rows per call of the fast path (two A tiles).
 pub const BLOCK_ROWS: usize = 2 * MR;
 
@@ -146,65 +149,6 @@ pub unsafe fn schedule<T: Tiles>(
         pass(t, kc - full, full, kc);
     }
     t.release();
-}
-
-/// One call of the fast path on tiles configured by `t.config(MR, 64)` (the caller's, once per
-/// task): `halves` (1 or 2) × 16 rows — half `h` at `a[h]`, stride `lda` bytes — times `np`
-/// (≤ 2) panels at `b + q * bstride`, over `kc` bytes of depth (a multiple of 64). The C tiles
-/// start at zero and are stored once, panel-major: rows `q * 32 + 16 * h ..` of 64 bytes at
-/// `acc`.
-///
-/// # Safety
-/// Every pointer must address what is described above (16 whole rows per A half), and the
-/// tiles must be configured so.
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-pub unsafe fn block<T: Tiles>(
-    t: &mut T,
-    dot: Dot,
-    halves: usize,
-    np: usize,
-    kc: usize,
-    a: [*const u8; 2],
-    lda: usize,
-    b: *const u8,
-    bstride: usize,
-    acc: *mut u8,
-) {
-    let (halves, np) = (halves.clamp(1, 2), np.min(NP));
-    debug_assert!(kc.is_multiple_of(KB));
-    for h in 0..halves {
-        for q in 0..np {
-            t.zero(BLOCK_C[h][q]);
-        }
-    }
-    let mut k = 0;
-    while k < kc {
-        // SAFETY (loop): within the extents the caller vouches for.
-        if halves == 2 && np == 2 {
-            let (a, b) = (
-                [a[0].add(k), a[1].add(k)],
-                [b.add(k * 16), b.add(bstride + k * 16)],
-            );
-            t.step_2x2(dot, a, lda, b);
-            k += KB;
-            continue;
-        }
-        for h in 0..halves {
-            t.load(BLOCK_A[h], a[h].add(k), lda);
-        }
-        for q in 0..np {
-            t.load(B[q], b.add(q * bstride + k * 16), 64);
-            for h in 0..halves {
-                t.dot(dot, BLOCK_C[h][q], BLOCK_A[h], B[q]);
-            }
-        }
-        k += KB;
-    }
-    for h in 0..halves {
-        for q in 0..np {
-            t.store(BLOCK_C[h][q], acc.add((q * BLOCK_ROWS + h * MR) * 64), 64);
-        }
-    }
 }
 
 /// A software model of the eight tile registers, `tdpbusd` and `tdpbf16ps`, for the tests.
@@ -562,17 +506,20 @@ pub unsafe fn bf16(
 }
 
 pub fn supported_int8() -> bool {
-    supported(25)
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| supported(25))
 }
 
 pub fn supported_bf16() -> bool {
-    supported(22)
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| supported(22))
 }
 
 /// AMX-TILE and the given AMX feature in CPUID (leaf 7, EDX bit 24 and `bit`: 25 INT8, 22
 /// BF16), the OS saving tile state (XCR0 bits 17 and 18), and the kernel's permission for this
 /// process to use the tile data (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, Linux
-/// ≥ 5.16; asked once).
+/// ≥ 5.16; asked once). Asked once per feature by the callers: CPUID leaves the guest in a
+/// virtual machine, which costs microseconds.
 fn supported(bit: u32) -> bool {
     if !super::has_avx512() {
         return false;

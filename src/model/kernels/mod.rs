@@ -187,17 +187,29 @@ unsafe fn abs_max_avx2(v: &[f32]) -> f32 {
     abs_max_impl(v)
 }
 
+/// On the bit patterns: for |v| (sign bit cleared) the integer order is the numeric order, and
+/// a NaN (above infinity's pattern) counts as 0, so the loop is integer and-compare-max, which
+/// vectorises without the NaN handling of a float max.
 #[inline(always)]
 fn abs_max_impl(v: &[f32]) -> f32 {
-    let mut m = [0.0f32; LANES];
+    const INF: u32 = 0x7f80_0000;
+    let key = |x: f32| {
+        let b = x.to_bits() & 0x7fff_ffff;
+        if b > INF {
+            0
+        } else {
+            b
+        }
+    };
+    let mut m = [0u32; LANES];
     let chunks = v.chunks_exact(LANES);
     let rest = chunks.remainder();
     for c in chunks {
         for l in 0..LANES {
-            m[l] = m[l].max(c[l].abs());
+            m[l] = m[l].max(key(c[l]));
         }
     }
-    rest.iter().map(|x| x.abs()).chain(m).fold(0.0f32, f32::max)
+    f32::from_bits(rest.iter().map(|&x| key(x)).chain(m).fold(0, u32::max))
 }
 
 /// Sum of `v` in [`LANES`] partial sums.

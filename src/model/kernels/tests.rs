@@ -144,10 +144,17 @@ fn abs_max_equals_the_scalar_fold_on_every_path() {
         if len > 3 {
             v[3] = f32::NAN;
         }
+        if len > 20 {
+            v[17] = -f32::NAN;
+            v[18] = -0.0;
+        }
         let want = v.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
         assert_eq!(abs_max(&v), want, "len {len}");
         assert_eq!(abs_max_impl(&v), want, "len {len}");
     }
+    let v = [1.0, f32::NAN, -f32::INFINITY, 3.0, -f32::NAN];
+    assert_eq!(abs_max(&v), f32::INFINITY);
+    assert_eq!(abs_max(&[f32::NAN, -0.0]), 0.0);
 }
 
 #[test]

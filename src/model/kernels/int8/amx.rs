@@ -1,13 +1,11 @@
-//! The AMX-INT8 task: the loop nest around [`tiles::block`] (32 rows × 32 columns per call, the
-//! whole depth in the tile registers) with the dequantizing epilogue after each block. The
-//! tiles are configured once per task and released at its end.
+//! The AMX-INT8 task: [`tiles::run_task`] over the quantized activations and packed weights,
+//! with the dequantizing epilogue for each block.
 
 use std::ops::Range;
 
 use super::{epilogue, Epilogue, Isa, QActs, QWeights, MAX_MR, NR};
-use crate::model::kernels::aligned::Aligned;
 use crate::model::kernels::amx as tiles;
-use tiles::{Dot, Tiles, BLOCK_ROWS};
+use tiles::{Dot, Tiles};
 
 /// The table entry's task on the hardware tiles.
 ///
@@ -42,9 +40,6 @@ pub unsafe fn task_emulated(
     run(&mut tiles::Emulated::default(), x, w, y, ep, panels, isa)
 }
 
-/// Depth bytes per tile step.
-const KB: usize = 64;
-
 /// # Safety
 /// As [`task`], with `t` usable as its implementation requires.
 unsafe fn run<T: Tiles>(
@@ -57,62 +52,29 @@ unsafe fn run<T: Tiles>(
     isa: Isa,
 ) -> bool {
     let (m, kp) = (x.m, w.kp);
-    if !kp.is_multiple_of(KB) || m == 0 {
+    if !kp.is_multiple_of(64) || m == 0 || panels.is_empty() {
         return false;
     }
-    // An A tile reads 16 whole rows: the rows after the last whole 16 are copied into a tile's
-    // worth of their own (the rows past m are never written out).
-    let whole = m / tiles::MR * tiles::MR;
-    let mut tail = Aligned::default();
-    if m > whole {
-        tail.resize(tiles::MR * kp, 0u8);
-        tail[..(m - whole) * kp].copy_from_slice(&x.data[whole * kp..m * kp]);
-    }
-    let rows_at = |r: usize| {
-        if r < whole {
-            x.data[r * kp..].as_ptr()
-        } else {
-            tail.as_ptr()
-        }
-    };
-    let mut acc = [[0i32; NR]; tiles::NP * BLOCK_ROWS];
     let mut tile_f = [[0.0f32; NR]; MAX_MR];
-    t.config(tiles::MR, KB);
-    // One 32-row block of activations (32 × kp bytes) stays in L1 while the task's weight
-    // panels stream past it.
-    for r in (0..m).step_by(BLOCK_ROWS) {
-        let rows = BLOCK_ROWS.min(m - r);
-        let halves = rows.div_ceil(tiles::MR);
-        let second = if halves == 2 {
-            rows_at(r + tiles::MR)
-        } else {
-            rows_at(r)
-        };
-        for p in panels.clone().step_by(tiles::NP) {
-            let gp = tiles::NP.min(panels.end - p);
-            // SAFETY: both A halves address 16 rows of kp bytes (x's rows or the tail copy;
-            // r and r + 16 are multiples of 16), panels p..p+gp lie in w, and acc holds
-            // NP × 32 rows of 64 bytes.
-            tiles::block(
-                t,
-                Dot::Int8,
-                halves,
-                gp,
-                kp,
-                [rows_at(r), second],
-                kp,
-                w.panel(p).as_ptr() as *const u8,
-                kp * NR,
-                acc.as_mut_ptr() as *mut u8,
-            );
-            for q in 0..gp {
-                let tile = &acc[q * BLOCK_ROWS..q * BLOCK_ROWS + rows];
-                // SAFETY: rows r..r+rows < m and panel p+q's columns belong to this task (the
+    // SAFETY: x holds m rows of kp bytes; the panels are kp × NR bytes each (kp / 4 rows of
+    // 64); tdpbusd accumulates i32.
+    tiles::run_task::<T, i32>(
+        t,
+        Dot::Int8,
+        &x.data,
+        m,
+        kp,
+        w.panel(0).as_ptr() as *const u8,
+        kp * NR,
+        panels,
+        |at, acc| {
+            for q in 0..at.gp {
+                let tile = &acc[q * tiles::BLOCK_ROWS..q * tiles::BLOCK_ROWS + at.rows];
+                // SAFETY: rows at.r.. < m and panel p+q's columns belong to this task (the
                 // caller vouches for y and isa).
-                epilogue(tile, x, w, ep, y, r, (p + q) * NR, isa, &mut tile_f);
+                epilogue(tile, x, w, ep, y, at.r, (at.p + q) * NR, isa, &mut tile_f);
             }
-        }
-    }
-    t.release();
+        },
+    );
     true
 }
