@@ -175,10 +175,25 @@ pub(crate) fn abs_max(v: &[f32]) -> f32 {
     }
 }
 
+/// [`abs_max_impl`] in intrinsics (the compiler vectorises the portable loop only 4 wide):
+/// and, compare, masked unsigned max, 32 values per step.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
 unsafe fn abs_max_avx512(v: &[f32]) -> f32 {
-    abs_max_impl(v)
+    use std::arch::x86_64::*;
+    let body = v.len() / 32 * 32;
+    let (abs, inf) = (_mm512_set1_epi32(0x7fff_ffff), _mm512_set1_epi32(0x7f80_0000));
+    let (mut m0, mut m1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+    let p = v.as_ptr();
+    for i in (0..body).step_by(32) {
+        // SAFETY: i + 32 <= body <= v.len().
+        let b0 = _mm512_and_si512(_mm512_loadu_si512(p.add(i) as *const _), abs);
+        let b1 = _mm512_and_si512(_mm512_loadu_si512(p.add(i + 16) as *const _), abs);
+        m0 = _mm512_mask_max_epu32(m0, _mm512_cmple_epu32_mask(b0, inf), m0, b0);
+        m1 = _mm512_mask_max_epu32(m1, _mm512_cmple_epu32_mask(b1, inf), m1, b1);
+    }
+    let head = _mm512_reduce_max_epu32(_mm512_max_epu32(m0, m1));
+    f32::from_bits(head.max(abs_max_impl(&v[body..]).to_bits()))
 }
 
 #[cfg(target_arch = "x86_64")]
