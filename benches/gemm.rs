@@ -92,22 +92,25 @@ fn int8_vs_f32(c: &mut Criterion) {
 /// 12 heads of 32).
 fn attention(c: &mut Criterion) {
     let (heads, d) = (12usize, 32usize);
-    let mut starts = vec![0usize];
-    for i in 0..32 {
-        starts.push(starts[i] + 13 + (i * 7) % 28);
-    }
-    let t = *starts.last().unwrap();
-    let h = heads * d;
-    let qkv: Vec<f32> = (0..t * 3 * h)
-        .map(|j| ((j * 37) % 101) as f32 * 0.01 - 0.5)
-        .collect();
-    let mut ctx = vec![0.0f32; t * h];
     let mut g = c.benchmark_group("attention_batch32");
     g.sample_size(20);
-    g.throughput(Throughput::Elements(t as u64));
-    g.bench_function(format!("{t}_tokens"), |b| {
-        b.iter(|| samp::model::kernels::attention(&qkv, &mut ctx, &starts, heads, d))
-    });
+    // Natural lengths (13-40 tokens) and fixed 128-token sequences.
+    for fixed in [None, Some(128usize)] {
+        let mut starts = vec![0usize];
+        for i in 0..32 {
+            starts.push(starts[i] + fixed.unwrap_or(13 + (i * 7) % 28));
+        }
+        let t = *starts.last().unwrap();
+        let h = heads * d;
+        let qkv: Vec<f32> = (0..t * 3 * h)
+            .map(|j| ((j * 37) % 101) as f32 * 0.01 - 0.5)
+            .collect();
+        let mut ctx = vec![0.0f32; t * h];
+        g.throughput(Throughput::Elements(t as u64));
+        g.bench_function(format!("{t}_tokens"), |b| {
+            b.iter(|| samp::model::kernels::attention(&qkv, &mut ctx, &starts, heads, d))
+        });
+    }
     g.finish();
 }
 

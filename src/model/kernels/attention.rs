@@ -21,6 +21,8 @@ pub fn attention(qkv: &[f32], ctx: &mut [f32], seqs: &[usize], heads: usize, hea
     );
     let out = SharedOut(ctx.as_mut_ptr());
     let tasks = (seqs.len().saturating_sub(1)) * heads;
+    #[cfg(target_arch = "x86_64")]
+    let direct = super::Isa::detect() == super::Isa::Avx512 && avx512::takes(head_dim);
     (0..tasks)
         .into_par_iter()
         .for_each_init(AttnScratch::default, |scratch, task| {
@@ -42,6 +44,11 @@ pub fn attention(qkv: &[f32], ctx: &mut [f32], seqs: &[usize], heads: usize, hea
             // them).
             unsafe {
                 let ctx = out.ptr();
+                #[cfg(target_arch = "x86_64")]
+                if direct && len <= avx512::LONGEST {
+                    let s = &mut *scratch;
+                    return avx512::attend(&head, &mut s.keys_t, &mut s.scores, ctx);
+                }
                 attend_gemm(&head, scratch, ctx)
             }
         });
@@ -61,7 +68,12 @@ struct AttnHead<'a> {
 #[derive(Default)]
 struct AttnScratch {
     scores: Vec<f32>,
+    /// Keys transposed (the AVX-512 path).
+    keys_t: Vec<f32>,
 }
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 /// Scores and the weighted sum of one (sequence, head) as two small GEMMs (the `gemm` crate).
 ///
@@ -130,15 +142,22 @@ mod tests {
 
     #[test]
     fn attention_over_packed_sequences_matches_naive() {
-        let (heads, d) = (3, 4);
+        // Head widths 4 (the gemm path only), 32 and 64 (the AVX-512 direct path where the CPU
+        // has it); lengths 1, 5, 0, 7, 9 (a partial row block), 64 (the direct path's longest)
+        // and 70 (the gemm path).
+        for (heads, d) in [(3, 4), (2, 32), (1, 64)] {
+            check_against_naive(heads, d, &[0usize, 1, 6, 6, 13, 22, 86, 156]);
+        }
+    }
+
+    fn check_against_naive(heads: usize, d: usize, starts: &[usize]) {
         let h = heads * d;
-        let starts = [0usize, 1, 6, 6, 13]; // lengths 1, 5, 0, 7
         let t = *starts.last().unwrap();
         let qkv: Vec<f32> = (0..t * 3 * h)
             .map(|i| ((i * 37 % 29) as f32 - 14.0) * 0.07)
             .collect();
         let mut ctx = vec![0.0f32; t * h];
-        attention(&qkv, &mut ctx, &starts, heads, d);
+        attention(&qkv, &mut ctx, starts, heads, d);
         for s in 0..starts.len() - 1 {
             for hd in 0..heads {
                 for i in starts[s]..starts[s + 1] {

@@ -182,7 +182,10 @@ pub(crate) fn abs_max(v: &[f32]) -> f32 {
 unsafe fn abs_max_avx512(v: &[f32]) -> f32 {
     use std::arch::x86_64::*;
     let body = v.len() / 32 * 32;
-    let (abs, inf) = (_mm512_set1_epi32(0x7fff_ffff), _mm512_set1_epi32(0x7f80_0000));
+    let (abs, inf) = (
+        _mm512_set1_epi32(0x7fff_ffff),
+        _mm512_set1_epi32(0x7f80_0000),
+    );
     let (mut m0, mut m1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
     let p = v.as_ptr();
     for i in (0..body).step_by(32) {
@@ -431,10 +434,73 @@ pub fn softmax_scaled(row: &mut [f32], scale: f32) {
     }
 }
 
+/// [`softmax_impl`] in intrinsics, the last partial 16 lanes masked: attention rows at natural
+/// lengths are 10-60 long, and the compiled portable loop ran their tails one lane at a time.
+/// The same exp polynomial and reduction steps; only the order of the final sum differs.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
 unsafe fn softmax_avx512(row: &mut [f32], scale: f32) {
-    softmax_impl::<true>(row, scale)
+    use std::arch::x86_64::*;
+    let n = row.len();
+    if n == 0 {
+        return;
+    }
+    let p = row.as_mut_ptr();
+    // The chunks: whole 16-lane ones, then the masked rest.
+    let chunks = n.div_ceil(16);
+    let mask = |c: usize| -> __mmask16 {
+        let left = n - 16 * c;
+        if left >= 16 {
+            0xffff
+        } else {
+            (1u16 << left) - 1
+        }
+    };
+    let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+    for c in 0..chunks {
+        // SAFETY (loops): the mask keeps every access inside the row.
+        m = _mm512_mask_max_ps(m, mask(c), m, _mm512_maskz_loadu_ps(mask(c), p.add(16 * c)));
+    }
+    let (max, vscale) = (
+        _mm512_set1_ps(_mm512_reduce_max_ps(m)),
+        _mm512_set1_ps(scale),
+    );
+    let mut sum = _mm512_setzero_ps();
+    for c in 0..chunks {
+        let x = _mm512_maskz_loadu_ps(mask(c), p.add(16 * c));
+        let e = exp_avx512(_mm512_mul_ps(_mm512_sub_ps(x, max), vscale));
+        _mm512_mask_storeu_ps(p.add(16 * c), mask(c), e);
+        sum = _mm512_mask_add_ps(sum, mask(c), sum, e);
+    }
+    let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
+    for c in 0..chunks {
+        let x = _mm512_maskz_loadu_ps(mask(c), p.add(16 * c));
+        _mm512_mask_storeu_ps(p.add(16 * c), mask(c), _mm512_mul_ps(x, inv));
+    }
+}
+
+/// [`exp_impl`] on 16 lanes, step for step.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+unsafe fn exp_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let f = _mm512_set1_ps;
+    let x = _mm512_min_ps(_mm512_max_ps(x, f(-87.3)), f(88.7));
+    // Round to nearest even, exceptions suppressed.
+    let n = _mm512_roundscale_ps::<0x08>(_mm512_mul_ps(x, f(std::f32::consts::LOG2_E)));
+    let r = _mm512_fmadd_ps(n, f(-0.693_359_4), x);
+    let r = _mm512_fmadd_ps(n, f(2.121_944_4e-4), r);
+    let mut q = _mm512_fmadd_ps(f(1.987_569_1e-4), r, f(1.398_2e-3));
+    q = _mm512_fmadd_ps(q, r, f(8.333_452e-3));
+    q = _mm512_fmadd_ps(q, r, f(4.166_579_6e-2));
+    q = _mm512_fmadd_ps(q, r, f(1.666_666_5e-1));
+    q = _mm512_fmadd_ps(q, r, f(0.5));
+    let e = _mm512_add_ps(_mm512_fmadd_ps(q, _mm512_mul_ps(r, r), r), f(1.0));
+    let two_n = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+        _mm512_cvtps_epi32(n),
+        _mm512_set1_epi32(127),
+    ));
+    _mm512_mul_ps(e, _mm512_castsi512_ps(two_n))
 }
 
 #[cfg(target_arch = "x86_64")]
