@@ -231,7 +231,7 @@ pub static BF16_KERNELS: &[Bf16Kernel] = &[
         supported: super::amx::supported_bf16,
         tile: super::amx::bf16,
         fused: None,
-        task: Some(amx::task),
+        task: Some(amx::task::<super::amx::Hardware>),
     },
     #[cfg(target_arch = "x86_64")]
     Bf16Kernel {

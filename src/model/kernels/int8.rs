@@ -144,7 +144,7 @@ pub static INT8_KERNELS: &[Int8Kernel] = &[
         supported: tiles::supported_int8,
         tile: tiles::int8,
         fused: None,
-        task: Some(amx::task),
+        task: Some(amx::task::<tiles::Hardware>),
     },
     #[cfg(target_arch = "x86_64")]
     Int8Kernel {

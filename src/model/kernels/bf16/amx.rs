@@ -7,43 +7,14 @@ use super::{finish, Bf16Acts, Bf16Weights, Epilogue, Isa, NR};
 use crate::model::kernels::amx as tiles;
 use tiles::{Dot, Tiles};
 
-/// The table entry's task on the hardware tiles.
+/// The table entry's task: `task::<tiles::Hardware>` in the table, `task::<tiles::Emulated>`
+/// (the software tile model, any CPU) in the tests.
 ///
 /// # Safety
-/// As `Bf16Task`: AMX-BF16 must be supported ([`tiles::supported_bf16`]) and `isa` one this CPU
-/// runs; `y` must address `m × w.n` writable floats of which this caller owns the columns of
-/// `panels`.
-pub unsafe fn task(
-    x: &Bf16Acts,
-    w: &Bf16Weights,
-    y: *mut f32,
-    ep: Epilogue<'_>,
-    panels: Range<usize>,
-    isa: Isa,
-) -> bool {
-    run(&mut tiles::Hardware::default(), x, w, y, ep, panels, isa)
-}
-
-/// The same task on the software tile model (tests, any CPU).
-///
-/// # Safety
-/// As [`task`], less the AMX requirement.
-#[cfg(test)]
-pub unsafe fn task_emulated(
-    x: &Bf16Acts,
-    w: &Bf16Weights,
-    y: *mut f32,
-    ep: Epilogue<'_>,
-    panels: Range<usize>,
-    isa: Isa,
-) -> bool {
-    run(&mut tiles::Emulated::default(), x, w, y, ep, panels, isa)
-}
-
-/// # Safety
-/// As [`task`], with `t` usable as its implementation requires.
-unsafe fn run<T: Tiles>(
-    t: &mut T,
+/// As `Bf16Task`: with the hardware tiles, AMX-BF16 must be supported
+/// ([`tiles::supported_bf16`]); `isa` one this CPU runs; `y` must address `m × w.n` writable floats of
+/// which this caller owns the columns of `panels`.
+pub unsafe fn task<T: Tiles + Default>(
     x: &Bf16Acts,
     w: &Bf16Weights,
     y: *mut f32,
@@ -56,6 +27,7 @@ unsafe fn run<T: Tiles>(
     if !kp.is_multiple_of(32) || m == 0 || panels.is_empty() {
         return false;
     }
+    let t = &mut T::default();
     // SAFETY: the activations as bytes (u16 has no padding; every byte is initialized).
     let a = std::slice::from_raw_parts(x.data.as_ptr() as *const u8, 2 * x.data.len());
     // SAFETY: m rows of 2·kp bytes; the panels are 2·kp × NR bytes each (kp / 2 rows of 64);

@@ -49,7 +49,7 @@ fn amx_emulated() -> Bf16Kernel {
         supported: || true,
         tile: crate::model::kernels::amx::bf16_emulated,
         fused: None,
-        task: Some(super::amx::task_emulated),
+        task: Some(super::amx::task::<crate::model::kernels::amx::Emulated>),
     }
 }
 

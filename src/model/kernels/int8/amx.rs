@@ -7,43 +7,14 @@ use super::{epilogue, Epilogue, Isa, QActs, QWeights, MAX_MR, NR};
 use crate::model::kernels::amx as tiles;
 use tiles::{Dot, Tiles};
 
-/// The table entry's task on the hardware tiles.
+/// The table entry's task: `task::<tiles::Hardware>` in the table, `task::<tiles::Emulated>`
+/// (the software tile model, any CPU) in the tests.
 ///
 /// # Safety
-/// As `Int8Task`: AMX-INT8 must be supported ([`tiles::supported_int8`]) and `isa` one this CPU
-/// runs; `y` must address `m × w.n` writable floats of which this caller owns the columns of
-/// `panels`.
-pub unsafe fn task(
-    x: &QActs,
-    w: &QWeights,
-    y: *mut f32,
-    ep: Epilogue<'_>,
-    panels: Range<usize>,
-    isa: Isa,
-) -> bool {
-    run(&mut tiles::Hardware::default(), x, w, y, ep, panels, isa)
-}
-
-/// The same task on the software tile model (tests, any CPU).
-///
-/// # Safety
-/// As [`task`], less the AMX requirement.
-#[cfg(test)]
-pub unsafe fn task_emulated(
-    x: &QActs,
-    w: &QWeights,
-    y: *mut f32,
-    ep: Epilogue<'_>,
-    panels: Range<usize>,
-    isa: Isa,
-) -> bool {
-    run(&mut tiles::Emulated::default(), x, w, y, ep, panels, isa)
-}
-
-/// # Safety
-/// As [`task`], with `t` usable as its implementation requires.
-unsafe fn run<T: Tiles>(
-    t: &mut T,
+/// As `Int8Task`: with the hardware tiles, AMX-INT8 must be supported
+/// ([`tiles::supported_int8`]); `isa` one this CPU runs; `y` must address `m × w.n` writable floats of
+/// which this caller owns the columns of `panels`.
+pub unsafe fn task<T: Tiles + Default>(
     x: &QActs,
     w: &QWeights,
     y: *mut f32,
@@ -55,6 +26,7 @@ unsafe fn run<T: Tiles>(
     if !kp.is_multiple_of(64) || m == 0 || panels.is_empty() {
         return false;
     }
+    let t = &mut T::default();
     let mut tile_f = [[0.0f32; NR]; MAX_MR];
     // SAFETY: x holds m rows of kp bytes; the panels are kp × NR bytes each (kp / 4 rows of
     // 64); tdpbusd accumulates i32.

@@ -212,7 +212,7 @@ fn amx_schedules_on_the_tile_model_match_the_portable_kernel() {
         supported: || true,
         tile: tiles::int8_emulated,
         fused: None,
-        task: Some(amx::task_emulated),
+        task: Some(amx::task::<tiles::Emulated>),
     };
     let schedule_only = Int8Kernel {
         task: None,
