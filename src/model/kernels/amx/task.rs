@@ -31,7 +31,7 @@ struct AccBlock<E>([[E; NR]; NP * BLOCK_ROWS]);
 ///
 /// # Safety
 /// `t` must be usable (hardware: AMX enabled for this process); `b` must address the panels as
-/// described, `lda × 4` bytes each (`kc / 4` rows of 64); `E` must be the dot product's
+/// described, `lda × 16` bytes each (`lda / 4` rows of 64); `E` must be the dot product's
 /// accumulator type (i32 for INT8, f32 for BF16).
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn run_task<T: Tiles, E: Copy + Default>(
