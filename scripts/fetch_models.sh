@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Download samp's models and data sets from PyPI and assemble them under models/ and data/.
+# Download samp's models and data sets from PyPI and assemble them under models/ and data/,
+# with the committed SAMP plans (plans/) beside the models.
 # Needs python3 with pip and access to PyPI; everything else it installs itself (a small venv
 # with numpy, onnx and safetensors under .venv-fetch). Safe to run again: finished parts are kept.
 set -euo pipefail
@@ -21,4 +22,13 @@ have gensim-4.4.0 || .venv-fetch/bin/pip download -q --no-deps --only-binary :al
 have vadersentiment-3.3.2.tar.gz || .venv-fetch/bin/pip download -q --no-deps --no-binary :all: -d "$pkgs" vadersentiment==3.3.2
 
 .venv-fetch/bin/python scripts/fetch_models.py --pkgs "$pkgs"
+# The committed SAMP plans (plans/README.md): each model's default variant in `samp serve`.
+for d in plans/*/; do
+  d=$(basename "$d")
+  if [ -d "models/$d" ]; then
+    cp "plans/$d/samp-plan.json" "models/$d/samp-plan.default.json"
+    cp "plans/$d/report.json" "models/$d/report.json"
+    echo "fetch: models/$d/samp-plan.default.json (plans/$d/samp-plan.json, served by default)"
+  fi
+done
 python3 scripts/make_eval_data.py

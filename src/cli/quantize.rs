@@ -46,6 +46,11 @@ pub struct QuantizeArgs {
     /// to spare (guards against choosing on the noise of a finite evaluation set; 0 = none).
     #[arg(long, default_value_t = 2.0)]
     pub margin_se: f64,
+    /// Width of the INT8 weights: 7 runs at full speed on every CPU tier (AVX2's `vpmaddubsw`
+    /// needs 7), 8 is a little more accurate and runs at full speed only with VNNI or AMX
+    /// (elsewhere on an exact, slower kernel) [default: what is fastest on this host].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(7..=8))]
+    pub weight_bits: Option<u32>,
     /// Use at most this many calibration texts.
     #[arg(long, default_value_t = 512)]
     pub calib_limit: usize,
@@ -141,6 +146,9 @@ pub fn run_quantize(a: &QuantizeArgs) -> anyhow::Result<()> {
         calibration,
         activations,
         margin_se: a.margin_se,
+        weight_bits: a
+            .weight_bits
+            .unwrap_or_else(crate::quant::plan::preferred_weight_bits),
         timing_batch: a.timing_batch.max(1),
     };
     let (report, chosen) = search::search(&mut model, &evaluator, &opts)?;
@@ -186,10 +194,12 @@ pub fn run_quantize(a: &QuantizeArgs) -> anyhow::Result<()> {
             None,
         ),
     ] {
-        let p = plan::Plan::from_modes(name, &vec![mode; layers], &static_scales, act, cal);
+        let p = plan::Plan::from_modes(name, &vec![mode; layers], &static_scales, act, cal)
+            .with_weight_bits(chosen.weight_bits);
         p.write(&a.out.join(format!("samp-plan.{name}.json")))?;
     }
-    // INT8 weights of every GEMM (the presets use them all).
+    // INT8 weights of every GEMM (the presets use them all), at the chosen plan's width.
+    model.apply_plan(&chosen)?;
     let q: Vec<(
         String,
         std::sync::Arc<crate::model::kernels::int8::QWeights>,

@@ -253,6 +253,12 @@ impl Plan {
         }
     }
 
+    /// The same plan with INT8 weights of this width.
+    pub fn with_weight_bits(mut self, bits: u32) -> Self {
+        self.weight_bits = bits;
+        self
+    }
+
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read(path).map_err(|e| SampError::Io {
             path: path.to_path_buf(),

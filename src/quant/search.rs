@@ -43,6 +43,9 @@ pub enum SearchMode {
     FfnOnly,
     /// Each layer float or Fully-Quant.
     FullyQuant,
+    /// Each layer float, Quant-FFN-Only or Fully-Quant on every host (never bf16): for plans
+    /// shipped to hosts of every tier, where bf16 may have no fast kernel.
+    Int8,
 }
 
 impl SearchMode {
@@ -55,7 +58,7 @@ impl SearchMode {
                 LayerMode::FfnOnlyBf16,
                 LayerMode::Full,
             ],
-            SearchMode::Auto => vec![LayerMode::FfnOnly, LayerMode::Full],
+            SearchMode::Auto | SearchMode::Int8 => vec![LayerMode::FfnOnly, LayerMode::Full],
             SearchMode::FfnOnly => vec![LayerMode::FfnOnly],
             SearchMode::FullyQuant => vec![LayerMode::Full],
         }
@@ -72,6 +75,9 @@ pub struct SearchOptions {
     pub activations: Option<ActMode>,
     /// A plan meets a requirement only by this many bootstrap standard errors of its drop.
     pub margin_se: f64,
+    /// Width of the plans' INT8 weights (7 runs at full speed on every tier; 8 only where
+    /// VNNI or AMX does): see [`crate::quant::plan::preferred_weight_bits`].
+    pub weight_bits: u32,
     /// Texts per timing batch (taken from the calibration data).
     pub timing_batch: usize,
 }
@@ -266,7 +272,8 @@ pub fn search(model: &mut Model, eval: &Evaluator, opts: &SearchOptions) -> Resu
             let what = c.map_or("dynamic activations".to_string(), |c| {
                 format!("{c} calibration")
             });
-            let plan = Plan::from_modes("fully-quant", &all_full, &scales_for(c), a, c);
+            let plan = Plan::from_modes("fully-quant", &all_full, &scales_for(c), a, c)
+                .with_weight_bits(opts.weight_bits);
             model.apply_plan(&plan)?;
             let s = eval.evaluate(model)?;
             progress.step(&format!(
@@ -288,8 +295,9 @@ pub fn search(model: &mut Model, eval: &Evaluator, opts: &SearchOptions) -> Resu
         (act, calibration) = (a, c);
     }
     let scales = scales_for(calibration);
-    let plan_of =
-        |name: &str, m: &[LayerMode]| Plan::from_modes(name, m, &scales, act, calibration);
+    let plan_of = |name: &str, m: &[LayerMode]| {
+        Plan::from_modes(name, m, &scales, act, calibration).with_weight_bits(opts.weight_bits)
+    };
 
     for (name, m) in [
         ("ffn-only", vec![LayerMode::FfnOnly; layers]),
