@@ -139,7 +139,13 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// Prometheus metrics address (HTTP, path /metrics).
     pub metrics_listen: SocketAddr,
+    /// The HTTP/JSON door (TEI and OpenAI routes); `"off"` turns it off.
+    #[serde(deserialize_with = "listen_or_off")]
+    pub http_listen: Option<SocketAddr>,
     pub models: Vec<ModelEntry>,
+    /// Where the default models are looked for when `models` is empty.
+    #[serde(default = "default_models_dir")]
+    pub models_dir: PathBuf,
     pub batching: BatchPolicy,
     pub limits: Limits,
     pub connections: Connections,
@@ -169,7 +175,9 @@ impl Default for ServeConfig {
         ServeConfig {
             listen: "0.0.0.0:50051".parse().expect("valid literal"),
             metrics_listen: "0.0.0.0:9090".parse().expect("valid literal"),
+            http_listen: Some("0.0.0.0:8080".parse().expect("valid literal")),
             models: Vec::new(),
+            models_dir: default_models_dir(),
             batching: BatchPolicy::default(),
             limits: Limits::default(),
             connections: Connections::default(),
@@ -185,8 +193,72 @@ impl Default for ServeConfig {
     }
 }
 
-/// The model served when neither the file nor the flags name one.
-pub const DEFAULT_MODEL: &str = "models/all-MiniLM-L6-v2";
+/// An address, or `off` (None).
+pub fn parse_listen_or_off(s: &str) -> Result<Option<SocketAddr>, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|e| format!("{s:?}: {e} (an address like 0.0.0.0:8080, or off)"))
+}
+
+fn listen_or_off<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_listen_or_off(&s).map_err(serde::de::Error::custom)
+}
+
+/// The models `scripts/fetch_models.sh` installs, by the name clients use, each with its task's
+/// directory under `models/`: what `samp serve` serves when neither the file nor the flags name
+/// a model.
+pub const DEFAULT_MODELS: [(&str, &str); 3] = [
+    ("all-MiniLM-L6-v2", "all-MiniLM-L6-v2"),
+    ("minilm-sentiment", "minilm-sentiment"),
+    ("rampart-pii", "rampart-pii"),
+];
+
+/// The directory the default models live in (relative to the working directory).
+pub const DEFAULT_MODELS_DIR: &str = "models";
+
+fn default_models_dir() -> PathBuf {
+    DEFAULT_MODELS_DIR.into()
+}
+
+/// The SAMP plan a default model is served with, installed beside its files by the fetch step
+/// from `plans/` (not `samp-plan.json`, so that `--model DIR` still serves the float model).
+pub const DEFAULT_PLAN_FILE: &str = "samp-plan.default.json";
+
+/// The default models found under `dir`: each serves its installed SAMP plan by default and
+/// float32 as a second variant (float32 alone without a plan). When none is there, the first,
+/// so that start-up fails naming its path.
+pub fn default_models(dir: &Path) -> Vec<ModelEntry> {
+    let entry = |name: &str, sub: &str| {
+        let path = dir.join(sub);
+        let plan = Some(path.join(DEFAULT_PLAN_FILE)).filter(|p| p.is_file());
+        ModelEntry {
+            name: name.into(),
+            variants: if plan.is_some() {
+                [("float32".to_string(), PathBuf::from("float32"))].into()
+            } else {
+                Default::default()
+            },
+            path,
+            plan,
+            device: None,
+        }
+    };
+    let found: Vec<ModelEntry> = DEFAULT_MODELS
+        .iter()
+        .filter(|(_, sub)| dir.join(sub).join("config.json").is_file())
+        .map(|(name, sub)| entry(name, sub))
+        .collect();
+    if found.is_empty() {
+        let (name, sub) = DEFAULT_MODELS[0];
+        vec![entry(name, sub)]
+    } else {
+        found
+    }
+}
 
 impl ServeConfig {
     /// Parse a TOML file; unknown keys and bad values are errors naming the key.
@@ -203,13 +275,7 @@ impl ServeConfig {
     /// Fill defaults and check everything; errors name the key.
     pub fn validate(mut self) -> anyhow::Result<Self> {
         if self.models.is_empty() {
-            self.models.push(ModelEntry {
-                name: "all-MiniLM-L6-v2".into(),
-                path: DEFAULT_MODEL.into(),
-                plan: None,
-                variants: Default::default(),
-                device: None,
-            });
+            self.models = default_models(&self.models_dir);
         }
         let mut seen = std::collections::HashSet::new();
         for (i, m) in self.models.iter().enumerate() {
@@ -354,9 +420,33 @@ mod tests {
     }
 
     #[test]
-    fn defaults_serve_the_default_model_and_reject_duplicates() {
-        let c = ServeConfig::default().validate().unwrap();
-        assert_eq!(c.models[0].path, PathBuf::from(DEFAULT_MODEL));
+    fn defaults_serve_every_installed_model_with_its_plan_and_float32() {
+        let dir = tempfile::tempdir().unwrap();
+        // Nothing installed: the first default model, so that loading it names its path.
+        let none = default_models(dir.path());
+        assert_eq!(none.len(), 1);
+        assert_eq!(none[0].path, dir.path().join("all-MiniLM-L6-v2"));
+        // Two installed, one with a plan.
+        for sub in ["all-MiniLM-L6-v2", "rampart-pii"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+            std::fs::write(dir.path().join(sub).join("config.json"), "{}").unwrap();
+        }
+        let plan = dir.path().join("rampart-pii").join(DEFAULT_PLAN_FILE);
+        std::fs::write(&plan, "{}").unwrap();
+        let found = default_models(dir.path());
+        let names: Vec<&str> = found.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["all-MiniLM-L6-v2", "rampart-pii"]);
+        assert!(
+            found[0].variants.is_empty(),
+            "no plan: float32 is the default"
+        );
+        assert_eq!(found[0].plan, None);
+        assert_eq!(found[1].plan, Some(plan));
+        assert_eq!(found[1].variants["float32"], PathBuf::from("float32"));
+    }
+
+    #[test]
+    fn reject_duplicates() {
         let d = ServeConfig {
             models: vec![
                 parse_model_arg("a=x").unwrap(),

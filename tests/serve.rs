@@ -39,6 +39,7 @@ fn config(models: &[&str]) -> ServeConfig {
     let mut c = ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: Some("127.0.0.1:0".parse().unwrap()),
         ..Default::default()
     };
     c.models = models
@@ -56,10 +57,11 @@ fn config(models: &[&str]) -> ServeConfig {
 }
 
 async fn start(cfg: ServeConfig) -> Running {
-    let (workers, grpc, metrics) = samp::server::prepare(&cfg).await.unwrap();
-    let (addr, maddr) = (grpc.local_addr().unwrap(), metrics.local_addr().unwrap());
+    let prepared = samp::server::prepare(&cfg).await.unwrap();
+    let addr = prepared.grpc.local_addr().unwrap();
+    let maddr = prepared.metrics.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(samp::server::serve(cfg, workers, grpc, metrics, async {
+    let task = tokio::spawn(samp::server::serve(cfg, prepared, async {
         let _ = rx.await;
     }));
     Running {
@@ -466,10 +468,10 @@ async fn health_reflection_and_metrics() {
             .find(|l| l.starts_with(prefix))
             .map(str::to_string)
     };
-    let ok = line("samp_requests_total{rpc=\"embed\",model=\"all-MiniLM-L6-v2\",variant=\"float32\",outcome=\"ok\"}")
+    let ok = line("samp_requests_total{rpc=\"embed\",api=\"grpc\",model=\"all-MiniLM-L6-v2\",variant=\"float32\",outcome=\"ok\"}")
         .unwrap_or_else(|| panic!("no ok counter in:\n{body}"));
     assert!(ok.rsplit(' ').next().unwrap().parse::<f64>().unwrap() >= 1.0);
-    assert!(line("samp_requests_total{rpc=\"embed\",model=\"all-MiniLM-L6-v2\",variant=\"float32\",outcome=\"invalid_argument\"}").is_some());
+    assert!(line("samp_requests_total{rpc=\"embed\",api=\"grpc\",model=\"all-MiniLM-L6-v2\",variant=\"float32\",outcome=\"invalid_argument\"}").is_some());
     assert!(
         body.contains("samp_inference_seconds_bucket"),
         "histograms exported"

@@ -191,7 +191,8 @@ def samp_outputs(spec, model_dir, plan, tmp):
 def serve_rows(spec, model_dir, tmp, seconds):
     """samp serve + samp loadgen on the SAMP plan: (label, loadgen report)."""
     proc = subprocess.Popen([str(SAMP), "--threads", str(THREADS), "--log-format", "json", "serve", "--listen",
-                             "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--model", f"m={model_dir}"],
+                             "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--http-listen", "off",
+                             "--model", f"m={model_dir}"],
                             stderr=subprocess.PIPE, text=True)
     try:
         addr = None

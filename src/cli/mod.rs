@@ -52,8 +52,9 @@ pub enum Command {
     Tag(TagArgs),
     /// Measure in-process throughput on a file of texts; prints one JSON object.
     Bench(BenchArgs),
-    /// Serve models over gRPC (samp.v1, health, reflection) with Prometheus metrics.
-    Serve(ServeArgs),
+    /// Serve models over gRPC (samp.v1, health, reflection) and HTTP/JSON (TEI and OpenAI
+    /// routes), with Prometheus metrics.
+    Serve(Box<ServeArgs>),
     /// Call a running server; prints one JSON object per input.
     Client(ClientArgs),
     /// Pick the fastest per-layer INT8/float plan that meets an accuracy requirement (SAMP).
@@ -78,9 +79,17 @@ pub struct ServeArgs {
     /// Prometheus metrics address (HTTP) [default: 0.0.0.0:9090].
     #[arg(long, env = "SAMP_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
-    /// Model to serve, NAME=DIR or DIR; repeatable [default: models/all-MiniLM-L6-v2].
+    /// HTTP/JSON address (TEI `/embed`, `/predict`, `/info`, `/health`; OpenAI
+    /// `/v1/embeddings`), or `off` [default: 0.0.0.0:8080].
+    #[arg(long, env = "SAMP_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
+    /// Model to serve, NAME=DIR or DIR; repeatable [default: every model scripts/fetch_models.sh
+    /// installed under models/, each with its SAMP plan and a float32 variant].
     #[arg(long = "model", env = "SAMP_MODELS", value_delimiter = ',', value_parser = crate::config::parse_model_arg)]
     pub models: Vec<crate::config::ModelEntry>,
+    /// Where the default models are looked for when none is named [default: models].
+    #[arg(long, env = "SAMP_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
     /// Another variant of a loaded model, MODEL:VARIANT=PLAN (PLAN a samp-plan file or
     /// float32); repeatable. The model's own plan stays its default variant.
     #[arg(long = "variant", env = "SAMP_VARIANTS", value_delimiter = ',', value_parser = crate::config::parse_variant_arg)]
@@ -151,6 +160,13 @@ impl ServeArgs {
         }
         if let Some(v) = self.metrics_listen {
             c.metrics_listen = v;
+        }
+        if let Some(v) = &self.http_listen {
+            c.http_listen = crate::config::parse_listen_or_off(v)
+                .map_err(|e| anyhow::anyhow!("--http-listen {e}"))?;
+        }
+        if let Some(d) = &self.models_dir {
+            c.models_dir = d.clone();
         }
         if !self.models.is_empty() {
             c.models = self.models.clone();
@@ -477,6 +493,7 @@ pub fn run_serve(a: &ServeArgs) -> anyhow::Result<()> {
             serde_json::json!({
                 "listen": cfg.listen,
                 "metrics_listen": cfg.metrics_listen,
+                "http_listen": cfg.http_listen,
                 "models": cfg.models.iter().map(|m| serde_json::json!({
                     "name": m.name, "path": m.path, "plan": m.plan, "variants": m.variants,
                 })).collect::<Vec<_>>(),
@@ -499,9 +516,14 @@ pub fn run_serve(a: &ServeArgs) -> anyhow::Result<()> {
         .thread_name("samp-io")
         .build()?;
     rt.block_on(async move {
-        let (workers, grpc, metrics) = crate::server::prepare(&cfg).await?;
-        tracing::info!(grpc = %grpc.local_addr()?, metrics = %metrics.local_addr()?, "serving");
-        crate::server::serve(cfg, workers, grpc, metrics, crate::server::signal()).await
+        let prepared = crate::server::prepare(&cfg).await?;
+        let http = match &prepared.http {
+            Some(l) => l.local_addr()?.to_string(),
+            None => "off".to_string(),
+        };
+        tracing::info!(grpc = %prepared.grpc.local_addr()?,
+            metrics = %prepared.metrics.local_addr()?, http = %http, "serving");
+        crate::server::serve(cfg, prepared, crate::server::signal()).await
     })
 }
 

@@ -247,10 +247,26 @@ pub fn incoming(
 ) -> impl futures_util::Stream<Item = std::io::Result<Conn>> {
     let slots = Arc::new(Semaphore::new(max));
     futures_util::stream::unfold((listener, slots), |(listener, slots)| async move {
-        let slot = slots.clone().acquire_owned().await.ok()?;
-        let io = accept(&listener).await;
-        Some((Ok(Conn { io, _slot: slot }), (listener, slots)))
+        let conn = accept_slot(&listener, &slots).await;
+        Some((Ok(conn), (listener, slots)))
     })
+}
+
+/// Wait for a free slot of `slots` (never closed), then accept a connection that holds it.
+pub async fn accept_slot(listener: &TcpListener, slots: &Arc<Semaphore>) -> Conn {
+    let slot = slots
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the slots semaphore is never closed");
+    let io = accept(listener).await;
+    Conn { io, _slot: slot }
+}
+
+impl Conn {
+    pub fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.io.peer_addr()
+    }
 }
 
 /// Accept one connection, backing off on errors.

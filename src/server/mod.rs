@@ -6,6 +6,7 @@ pub mod client;
 pub mod deadline;
 mod fidelity;
 pub mod gate;
+pub mod http;
 pub mod loadgen;
 mod observe;
 pub mod service;
@@ -39,10 +40,17 @@ pub struct Bound {
     pub metrics: SocketAddr,
 }
 
-/// Load every model, warm each up, bind both ports. Errors here are start-up errors.
-pub async fn prepare(
-    cfg: &ServeConfig,
-) -> anyhow::Result<(Vec<ModelWorker>, TcpListener, TcpListener)> {
+/// What `prepare` made ready: the warmed-up models and the bound ports.
+pub struct Prepared {
+    pub workers: Vec<ModelWorker>,
+    pub grpc: TcpListener,
+    pub metrics: TcpListener,
+    /// The HTTP/JSON door, unless it is off.
+    pub http: Option<TcpListener>,
+}
+
+/// Load every model, warm each up, bind the ports. Errors here are start-up errors.
+pub async fn prepare(cfg: &ServeConfig) -> anyhow::Result<Prepared> {
     let mut workers = Vec::new();
     for (i, entry) in cfg.models.iter().enumerate() {
         // The default variant (the directory's own plan, or the one named), then the others.
@@ -96,6 +104,13 @@ pub async fn prepare(
                 );
             }
             let quality = plan.as_deref().and_then(|p| quality(p, &model.plan().name));
+            match &quality {
+                Some(q) => tracing::info!(model = %entry.name, %variant,
+                    precision = %service::precision_summary(model.plan()), metric = %q.metric,
+                    score = q.value, drop = q.drop, "variant ready (score and drop measured by samp quantize)"),
+                None => tracing::info!(model = %entry.name, %variant,
+                    precision = %service::precision_summary(model.plan()), "variant ready"),
+            }
             let mut w = ModelWorker::spawn(Arc::new(model), &variant, cfg.batching)?;
             w.seed_rate(rate.0, rate.1);
             w.quality = quality;
@@ -108,7 +123,24 @@ pub async fn prepare(
     let metrics = crate::metrics::bind(cfg.metrics_listen)
         .await
         .map_err(|e| anyhow::anyhow!("metrics_listen {}: {e}", cfg.metrics_listen))?;
-    Ok((workers, grpc, metrics))
+    let http = match cfg.http_listen {
+        Some(addr) if cfg.tls_pem.is_some() => {
+            tracing::warn!(%addr, "TLS is configured: the HTTP door (plain HTTP) stays off");
+            None
+        }
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("http_listen {addr}: {e}"))?,
+        ),
+        None => None,
+    };
+    Ok(Prepared {
+        workers,
+        grpc,
+        metrics,
+        http,
+    })
 }
 
 /// A sentence of ordinary length for the start-up throughput measurement.
@@ -119,11 +151,15 @@ const WARM_UP_SENTENCE: &str = "the quick brown fox jumps over the lazy dog whil
 /// work (at most the grace period), return.
 pub async fn serve(
     cfg: ServeConfig,
-    workers: Vec<ModelWorker>,
-    grpc: TcpListener,
-    metrics_listener: TcpListener,
+    prepared: Prepared,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let Prepared {
+        workers,
+        grpc,
+        metrics: metrics_listener,
+        http,
+    } = prepared;
     let handle = crate::metrics::handle();
     let metrics_task = tokio::spawn(crate::metrics::serve(
         metrics_listener,
@@ -182,6 +218,18 @@ pub async fn serve(
         .await;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (http_stop_tx, mut http_stop_rx) = tokio::sync::watch::channel(false);
+    let http_task = http.map(|listener| {
+        let router = http::router(svc.clone(), cfg.auth_token.clone());
+        tokio::spawn(http::serve(
+            listener,
+            cfg.connections.max_connections,
+            router,
+            async move {
+                let _ = http_stop_rx.wait_for(|stop| *stop).await;
+            },
+        ))
+    });
     let (began_tx, began_rx) = tokio::sync::oneshot::channel::<()>();
     let reporter = health_reporter.clone();
     let svc_state = svc.state();
@@ -196,6 +244,7 @@ pub async fn serve(
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
         let _ = stop_tx.send(());
+        let _ = http_stop_tx.send(true);
         let _ = began_tx.send(());
     });
 
@@ -256,6 +305,15 @@ pub async fn serve(
                 std::future::pending::<()>().await;
             }
         } => tracing::warn!(?grace, "grace period over; abandoning unfinished requests"),
+    }
+    if let Some(task) = http_task {
+        // The HTTP door stopped accepting with the gRPC port; its calls in flight are admitted
+        // work like any other and finish within what is left of the grace.
+        match tokio::time::timeout(grace, task).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP door"),
+            Err(_) => tracing::warn!("grace period over; abandoning unfinished HTTP requests"),
+            _ => {}
+        }
     }
     watch.abort();
     metrics_task.abort();

@@ -7,17 +7,28 @@ use super::status::ServeError;
 use crate::backend::{Done, ModelWorker};
 use crate::metrics as m;
 
+/// Which door a call came through (the `api` label of the request metrics): the HTTP door sets
+/// it as a request extension; calls without one came over gRPC.
+#[derive(Debug, Clone, Copy)]
+pub struct Api(pub &'static str);
+
+pub fn api_of<T>(req: &tonic::Request<T>) -> &'static str {
+    req.extensions().get::<Api>().map_or("grpc", |a| a.0)
+}
+
 /// Counts a call whose client went away (tonic drops the handler) as `cancelled`.
 pub struct CancelGuard {
     rpc: &'static str,
+    api: &'static str,
     start: Instant,
     armed: bool,
 }
 
 impl CancelGuard {
-    pub fn new(rpc: &'static str) -> Self {
+    pub fn new(rpc: &'static str, api: &'static str) -> Self {
         CancelGuard {
             rpc,
+            api,
             start: Instant::now(),
             armed: true,
         }
@@ -27,11 +38,12 @@ impl CancelGuard {
 impl Drop for CancelGuard {
     fn drop(&mut self) {
         if self.armed {
-            metrics::counter!(m::REQUESTS_TOTAL, "rpc" => self.rpc, "model" => "", "variant" => "",
-                "outcome" => "cancelled")
+            metrics::counter!(m::REQUESTS_TOTAL, "rpc" => self.rpc, "api" => self.api,
+                "model" => "", "variant" => "", "outcome" => "cancelled")
             .increment(1);
-            metrics::histogram!(m::REQUEST_SECONDS, "rpc" => self.rpc, "model" => "")
-                .record(self.start.elapsed().as_secs_f64());
+            metrics::histogram!(m::REQUEST_SECONDS, "rpc" => self.rpc, "api" => self.api,
+                "model" => "")
+            .record(self.start.elapsed().as_secs_f64());
         }
     }
 }
@@ -39,15 +51,15 @@ impl Drop for CancelGuard {
 /// Count the outcome and latency of one call.
 pub fn record<T>(guard: &mut CancelGuard, model: &str, variant: &str, r: &Result<T, ServeError>) {
     guard.armed = false;
-    let (rpc, start) = (guard.rpc, guard.start);
+    let (rpc, api, start) = (guard.rpc, guard.api, guard.start);
     let outcome = match r {
         Ok(_) => "ok",
         Err(e) => e.outcome(),
     };
-    metrics::counter!(m::REQUESTS_TOTAL, "rpc" => rpc, "model" => model.to_string(),
+    metrics::counter!(m::REQUESTS_TOTAL, "rpc" => rpc, "api" => api, "model" => model.to_string(),
         "variant" => variant.to_string(), "outcome" => outcome)
     .increment(1);
-    metrics::histogram!(m::REQUEST_SECONDS, "rpc" => rpc, "model" => model.to_string())
+    metrics::histogram!(m::REQUEST_SECONDS, "rpc" => rpc, "api" => api, "model" => model.to_string())
         .record(start.elapsed().as_secs_f64());
 }
 

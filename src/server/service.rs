@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use super::deadline::{deadline, within};
 use super::fidelity::spawn_shadow;
-use super::observe::{record, record_stages, CancelGuard};
+use super::observe::{api_of, record, record_stages, CancelGuard};
 use super::proto;
 use super::status::ServeError;
 use super::stream::{pipeline, Answers};
@@ -40,6 +40,15 @@ impl State {
     /// After this, new requests get UNAVAILABLE; admitted ones finish.
     pub fn stop_admitting(&self) {
         self.admitting.store(false, Ordering::SeqCst);
+    }
+
+    /// Admitting requests, and every model has its compute thread.
+    pub fn healthy(&self) -> bool {
+        self.admitting.load(Ordering::SeqCst) && self.models.values().flatten().all(|w| w.alive())
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 }
 
@@ -303,7 +312,7 @@ impl proto::samp_server::Samp for SampService {
         &self,
         req: Request<proto::EmbedRequest>,
     ) -> Result<Response<proto::EmbedResponse>, Status> {
-        let mut guard = CancelGuard::new("embed");
+        let mut guard = CancelGuard::new("embed", api_of(&req));
         let deadline = deadline(&req);
         let r = req.into_inner();
         // Labels only from the closed set of loaded models: a request naming an unknown model
@@ -359,7 +368,7 @@ impl proto::samp_server::Samp for SampService {
         &self,
         req: Request<proto::ClassifyRequest>,
     ) -> Result<Response<proto::ClassifyResponse>, Status> {
-        let mut guard = CancelGuard::new("classify");
+        let mut guard = CancelGuard::new("classify", api_of(&req));
         let deadline = deadline(&req);
         let r = req.into_inner();
         // Labels only from the closed set of loaded models: a request naming an unknown model
@@ -431,7 +440,7 @@ impl proto::samp_server::Samp for SampService {
         &self,
         req: Request<proto::TagRequest>,
     ) -> Result<Response<proto::TagResponse>, Status> {
-        let mut guard = CancelGuard::new("tag");
+        let mut guard = CancelGuard::new("tag", api_of(&req));
         let deadline = deadline(&req);
         let r = req.into_inner();
         // Labels only from the closed set of loaded models: a request naming an unknown model
@@ -538,7 +547,7 @@ fn info(variants: &[Arc<ModelWorker>]) -> proto::ModelInfo {
 /// e.g. "float32 (all 6 layers)" or "int8 GEMMs 20/24, bf16 GEMMs 2/24, layers QQQQpF (F
 /// float32, b bf16, q Quant-FFN-Only, p Quant-FFN-Only with bf16 attention, Q Fully-Quant;
 /// Static activations, 8-bit weights)".
-fn precision_summary(plan: &crate::quant::plan::Plan) -> String {
+pub fn precision_summary(plan: &crate::quant::plan::Plan) -> String {
     let n = plan.layers.len();
     match (plan.int8_gemms(), plan.bf16_gemms()) {
         (0, 0) => format!("float32 (all {n} layers)"),

@@ -56,6 +56,8 @@ pub struct ServeProcess {
     pub child: std::process::Child,
     pub grpc: String,
     pub metrics: String,
+    /// The HTTP door's address (empty when it is off).
+    pub http: String,
 }
 
 impl Drop for ServeProcess {
@@ -70,13 +72,18 @@ pub fn serve_process<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> ServeProcess {
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_samp"))
         .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
-        .args(["--metrics-listen", "127.0.0.1:0"])
+        .args([
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
         .args(args)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (mut grpc, mut metrics) = (String::new(), String::new());
+    let (mut grpc, mut metrics, mut http) = (String::new(), String::new(), String::new());
     for line in lines.by_ref() {
         let line = line.unwrap();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
@@ -88,6 +95,7 @@ pub fn serve_process<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> ServeProcess {
         if let (Some(g), Some(m)) = (f["grpc"].as_str(), f["metrics"].as_str()) {
             grpc = g.to_string();
             metrics = m.to_string();
+            http = f["http"].as_str().unwrap_or_default().to_string();
             break;
         }
     }
@@ -98,5 +106,6 @@ pub fn serve_process<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> ServeProcess {
         child,
         grpc,
         metrics,
+        http,
     }
 }

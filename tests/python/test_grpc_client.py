@@ -30,7 +30,7 @@ ADDR = {}
 def server():
     assert BIN.exists(), "build first: cargo build --release"
     proc = subprocess.Popen(
-        [str(BIN), "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+        [str(BIN), "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
          "--model", f"mini={MODELS / 'all-MiniLM-L6-v2'}",
          "--model", f"sentiment={MODELS / 'minilm-sentiment'}",
          "--model", f"pii={MODELS / 'rampart-pii'}"],
