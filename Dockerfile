@@ -4,7 +4,7 @@
 #
 #   docker build -t samp:latest .                                 # models mounted at run time
 #   docker build --build-arg BAKE_MODELS=1 -t samp:baked .        # models fetched into the image
-#   docker run --rm -p 50051:50051 -p 9090:9090 -v "$PWD/models:/models:ro" samp:latest
+#   docker run --rm -p 50051:50051 -p 8080:8080 -p 9090:9090 -v "$PWD/models:/models:ro" samp:latest
 #
 # The binary targets the baseline x86-64 (no target-cpu=native): the AVX2, AVX-VNNI and AVX-512
 # VNNI kernels are chosen at run time from what the CPU has. CPU only: the CUDA backend does
@@ -36,6 +36,7 @@ ARG BAKE_MODELS=0
 WORKDIR /src
 COPY scripts scripts
 COPY assets assets
+COPY plans plans
 RUN mkdir -p models data \
     && if [ "$BAKE_MODELS" = "1" ]; then scripts/fetch_models.sh && rm -rf models/.packages; fi
 
@@ -45,12 +46,15 @@ RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nolog
 COPY --from=build /usr/local/bin/samp /usr/local/bin/samp
 COPY --from=models --chown=10001:10001 /src/models /models
 USER 10001
-# gRPC, and Prometheus metrics at /metrics.
-EXPOSE 50051 9090
+# gRPC, the HTTP/JSON door (TEI and OpenAI routes), and Prometheus metrics at /metrics.
+EXPOSE 50051 8080 9090
 ENV SAMP_LISTEN=0.0.0.0:50051 \
+    SAMP_HTTP_LISTEN=0.0.0.0:8080 \
     SAMP_METRICS_LISTEN=0.0.0.0:9090 \
+    SAMP_MODELS_DIR=/models \
     SAMP_LOG_FORMAT=json
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["samp", "client", "--addr", "http://127.0.0.1:50051", "--timeout-ms", "2000", "health"]
 ENTRYPOINT ["samp"]
-CMD ["serve", "--model", "all-MiniLM-L6-v2=/models/all-MiniLM-L6-v2"]
+# Every model under /models that scripts/fetch_models.sh installs, each with its SAMP plan.
+CMD ["serve"]

@@ -61,7 +61,9 @@ dep = by_kind["Deployment"][0]["spec"]["template"]["spec"]
 ctr = next(c for c in dep["containers"] if c["name"] == "samp")
 ports = {p["name"]: p["containerPort"] for p in ctr["ports"]}
 if cfg:
-    for key, name in [("listen", "grpc"), ("metrics_listen", "metrics")]:
+    for key, name in [("listen", "grpc"), ("metrics_listen", "metrics"), ("http_listen", "http")]:
+        if cfg.get(key) is None:
+            continue
         port = int(cfg[key].rsplit(":", 1)[1])
         if ports.get(name) != port:
             problems.append(f"deployment.yaml: containerPort {name}={ports.get(name)} but samp.toml {key} is {cfg[key]}")
@@ -70,8 +72,12 @@ if cfg:
     if dep["terminationGracePeriodSeconds"] <= grace + pre:
         problems.append(f"deployment.yaml: terminationGracePeriodSeconds must exceed shutdown_grace_seconds ({grace}) + preStop ({pre})")
 for probe in ["startupProbe", "readinessProbe", "livenessProbe"]:
-    if ctr.get(probe, {}).get("grpc", {}).get("port") != ports.get("grpc"):
-        problems.append(f"deployment.yaml: {probe} does not probe the gRPC port")
+    spec = ctr.get(probe, {})
+    grpc_ok = spec.get("grpc", {}).get("port") == ports.get("grpc")
+    http_ok = spec.get("httpGet", {}).get("port") in ("http", ports.get("http")) and \
+        spec["httpGet"].get("path") == "/health" and cfg is not None and cfg.get("http_listen") is not None
+    if not (grpc_ok or http_ok):
+        problems.append(f"deployment.yaml: {probe} probes neither the gRPC port nor the HTTP door's /health")
 ann = dep.get("metadata", {}) or by_kind["Deployment"][0]["spec"]["template"]["metadata"]
 ann = by_kind["Deployment"][0]["spec"]["template"]["metadata"]["annotations"]
 if int(ann["prometheus.io/port"]) != ports.get("metrics"):

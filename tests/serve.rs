@@ -18,6 +18,7 @@ use tonic::Code;
 struct Running {
     addr: SocketAddr,
     metrics: SocketAddr,
+    http: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -60,6 +61,7 @@ async fn start(cfg: ServeConfig) -> Running {
     let prepared = samp::server::prepare(&cfg).await.unwrap();
     let addr = prepared.grpc.local_addr().unwrap();
     let maddr = prepared.metrics.local_addr().unwrap();
+    let http = prepared.http.as_ref().unwrap().local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(samp::server::serve(cfg, prepared, async {
         let _ = rx.await;
@@ -67,6 +69,7 @@ async fn start(cfg: ServeConfig) -> Running {
     Running {
         addr,
         metrics: maddr,
+        http,
         stop: Some(tx),
         task,
     }
@@ -500,6 +503,97 @@ async fn scrape(addr: SocketAddr) -> String {
     sock.read_to_string(&mut out).await.unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     out.split_once("\r\n\r\n").unwrap().1.to_string()
+}
+
+/// One HTTP/1.1 call on its own connection: (status, body).
+async fn http(addr: SocketAddr, head: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{head} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    sock.read_to_string(&mut out).await.unwrap();
+    let status = out[9..12].parse().unwrap();
+    (status, out.split_once("\r\n\r\n").unwrap().1.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_door_runs_the_grpc_handlers() {
+    use base64::Engine as _;
+    let s = start(config(&["all-MiniLM-L6-v2"])).await;
+    let want = s
+        .client()
+        .await
+        .embed(embed_req(&["hello there", "second"]))
+        .await
+        .unwrap()
+        .into_inner();
+    let want: Vec<Vec<f32>> = want.embeddings.into_iter().map(|e| e.values).collect();
+    // TEI /embed: the same numbers as gRPC.
+    let (status, body) = http(
+        s.http,
+        "POST /embed",
+        r#"{"inputs": ["hello there", "second"]}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let got: Vec<Vec<f32>> = serde_json::from_str(&body).unwrap();
+    assert_eq!(got, want);
+    // OpenAI /v1/embeddings, base64: little-endian float32.
+    let (status, body) = http(
+        s.http,
+        "POST /v1/embeddings",
+        r#"{"model": "all-MiniLM-L6-v2", "input": "hello there", "encoding_format": "base64"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(v["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
+    let floats: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(floats, want[0]);
+    assert_eq!(v["usage"]["prompt_tokens"], 4, "{body}");
+    // Errors keep the gRPC code, as an HTTP status and JSON.
+    let (status, body) = http(s.http, "POST /embed", r#"{"inputs": []}"#).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("INVALID_ARGUMENT"), "{body}");
+    let (status, body) = http(s.http, "POST /embed", r#"{"inputs": "x", "model": "nope"}"#).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = http(s.http, "POST /embed", "{not json").await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = http(s.http, "POST /predict", r#"{"inputs": "x"}"#).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("FAILED_PRECONDITION"), "{body}");
+    // Too many inputs: counted before any text is allocated.
+    let many = format!(r#"{{"inputs": [{}"a"]}}"#, "\"a\",".repeat(300));
+    let (status, body) = http(s.http, "POST /embed", &many).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("301 inputs"), "{body}");
+    // A body announced past the message limit is refused before it is read.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(s.http).await.unwrap();
+    sock.write_all(b"POST /embed HTTP/1.1\r\nhost: x\r\ncontent-length: 999999999\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    sock.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 429");
+    let (status, _) = http(s.http, "GET /health", "").await;
+    assert_eq!(status, 200);
+    // The same request metrics, under api="http".
+    let body = scrape(s.metrics).await;
+    assert!(
+        body.contains(r#"samp_requests_total{rpc="embed",api="http",model="all-MiniLM-L6-v2",variant="float32",outcome="ok"} 2"#),
+        "{body}"
+    );
+    s.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -65,6 +65,7 @@ async fn three_times_the_capacity_is_refused_cleanly_and_nothing_is_lost() {
         variant: String::new(),
         texts: texts(),
         inputs_per_request: 4,
+        messages: Vec::new(),
         concurrency: 8,
         connections: 2,
         requests: None,

@@ -23,6 +23,24 @@ pub enum Rpc {
     Tag,
 }
 
+/// A request sent as it is (from a ghz config's data), instead of one built from `texts`.
+#[derive(Debug, Clone)]
+pub enum Message {
+    Embed(proto::EmbedRequest),
+    Classify(proto::ClassifyRequest),
+    Tag(proto::TagRequest),
+}
+
+impl Message {
+    fn inputs(&self) -> usize {
+        match self {
+            Message::Embed(r) => r.texts.len(),
+            Message::Classify(r) => r.inputs.len(),
+            Message::Tag(r) => r.texts.len(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Options {
     pub addr: String,
@@ -31,6 +49,9 @@ pub struct Options {
     pub variant: String,
     pub texts: Vec<String>,
     pub inputs_per_request: usize,
+    /// When not empty, request i is `messages[i % len]` as it is (`texts`, `model` and
+    /// `variant` unused).
+    pub messages: Vec<Message>,
     pub concurrency: usize,
     pub connections: usize,
     /// Stop after this many requests...
@@ -99,18 +120,29 @@ fn request_texts(texts: &[String], i: usize, n: usize) -> Vec<String> {
         .collect()
 }
 
+fn with_timeout<T>(m: T, t: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(m);
+    r.set_timeout(t);
+    r
+}
+
 async fn one(
     client: &mut SampClient<tonic::transport::Channel>,
     o: &Options,
     i: usize,
 ) -> Result<usize, tonic::Status> {
+    if !o.messages.is_empty() {
+        let m = o.messages[i % o.messages.len()].clone();
+        let n = m.inputs();
+        match m {
+            Message::Embed(r) => drop(client.embed(with_timeout(r, o.timeout)).await?),
+            Message::Classify(r) => drop(client.classify(with_timeout(r, o.timeout)).await?),
+            Message::Tag(r) => drop(client.tag(with_timeout(r, o.timeout)).await?),
+        }
+        return Ok(n);
+    }
     let texts = request_texts(&o.texts, i, o.inputs_per_request);
     let n = texts.len();
-    fn with_timeout<T>(m: T, t: Duration) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(m);
-        r.set_timeout(t);
-        r
-    }
     match o.rpc {
         Rpc::Embed => {
             let req = proto::EmbedRequest {
@@ -150,7 +182,10 @@ async fn one(
 
 /// Run the load and report. Errors only when the server cannot be reached at all.
 pub async fn run(o: Options) -> anyhow::Result<Report> {
-    anyhow::ensure!(!o.texts.is_empty(), "no texts to send");
+    anyhow::ensure!(
+        !o.texts.is_empty() || !o.messages.is_empty(),
+        "no texts to send"
+    );
     anyhow::ensure!(
         o.requests.is_some() || o.duration.is_some(),
         "give --requests or --duration (the load generator must stop by itself)"

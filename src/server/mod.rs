@@ -6,6 +6,7 @@ pub mod client;
 pub mod deadline;
 mod fidelity;
 pub mod gate;
+pub mod ghz;
 pub mod http;
 pub mod loadgen;
 mod observe;
