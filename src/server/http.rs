@@ -37,10 +37,28 @@ use super::validate::check_count;
 struct Door {
     svc: SampService,
     token: Option<Arc<str>>,
-    /// KiB of request bodies being received, over every HTTP connection: the HTTP share of
-    /// `limits.max_inflight_request_bytes`.
+    /// KiB of request bodies in flight (being received, parsed or answered), over every HTTP
+    /// connection: a budget of `limits.max_inflight_request_bytes` of the door's own.
     budget: Arc<Semaphore>,
     max_body: usize,
+}
+
+impl Door {
+    /// With a bearer token configured: the call must carry it.
+    fn check_token(&self, headers: &HeaderMap) -> Result<(), Failure> {
+        let Some(token) = &self.token else {
+            return Ok(());
+        };
+        let got = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+        if gate::authorized(got, token) {
+            Ok(())
+        } else {
+            Err(Failure::new(
+                Code::Unauthenticated,
+                "missing or wrong bearer token (authorization: Bearer ...)",
+            ))
+        }
+    }
 }
 
 /// The routes, over the same service the gRPC port serves.
@@ -231,22 +249,14 @@ fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response 
     r
 }
 
-/// A request body, read within the size limit and the door's budget of bytes being received
-/// (the permit is held until the request is parsed), after the bearer token is checked.
+/// A request body, read within the size limit and the door's budget of bytes in flight, after
+/// the bearer token is checked.
 async fn read_body(
     door: &Door,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(Bytes, OwnedSemaphorePermit), Failure> {
-    if let Some(token) = &door.token {
-        let got = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
-        if !gate::authorized(got, token) {
-            return Err(Failure::new(
-                Code::Unauthenticated,
-                "missing or wrong bearer token (authorization: Bearer ...)",
-            ));
-        }
-    }
+    door.check_token(headers)?;
     let too_large = || {
         Failure::new(
             Code::ResourceExhausted,
@@ -277,6 +287,54 @@ async fn read_body(
         .await
         .map_err(|_| too_large())?;
     Ok((bytes, permit))
+}
+
+/// A POST call: its body (read within the limits; its share of the budget held until the call is
+/// answered), its headers, and when it arrived.
+struct Post {
+    door: Door,
+    headers: HeaderMap,
+    bytes: Bytes,
+    arrived: Instant,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Post {
+    fn parse<'a, T: Deserialize<'a>>(&'a self) -> Result<T, Failure> {
+        parse(&self.bytes)
+    }
+
+    /// The samp.v1 request of this call.
+    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        call(msg, self.arrived, &self.headers)
+    }
+}
+
+/// Read the body, run `handle` on it, and answer what it makes or its error in `flavor`'s shape.
+async fn answer_post<F, Fut>(
+    door: Door,
+    headers: HeaderMap,
+    body: Body,
+    flavor: fn(Failure) -> Response,
+    handle: F,
+) -> Response
+where
+    F: FnOnce(Post) -> Fut,
+    Fut: std::future::Future<Output = Result<Response, Failure>>,
+{
+    let arrived = Instant::now();
+    match read_body(&door, &headers, body).await {
+        Ok((bytes, permit)) => handle(Post {
+            door,
+            headers,
+            bytes,
+            arrived,
+            _permit: permit,
+        })
+        .await
+        .unwrap_or_else(flavor),
+        Err(f) => flavor(f),
+    }
 }
 
 fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Failure> {
@@ -341,27 +399,52 @@ fn tei_truncation(truncate: Option<bool>) -> i32 {
     }
 }
 
+/// The body of the TEI-style routes (`/embed`, `/predict`, `/tag`): `inputs`, and the options of
+/// each route (one route's option sent to another is refused, not ignored).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TeiEmbed<'a> {
+struct TeiBody<'a> {
     #[serde(borrow)]
     inputs: &'a RawValue,
-    normalize: Option<bool>,
+    /// true: cut long texts; false: refuse them; unset: the server's default (cut).
     truncate: Option<bool>,
-    dimensions: Option<u32>,
+    /// samp's: a loaded model and variant (else the one model that does the task).
     #[serde(default)]
     model: String,
     #[serde(default)]
     variant: String,
+    /// `/embed`.
+    normalize: Option<bool>,
+    dimensions: Option<u32>,
+    /// `/predict`.
+    #[serde(default)]
+    raw_scores: bool,
+    /// `/tag`: none, simple (default), first, average or max.
+    aggregation: Option<String>,
+}
+
+impl TeiBody<'_> {
+    /// Refuse the options of other routes than `route`, which takes those in `own`.
+    fn only(&self, route: &str, own: &[&str]) -> Result<(), Failure> {
+        let set = [
+            ("normalize", self.normalize.is_some()),
+            ("dimensions", self.dimensions.is_some()),
+            ("raw_scores", self.raw_scores),
+            ("aggregation", self.aggregation.is_some()),
+        ];
+        match set.iter().find(|(name, on)| *on && !own.contains(name)) {
+            Some((name, _)) => Err(Failure::invalid("body", format!("{route} takes no {name}"))),
+            None => Ok(()),
+        }
+    }
 }
 
 /// TEI `POST /embed`: `{"inputs": "text" | ["text", ...]}` → `[[f32, ...], ...]`.
 async fn tei_embed(State(door): State<Door>, headers: HeaderMap, body: Body) -> Response {
-    let arrived = Instant::now();
-    let run = async {
-        let (bytes, permit) = read_body(&door, &headers, body).await?;
-        let r: TeiEmbed = parse(&bytes)?;
-        let (texts, _) = texts(&door, "inputs", r.inputs)?;
+    answer_post(door, headers, body, Failure::tei, |p| async move {
+        let r: TeiBody = p.parse()?;
+        r.only("/embed", &["normalize", "dimensions"])?;
+        let (texts, _) = texts(&p.door, "inputs", r.inputs)?;
         let msg = proto::EmbedRequest {
             texts,
             model: r.model,
@@ -370,31 +453,16 @@ async fn tei_embed(State(door): State<Door>, headers: HeaderMap, body: Body) -> 
             normalize: r.normalize,
             dimensions: r.dimensions.unwrap_or(0),
         };
-        drop(permit);
-        let out = door.svc.embed(call(msg, arrived, &headers)).await?;
+        let out = p.door.svc.embed(p.request(msg)).await?;
         let vectors: Vec<Vec<f32>> = out
             .into_inner()
             .embeddings
             .into_iter()
             .map(|e| e.values)
             .collect();
-        Ok::<_, Failure>(json_response(StatusCode::OK, &vectors))
-    };
-    run.await.unwrap_or_else(Failure::tei)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TeiPredict<'a> {
-    #[serde(borrow)]
-    inputs: &'a RawValue,
-    #[serde(default)]
-    raw_scores: bool,
-    truncate: Option<bool>,
-    #[serde(default)]
-    model: String,
-    #[serde(default)]
-    variant: String,
+        Ok(json_response(StatusCode::OK, &vectors))
+    })
+    .await
 }
 
 /// One input of `/predict`: a text, `[text]`, or `[a, b]` (a pair).
@@ -425,10 +493,9 @@ fn sequence(i: usize, v: Value) -> Result<proto::ClassifyInput, Failure> {
 /// first); `["a", "b"]` is one pair (as in TEI); `[["t1"], ["a", "b"], "t3"]` a batch →
 /// a list of such lists.
 async fn tei_predict(State(door): State<Door>, headers: HeaderMap, body: Body) -> Response {
-    let arrived = Instant::now();
-    let run = async {
-        let (bytes, permit) = read_body(&door, &headers, body).await?;
-        let r: TeiPredict = parse(&bytes)?;
+    answer_post(door, headers, body, Failure::tei, |p| async move {
+        let r: TeiBody = p.parse()?;
+        r.only("/predict", &["raw_scores"])?;
         if r.raw_scores {
             return Err(Failure::invalid(
                 "raw_scores",
@@ -437,7 +504,7 @@ async fn tei_predict(State(door): State<Door>, headers: HeaderMap, body: Body) -
         }
         let raw = r.inputs.get().trim_start();
         let (inputs, batch) = if raw.starts_with('[') {
-            count(&door, "inputs", r.inputs)?;
+            count(&p.door, "inputs", r.inputs)?;
             let items: Vec<Value> = parse(raw.as_bytes())?;
             let pair = items.len() == 2 && items.iter().all(Value::is_string);
             if pair {
@@ -459,9 +526,8 @@ async fn tei_predict(State(door): State<Door>, headers: HeaderMap, body: Body) -
             variant: r.variant,
             truncation: tei_truncation(r.truncate),
         };
-        drop(permit);
-        let out = door.svc.classify(call(msg, arrived, &headers)).await?;
-        let mut results: Vec<Value> = out
+        let out = p.door.svc.classify(p.request(msg)).await?;
+        let results: Vec<Value> = out
             .into_inner()
             .results
             .into_iter()
@@ -474,38 +540,18 @@ async fn tei_predict(State(door): State<Door>, headers: HeaderMap, body: Body) -
                     .collect()
             })
             .collect();
-        let body = if batch {
-            Value::Array(results)
-        } else {
-            results.pop().unwrap_or(Value::Null)
-        };
-        Ok::<_, Failure>(json_response(StatusCode::OK, &body))
-    };
-    run.await.unwrap_or_else(Failure::tei)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TagBody<'a> {
-    #[serde(borrow)]
-    inputs: &'a RawValue,
-    /// none, simple (default), first, average or max.
-    aggregation: Option<String>,
-    truncate: Option<bool>,
-    #[serde(default)]
-    model: String,
-    #[serde(default)]
-    variant: String,
+        Ok(per_input(results, batch))
+    })
+    .await
 }
 
 /// samp's `POST /tag` (TEI has none): `{"inputs": "text"}` → `[{"label", "score", "start",
 /// "end", "text"}, ...]` (character offsets); a list of texts → a list of such lists.
 async fn tag(State(door): State<Door>, headers: HeaderMap, body: Body) -> Response {
-    let arrived = Instant::now();
-    let run = async {
-        let (bytes, permit) = read_body(&door, &headers, body).await?;
-        let r: TagBody = parse(&bytes)?;
-        let (texts, batch) = texts(&door, "inputs", r.inputs)?;
+    answer_post(door, headers, body, Failure::tei, |p| async move {
+        let r: TeiBody = p.parse()?;
+        r.only("/tag", &["aggregation"])?;
+        let (texts, batch) = texts(&p.door, "inputs", r.inputs)?;
         use proto::Aggregation as A;
         let aggregation = match r.aggregation.as_deref() {
             None | Some("simple") => A::Simple,
@@ -527,9 +573,8 @@ async fn tag(State(door): State<Door>, headers: HeaderMap, body: Body) -> Respon
             truncation: tei_truncation(r.truncate),
             aggregation: aggregation as i32,
         };
-        drop(permit);
-        let out = door.svc.tag(call(msg, arrived, &headers)).await?;
-        let mut results: Vec<Value> = out
+        let out = p.door.svc.tag(p.request(msg)).await?;
+        let results: Vec<Value> = out
             .into_inner()
             .results
             .into_iter()
@@ -543,14 +588,19 @@ async fn tag(State(door): State<Door>, headers: HeaderMap, body: Body) -> Respon
                     .collect()
             })
             .collect();
-        let body = if batch {
-            Value::Array(results)
-        } else {
-            results.pop().unwrap_or(Value::Null)
-        };
-        Ok::<_, Failure>(json_response(StatusCode::OK, &body))
+        Ok(per_input(results, batch))
+    })
+    .await
+}
+
+/// The answer of a TEI-style route: one input's result alone, a batch's as a list.
+fn per_input(mut results: Vec<Value>, batch: bool) -> Response {
+    let body = if batch {
+        Value::Array(results)
+    } else {
+        results.pop().unwrap_or(Value::Null)
     };
-    run.await.unwrap_or_else(Failure::tei)
+    json_response(StatusCode::OK, &body)
 }
 
 /// One model as JSON (what `ListModels` says of it).
@@ -566,15 +616,7 @@ fn model_json(m: &proto::ModelInfo) -> Value {
 }
 
 async fn list_models(door: &Door, headers: &HeaderMap) -> Result<Vec<proto::ModelInfo>, Failure> {
-    if let Some(token) = &door.token {
-        let got = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
-        if !gate::authorized(got, token) {
-            return Err(Failure::new(
-                Code::Unauthenticated,
-                "missing or wrong bearer token (authorization: Bearer ...)",
-            ));
-        }
-    }
+    door.check_token(headers)?;
     let out = door
         .svc
         .list_models(tonic::Request::new(proto::ListModelsRequest {}))
@@ -657,10 +699,8 @@ fn model_and_variant(models: &[proto::ModelInfo], name: &str) -> (String, String
 /// OpenAI `POST /v1/embeddings`: `{"model", "input": str | [str], "encoding_format":
 /// "float" | "base64", "dimensions"}`.
 async fn openai_embeddings(State(door): State<Door>, headers: HeaderMap, body: Body) -> Response {
-    let arrived = Instant::now();
-    let run = async {
-        let (bytes, permit) = read_body(&door, &headers, body).await?;
-        let r: OpenAiEmbeddings = parse(&bytes)?;
+    answer_post(door, headers, body, Failure::openai, |p| async move {
+        let r: OpenAiEmbeddings = p.parse()?;
         let base64 = match r.encoding_format.as_deref() {
             None | Some("float") => false,
             Some("base64") => true,
@@ -671,8 +711,8 @@ async fn openai_embeddings(State(door): State<Door>, headers: HeaderMap, body: B
                 ))
             }
         };
-        let (texts, _) = texts(&door, "input", r.input)?;
-        let models = list_models(&door, &headers).await?;
+        let (texts, _) = texts(&p.door, "input", r.input)?;
+        let models = list_models(&p.door, &p.headers).await?;
         let (model, variant) = model_and_variant(&models, &r.model);
         let msg = proto::EmbedRequest {
             texts,
@@ -682,10 +722,10 @@ async fn openai_embeddings(State(door): State<Door>, headers: HeaderMap, body: B
             normalize: None,
             dimensions: r.dimensions.unwrap_or(0),
         };
-        drop(permit);
-        let out = door
+        let out = p
+            .door
             .svc
-            .embed(call(msg, arrived, &headers))
+            .embed(p.request(msg))
             .await
             .map_err(|s| {
                 let mut f = Failure::from(s);
@@ -716,9 +756,9 @@ async fn openai_embeddings(State(door): State<Door>, headers: HeaderMap, body: B
             "model": served.model,
             "usage": {"prompt_tokens": served.tokens, "total_tokens": served.tokens},
         });
-        Ok::<_, Failure>(json_response(StatusCode::OK, &body))
-    };
-    run.await.unwrap_or_else(Failure::openai)
+        Ok(json_response(StatusCode::OK, &body))
+    })
+    .await
 }
 
 /// OpenAI `GET /v1/models`: every model, and every variant as `NAME:VARIANT`.

@@ -253,6 +253,20 @@ def test_openai_embeddings_over_plain_http(server):
     assert "all-MiniLM-L6-v2:float32" in [m["id"] for m in body["data"]]
 
 
+def test_curl_against_v1_embeddings(server):
+    """The README's curl call, as written there."""
+    import shutil
+    if not shutil.which("curl"):
+        pytest.skip("no curl on this machine")
+    out = subprocess.run(["curl", "-sS", "--fail-with-body", f"http://{server['http']}/v1/embeddings",
+                          "-H", "content-type: application/json",
+                          "-d", '{"model": "all-MiniLM-L6-v2:float32", "input": ["hello"]}'],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    got = json.loads(out.stdout)["data"][0]["embedding"]
+    assert cosines([got], [GOLDEN["embeddings"][0]])[0] >= 0.999
+
+
 def test_the_openai_package_works_unchanged(server):
     openai = pytest.importorskip("openai")
     oa = openai.OpenAI(base_url=f"http://{server['http']}/v1", api_key="unused", max_retries=0)
