@@ -295,6 +295,18 @@ def test_samp_client_cli_on_the_default_server(server, client):
         assert out.returncode == 0 and want in out.stdout, out.stderr
 
 
+def test_loadgen_runs_the_ghz_configs(server):
+    """ghz cannot be installed here: `samp loadgen --config` runs the same files."""
+    for name in ("embed", "classify", "tag"):
+        out = subprocess.run([str(BIN), "loadgen", "--config", f"deploy/ghz/{name}.json", "--addr",
+                              f"http://{server['grpc']}", "-n", "40", "--json"],
+                             capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert out.returncode == 0, out.stderr
+        report = json.loads(out.stdout)
+        assert report["rpc"] == name and report["status"] == {"OK": 40}, report
+        assert report["concurrency"] == 16 and report["connections"] == 4, "the config's settings"
+
+
 def test_live_sentence_transformers_when_installed(client):
     """Where sentence-transformers installs (not in CI: it pulls torch), compare live."""
     st = pytest.importorskip("sentence_transformers")
