@@ -2,6 +2,8 @@
 //! each carrying its reply channel. The thread forms batches across requests (policy in
 //! `batching`), drops jobs whose client left or whose deadline passed, runs one encoder pass
 //! for the whole batch, and hands each request its own results. Tokio never runs a forward.
+//! A supervisor thread per model restarts the compute thread when it panics: the batch it was
+//! computing fails (INTERNAL), the jobs still queued wait for the new thread.
 
 mod batch;
 #[cfg(feature = "cuda")]
@@ -9,9 +11,9 @@ pub mod cuda;
 pub mod device;
 pub mod gpu_plan;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -114,8 +116,10 @@ pub struct Stats {
     pub batches: AtomicUsize,
     pub dropped_cancelled: AtomicUsize,
     pub dropped_deadline: AtomicUsize,
-    /// Batches whose computation panicked; the worker carried on with the next.
+    /// Compute threads restarted after a panic.
     pub restarts: AtomicUsize,
+    /// Whether a compute thread is running now (false between a panic and its restart).
+    running: AtomicBool,
 }
 
 impl Stats {
@@ -150,18 +154,27 @@ pub struct ModelWorker {
     pub stats: Arc<Stats>,
     policy: BatchPolicy,
     tx: SyncSender<Job>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// The thread that keeps a compute thread running until the queue closes.
+    supervisor: Option<std::thread::JoinHandle<()>>,
 }
 
 /// What the compute thread does with one batch (the model's passes, or a test's stand-in).
-type RunBatch = dyn Fn(&Model, Vec<Job>, &BatchPolicy, &Stats) + Send;
+pub(crate) type RunBatch = dyn Fn(&Model, Vec<Job>, &BatchPolicy, &Stats) + Send + Sync;
+
+/// The pause before restarting a compute thread that panicked; it doubles while restarts follow
+/// each other within [`STEADY`], up to [`MAX_RESTART_PAUSE`].
+const RESTART_PAUSE: Duration = Duration::from_millis(200);
+const MAX_RESTART_PAUSE: Duration = Duration::from_secs(5);
+/// A compute thread that ran this long before panicking restarts after the shortest pause.
+const STEADY: Duration = Duration::from_secs(10);
 
 impl ModelWorker {
     pub fn spawn(model: Arc<Model>, variant: &str, policy: BatchPolicy) -> std::io::Result<Self> {
         Self::spawn_with(model, variant, policy, Box::new(batch::run_batch))
     }
 
-    fn spawn_with(
+    /// [`spawn`](Self::spawn) with a stand-in for the model's batch computation (tests).
+    pub(crate) fn spawn_with(
         model: Arc<Model>,
         variant: &str,
         policy: BatchPolicy,
@@ -170,10 +183,17 @@ impl ModelWorker {
         // The channel only carries jobs that `admit` let in: its bound is a backstop.
         let (tx, rx) = mpsc::sync_channel::<Job>(policy.queue_capacity);
         let stats = Arc::new(Stats::default());
-        let (m, st) = (model.clone(), stats.clone());
-        let thread = std::thread::Builder::new()
-            .name(format!("samp-compute-{}", model.name))
-            .spawn(move || compute_loop(&m, &rx, &policy, &st, &*run))?;
+        let compute = Arc::new(Compute {
+            model: model.clone(),
+            rx: Mutex::new(rx),
+            policy,
+            stats: stats.clone(),
+            run,
+        });
+        let first = compute.start()?;
+        let supervisor = std::thread::Builder::new()
+            .name(format!("samp-supervise-{}", model.name))
+            .spawn(move || compute.supervise(first))?;
         Ok(ModelWorker {
             model,
             variant: variant.to_string(),
@@ -181,7 +201,7 @@ impl ModelWorker {
             stats,
             policy,
             tx,
-            thread: Some(thread),
+            supervisor: Some(supervisor),
         })
     }
 
@@ -204,7 +224,8 @@ impl ModelWorker {
     /// Take a place in the queue for a request of about `tokens` (an estimate: it is not
     /// tokenized yet), or refuse it at once, before any work is spent on it.
     pub fn reserve(&self, tokens: usize, left: Option<Duration>) -> Result<Ticket, Refused> {
-        if !self.alive() {
+        // Between a panic and the restart the queue still takes jobs: the new thread runs them.
+        if !self.supervised() {
             return Err(Refused::NoWorker {
                 model: self.model.name.clone(),
             });
@@ -268,16 +289,22 @@ impl ModelWorker {
         }
     }
 
-    /// Whether the compute thread is running (it only stops when the queue closes).
+    /// Whether a compute thread is running now: false while one that panicked waits for its
+    /// restart, and once the queue has closed.
     pub fn alive(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+        self.supervised() && self.stats.running.load(Ordering::SeqCst)
+    }
+
+    /// Whether the supervisor still keeps a compute thread going (it stops when the queue closes).
+    fn supervised(&self) -> bool {
+        self.supervisor.as_ref().is_some_and(|t| !t.is_finished())
     }
 
     /// Close the queue and wait until every admitted job has been answered.
     pub fn drain(mut self) {
-        let thread = self.thread.take();
+        let supervisor = self.supervisor.take();
         drop(self);
-        if let Some(t) = thread {
+        if let Some(t) = supervisor {
             let _ = t.join();
         }
     }
@@ -315,6 +342,81 @@ fn release(counted: &AtomicUsize, stats: &Stats, n: usize) {
                 return;
             }
             Err(now) => cur = now,
+        }
+    }
+}
+
+/// What a model's compute threads share: each in turn takes the queue's receiving end.
+struct Compute {
+    model: Arc<Model>,
+    rx: Mutex<mpsc::Receiver<Job>>,
+    policy: BatchPolicy,
+    stats: Arc<Stats>,
+    run: Box<RunBatch>,
+}
+
+impl Compute {
+    fn start(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let c = self.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("samp-compute-{}", self.model.name))
+            .spawn(move || {
+                // A thread that panicked poisoned the lock while unwinding; the receiver is fine.
+                let rx = c.rx.lock().unwrap_or_else(PoisonError::into_inner);
+                compute_loop(&c.model, &rx, &c.policy, &c.stats, &*c.run)
+            })?;
+        self.stats.running.store(true, Ordering::SeqCst);
+        Ok(thread)
+    }
+
+    /// Wait on the compute thread; when it panicked, start a new one after a pause, until the
+    /// queue closes. A panic fails the batch being computed: its jobs' reply senders drop while
+    /// unwinding, which their callers answer INTERNAL. Jobs still queued wait for the new thread.
+    fn supervise(self: Arc<Self>, mut thread: std::thread::JoinHandle<()>) {
+        let mut pause = RESTART_PAUSE;
+        let mut started = Instant::now();
+        loop {
+            let ended = thread.join();
+            self.stats.running.store(false, Ordering::SeqCst);
+            if ended.is_ok() {
+                return; // the queue closed and every admitted job was answered
+            }
+            self.stats.restarts.fetch_add(1, Ordering::SeqCst);
+            metrics::counter!(crate::metrics::WORKER_RESTARTS_TOTAL, "model" => self.model.name.clone())
+                .increment(1);
+            if started.elapsed() >= STEADY {
+                pause = RESTART_PAUSE;
+            }
+            tracing::error!(
+                model = %self.model.name,
+                pause_ms = pause.as_millis() as u64,
+                "the compute thread panicked; its batch failed, restarting it"
+            );
+            thread = loop {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(MAX_RESTART_PAUSE);
+                match self.start() {
+                    Ok(t) => break t,
+                    Err(e) => {
+                        tracing::error!(model = %self.model.name, error = %e, "cannot start a compute thread")
+                    }
+                }
+            };
+            started = Instant::now();
+        }
+    }
+}
+
+/// Releases what a batch's jobs still count in the queue's budget, also when the batch panics.
+struct Release<'a> {
+    counters: Vec<Arc<AtomicUsize>>,
+    stats: &'a Stats,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        for c in &self.counters {
+            release(c, self.stats, usize::MAX);
         }
     }
 }
@@ -359,22 +461,12 @@ fn compute_loop(
             }
         }
         stats.queued.fetch_sub(batch.len(), Ordering::SeqCst);
-        let counters: Vec<Arc<AtomicUsize>> = batch.iter().map(|j| j.counted.clone()).collect();
-        // A panic in one batch fails that batch's requests (their reply senders drop while
-        // unwinding: INTERNAL) and the worker goes on with the next; the model is read-only.
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run(model, batch, policy, stats)
-        }));
-        // Whatever the batch did not release (it panicked part-way) is no longer queued.
-        for c in &counters {
-            release(c, stats, usize::MAX);
-        }
-        if ran.is_err() {
-            stats.restarts.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!(crate::metrics::WORKER_RESTARTS_TOTAL, "model" => model.name.clone())
-                .increment(1);
-            tracing::error!(model = %model.name, "a batch panicked; its requests failed, the worker goes on");
-        }
+        // Whatever the batch does not release (it panics part-way) is no longer queued.
+        let _release = Release {
+            counters: batch.iter().map(|j| j.counted.clone()).collect(),
+            stats,
+        };
+        run(model, batch, policy, stats);
     }
 }
 

@@ -24,31 +24,60 @@ fn job(
 }
 
 #[test]
-fn a_panicking_batch_fails_its_requests_and_the_worker_goes_on() {
+fn a_panicking_batch_fails_its_requests_and_the_compute_thread_is_restarted() {
     let model = tiny();
     let calls = AtomicUsize::new(0);
     let run: Box<RunBatch> = Box::new(move |m, batch, p, st| {
         if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            // Hold the batch a moment so that the next job is queued behind it.
+            std::thread::sleep(Duration::from_millis(50));
             panic!("injected fault");
         }
         run_batch(m, batch, p, st)
     });
     let w = ModelWorker::spawn_with(model.clone(), "v", BatchPolicy::default(), run).unwrap();
+    assert!(w.alive());
     let (a, a_rx) = job(&model, 3, None);
     w.submit(a).unwrap();
+    std::thread::sleep(Duration::from_millis(10));
+    let (b, b_rx) = job(&model, 2, None);
+    w.submit(b).unwrap();
     assert!(
         a_rx.blocking_recv().is_err(),
         "the panicked batch's reply is dropped"
     );
-    let (b, b_rx) = job(&model, 2, None);
-    w.submit(b).unwrap();
-    let done = b_rx.blocking_recv().unwrap().unwrap();
-    let Output::Embed(v) = done.output else {
-        panic!("embed work gives embed output")
-    };
-    assert_eq!(v.len(), 2);
+    // No compute thread during the restart pause; the queue still takes jobs.
+    let t0 = Instant::now();
+    while w.alive() && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        !w.alive(),
+        "no compute thread between the panic and the restart"
+    );
+    let (c, c_rx) = job(&model, 1, None);
+    w.submit(c).unwrap();
+    // The queued jobs are run by the new thread.
+    for (mut rx, n) in [(b_rx, 2), (c_rx, 1)] {
+        let t0 = Instant::now();
+        let done = loop {
+            match rx.try_recv() {
+                Ok(r) => break r.unwrap(),
+                Err(oneshot::error::TryRecvError::Empty)
+                    if t0.elapsed() < Duration::from_secs(10) =>
+                {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Err(e) => panic!("no answer from a restarted thread: {e:?}"),
+            }
+        };
+        let Output::Embed(v) = done.output else {
+            panic!("embed work gives embed output")
+        };
+        assert_eq!(v.len(), n);
+    }
     assert_eq!(w.stats.restarts.load(Ordering::SeqCst), 1);
-    assert!(w.alive());
+    assert!(w.alive(), "the restarted thread runs");
     // The batch's tokens are released right after its replies are sent.
     let t0 = Instant::now();
     while w.queue_state().tokens != 0 && t0.elapsed() < Duration::from_secs(5) {

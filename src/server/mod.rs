@@ -365,7 +365,8 @@ async fn watch_workers(
 ) {
     let mut was_ok = true;
     loop {
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        // Often enough to see a compute thread's restart pause (200 ms at least).
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         let ok = models.values().flatten().all(|w| w.alive());
         if ok != was_ok {
             let status = if ok {
@@ -420,5 +421,69 @@ pub async fn signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_health::pb::health_server::Health;
+    use tonic_health::pb::{health_check_response::ServingStatus, HealthCheckRequest};
+
+    #[tokio::test]
+    async fn health_is_not_serving_while_a_compute_thread_restarts() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tiny-bert-multilabel");
+        let model = Arc::new(crate::model::Model::load(&dir, &Default::default()).unwrap());
+        let run: Box<crate::backend::RunBatch> = Box::new(|_, _, _, _| panic!("injected fault"));
+        let w = ModelWorker::spawn_with(model.clone(), "v", Default::default(), run).unwrap();
+        let w = Arc::new(w);
+        let models = BTreeMap::from([("tiny".to_string(), vec![w.clone()])]);
+        let (reporter, _) = tonic_health::server::health_reporter();
+        let health = tonic_health::server::HealthService::from_health_reporter(reporter.clone());
+        reporter
+            .set_service_status("samp.v1.Samp", tonic_health::ServingStatus::Serving)
+            .await;
+        let watcher = tokio::spawn(watch_workers(models, reporter));
+        let status = || async {
+            let req = tonic::Request::new(HealthCheckRequest {
+                service: "samp.v1.Samp".into(),
+            });
+            health.check(req).await.unwrap().into_inner().status()
+        };
+        let texts = [crate::tokenize::Input::Single("a fault".into())];
+        let (job, reply) = crate::backend::Job::new(
+            model.encode(&texts, Default::default()).unwrap(),
+            crate::backend::Work::Embed(Default::default()),
+            None,
+        );
+        w.submit(job).unwrap();
+        assert!(reply.await.is_err(), "the panicked batch fails");
+        let mut seen = Vec::new();
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < std::time::Duration::from_secs(5) {
+            let s = status().await;
+            if seen.last() != Some(&s) {
+                seen.push(s);
+            }
+            if seen.len() == 3 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            seen,
+            [
+                ServingStatus::Serving,
+                ServingStatus::NotServing,
+                ServingStatus::Serving
+            ],
+            "health goes NOT_SERVING during the restart pause and back after"
+        );
+        assert_eq!(
+            w.stats.restarts.load(std::sync::atomic::Ordering::SeqCst),
+            1
+        );
+        watcher.abort();
     }
 }
