@@ -87,7 +87,7 @@ pub struct TlsPem {
     pub client_ca: Option<Vec<u8>>,
 }
 
-/// Connection hygiene of the gRPC port.
+/// Connection hygiene of the gRPC port (and, for the limits that apply, the HTTP door).
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Connections {
@@ -102,6 +102,9 @@ pub struct Connections {
     /// Close connections after this many seconds (gracefully: in-flight calls finish), so that
     /// idle or long-lived clients rebalance across replicas (0: never).
     pub max_connection_age_seconds: u64,
+    /// Close a connection (gRPC or HTTP) that has had no call in progress for this many seconds,
+    /// counted from its last call or from its accept (0: never). Keepalive pings are not calls.
+    pub idle_timeout_seconds: u64,
 }
 
 impl Default for Connections {
@@ -112,6 +115,7 @@ impl Default for Connections {
             keepalive_interval_seconds: 30,
             keepalive_timeout_seconds: 10,
             max_connection_age_seconds: 0,
+            idle_timeout_seconds: 300,
         }
     }
 }
@@ -129,6 +133,9 @@ impl Connections {
     }
     pub fn max_connection_age(&self) -> Option<Duration> {
         seconds(self.max_connection_age_seconds)
+    }
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        seconds(self.idle_timeout_seconds)
     }
 }
 

@@ -784,3 +784,83 @@ async fn streams_answer_in_order_and_end_on_the_first_error() {
     assert!(e.message().contains("texts[0]"), "{}", e.message());
     s.shutdown().await;
 }
+
+/// Whether the server closes `sock` within `within` (the peer's end of input, or a reset).
+async fn closed_within(sock: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let t0 = tokio::time::Instant::now();
+    loop {
+        let left = within.saturating_sub(t0.elapsed());
+        match tokio::time::timeout(left, sock.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue, // the server's HTTP/2 preface and settings
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_calls_in_progress_are_not() {
+    use tokio::io::AsyncWriteExt;
+    let mut cfg = config(&["all-MiniLM-L6-v2"]);
+    cfg.connections.idle_timeout_seconds = 1;
+    let s = start(cfg).await;
+    let t0 = std::time::Instant::now();
+    // A gRPC connection that never calls; an HTTP request whose headers never end.
+    let mut grpc = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    grpc.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let mut http = tokio::net::TcpStream::connect(s.http).await.unwrap();
+    http.write_all(b"POST /embed HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    assert!(closed_within(&mut grpc, Duration::from_secs(5)).await);
+    assert!(closed_within(&mut http, Duration::from_secs(5)).await);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "closed after the idle timeout, not before: {:?}",
+        t0.elapsed()
+    );
+
+    // A stream open past the timeout is a call in progress: its connection stays.
+    let mut c = s.client().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut answers = c
+        .embed_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(embed_req(&["first"])).await.unwrap();
+    assert!(answers.message().await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tx.send(embed_req(&["after a pause longer than the idle timeout"]))
+        .await
+        .unwrap();
+    assert!(answers.message().await.unwrap().is_some());
+    drop(tx);
+    assert!(answers.message().await.unwrap().is_none());
+    // On the HTTP door, a request whose body arrives slowly is a call in progress too.
+    let body = r#"{"inputs": "a slow upload"}"#;
+    let mut slow = tokio::net::TcpStream::connect(s.http).await.unwrap();
+    let head = format!(
+        "POST /embed HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&body.as_bytes()[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    slow.write_all(&body.as_bytes()[10..]).await.unwrap();
+    let mut out = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut slow, &mut out)
+        .await
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+
+    // The client's connection is closed once idle; its next call connects again.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let r = c.embed(embed_req(&["again"])).await.unwrap().into_inner();
+    assert_eq!(r.embeddings.len(), 1);
+    s.shutdown().await;
+}

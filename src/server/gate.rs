@@ -15,6 +15,7 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::{Request, Status};
 
 use super::deadline::Arrived;
+use super::idle::{Calls, IdleClock};
 
 /// Stamps each call with its arrival and checks its bearer token when one is configured.
 #[derive(Clone)]
@@ -189,16 +190,29 @@ impl Drop for Counted {
     }
 }
 
-/// A connection that holds one of the listener's slots until it closes.
+/// A connection that holds one of the listener's slots until it closes, and is closed when it
+/// has had no call in progress for the idle timeout (when one is set).
 pub struct Conn {
     io: TcpStream,
+    calls: Calls,
+    idle: Option<IdleClock>,
     _slot: OwnedSemaphorePermit,
 }
 
+/// What each request knows of its connection: the peer, and the connection's calls counter.
+#[derive(Clone)]
+pub struct ConnInfo {
+    pub tcp: TcpConnectInfo,
+    pub calls: Calls,
+}
+
 impl Connected for Conn {
-    type ConnectInfo = TcpConnectInfo;
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.io.connect_info()
+    type ConnectInfo = ConnInfo;
+    fn connect_info(&self) -> ConnInfo {
+        ConnInfo {
+            tcp: self.io.connect_info(),
+            calls: self.calls.clone(),
+        }
     }
 }
 
@@ -208,7 +222,13 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let read = Pin::new(&mut self.io).poll_read(cx, buf);
+        if read.is_pending() && self.idle.as_mut().is_some_and(|c| c.poll_expired(cx)) {
+            // End of input: the server closes the connection as if the client had.
+            tracing::debug!(peer = ?self.io.peer_addr().ok(), "closing an idle connection");
+            return Poll::Ready(Ok(()));
+        }
+        read
     }
 }
 
@@ -244,23 +264,37 @@ impl AsyncWrite for Conn {
 pub fn incoming(
     listener: TcpListener,
     max: usize,
+    idle: Option<Duration>,
 ) -> impl futures_util::Stream<Item = std::io::Result<Conn>> {
     let slots = Arc::new(Semaphore::new(max));
-    futures_util::stream::unfold((listener, slots), |(listener, slots)| async move {
-        let conn = accept_slot(&listener, &slots).await;
+    futures_util::stream::unfold((listener, slots), move |(listener, slots)| async move {
+        let conn = accept_slot(&listener, &slots, idle).await;
         Some((Ok(conn), (listener, slots)))
     })
 }
 
-/// Wait for a free slot of `slots` (never closed), then accept a connection that holds it.
-pub async fn accept_slot(listener: &TcpListener, slots: &Arc<Semaphore>) -> Conn {
+/// Wait for a free slot of `slots` (never closed), then accept a connection that holds it and
+/// closes after `idle` without a call in progress. Its calls must be counted (the gRPC port's
+/// `idle::CountCalls` layer, the HTTP door's middleware), or it looks idle while serving.
+pub async fn accept_slot(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+    idle: Option<Duration>,
+) -> Conn {
     let slot = slots
         .clone()
         .acquire_owned()
         .await
         .expect("the slots semaphore is never closed");
     let io = accept(listener).await;
-    Conn { io, _slot: slot }
+    let calls = Calls::default();
+    let idle = idle.map(|t| IdleClock::new(calls.clone(), t));
+    Conn {
+        io,
+        calls,
+        idle,
+        _slot: slot,
+    }
 }
 
 impl Conn {

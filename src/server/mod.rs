@@ -8,6 +8,7 @@ mod fidelity;
 pub mod gate;
 pub mod ghz;
 pub mod http;
+mod idle;
 pub mod loadgen;
 mod observe;
 pub mod service;
@@ -222,14 +223,13 @@ pub async fn serve(
     let (http_stop_tx, mut http_stop_rx) = tokio::sync::watch::channel(false);
     let http_task = http.map(|listener| {
         let router = http::router(svc.clone(), cfg.auth_token.clone());
-        tokio::spawn(http::serve(
-            listener,
-            cfg.connections.max_connections,
-            router,
-            async move {
+        let conns = cfg.connections;
+        tokio::spawn(async move {
+            http::serve(listener, &conns, router, async move {
                 let _ = http_stop_rx.wait_for(|stop| *stop).await;
-            },
-        ))
+            })
+            .await
+        })
     });
     let (began_tx, began_rx) = tokio::sync::oneshot::channel::<()>();
     let reporter = health_reporter.clone();
@@ -273,10 +273,12 @@ pub async fn serve(
         Some(age) => server.max_connection_age(age),
         None => server,
     };
-    let mut server = server.layer(gate::ByteBudget::new(
-        cfg.limits.max_inflight_request_bytes,
-        cfg.limits.max_message_bytes,
-    ));
+    let mut server = server
+        .layer(gate::ByteBudget::new(
+            cfg.limits.max_inflight_request_bytes,
+            cfg.limits.max_message_bytes,
+        ))
+        .layer(idle::CountCalls);
     let server = server
         .add_service(health_service)
         .add_service(tonic::service::interceptor::InterceptedService::new(
@@ -292,9 +294,12 @@ pub async fn serve(
                 .max_decoding_message_size(cfg.limits.max_message_bytes),
             gate,
         ))
-        .serve_with_incoming_shutdown(gate::incoming(grpc, conns.max_connections), async {
-            let _ = stop_rx.await;
-        });
+        .serve_with_incoming_shutdown(
+            gate::incoming(grpc, conns.max_connections, conns.idle_timeout()),
+            async {
+                let _ = stop_rx.await;
+            },
+        );
     // Serve; once shutdown starts, tonic stops accepting and waits for in-flight calls, for at
     // most the grace period (which the queues' budgets fit in: `derived_grace`).
     tokio::select! {

@@ -94,23 +94,37 @@ pub fn router(svc: SampService, token: Option<String>) -> Router {
 /// off) until `stop` resolves; then finish the requests in flight.
 pub async fn serve(
     listener: TcpListener,
-    max_connections: usize,
+    conns: &crate::config::Connections,
     router: Router,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = Slots {
         listener,
-        slots: Arc::new(Semaphore::new(max_connections)),
+        slots: Arc::new(Semaphore::new(conns.max_connections)),
+        idle: conns.idle_timeout(),
     };
-    axum::serve(listener, router)
-        .with_graceful_shutdown(stop)
-        .await
+    let router = router.layer(axum::middleware::from_fn(super::idle::count_http_call));
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<gate::ConnInfo>(),
+    )
+    .with_graceful_shutdown(stop)
+    .await
 }
 
-/// The HTTP listener: a slot per open connection, like the gRPC port's.
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Slots>>
+    for gate::ConnInfo
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Slots>) -> Self {
+        tonic::transport::server::Connected::connect_info(stream.io())
+    }
+}
+
+/// The HTTP listener: a slot per open connection and the idle timeout, like the gRPC port's.
 struct Slots {
     listener: TcpListener,
     slots: Arc<Semaphore>,
+    idle: Option<std::time::Duration>,
 }
 
 impl axum::serve::Listener for Slots {
@@ -119,7 +133,7 @@ impl axum::serve::Listener for Slots {
 
     async fn accept(&mut self) -> (gate::Conn, SocketAddr) {
         loop {
-            let conn = gate::accept_slot(&self.listener, &self.slots).await;
+            let conn = gate::accept_slot(&self.listener, &self.slots, self.idle).await;
             if let Ok(addr) = conn.peer_addr() {
                 return (conn, addr);
             }
