@@ -68,9 +68,12 @@ impl Drop for ServeProcess {
 }
 
 /// Start the real binary with `args` after `serve` and wait until it logs its addresses.
+/// `SAMP_BIN` names another binary to attack instead of this build's (e.g. an older release, to
+/// show that a hostile test fails there).
 pub fn serve_process<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> ServeProcess {
     use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_samp"))
+    let bin = std::env::var_os("SAMP_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_samp").into());
+    let mut child = std::process::Command::new(bin)
         .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
         .args([
             "--metrics-listen",
