@@ -217,57 +217,52 @@ impl http_body::Body for Held {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicBool;
 
-    fn expired(clock: &mut IdleClock) -> bool {
-        let waker = futures_util::task::noop_waker();
+    /// A waker that records being woken.
+    struct Flag(AtomicBool);
+    impl futures_util::task::ArcWake for Flag {
+        fn wake_by_ref(me: &Arc<Self>) {
+            me.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn expired(clock: &mut IdleClock, flag: &Arc<Flag>) -> bool {
+        let waker = futures_util::task::waker(flag.clone());
         clock.poll_expired(&mut Context::from_waker(&waker))
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn the_clock_runs_only_while_no_call_is_in_progress() {
+    #[tokio::test]
+    async fn only_calls_in_progress_keep_a_connection_from_idling() {
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
         let calls = Calls::default();
-        let mut clock = IdleClock::new(calls.clone(), Duration::from_secs(10));
-        assert!(!expired(&mut clock));
-        tokio::time::advance(Duration::from_secs(6)).await;
-        let call = calls.begin();
-        tokio::time::advance(Duration::from_secs(60)).await;
-        assert!(!expired(&mut clock), "a call in progress keeps it open");
-        drop(call);
-        tokio::time::advance(Duration::from_secs(9)).await;
-        assert!(
-            !expired(&mut clock),
-            "the clock restarts when the last call ends"
-        );
+        let accepted = calls.idle_since().expect("idle from its accept");
+        // A zero timeout: expired whenever no call is in progress.
+        let mut clock = IdleClock::new(calls.clone(), Duration::ZERO);
+        assert!(expired(&mut clock, &flag));
         let (a, b) = (calls.begin(), calls.begin());
+        assert_eq!(calls.idle_since(), None);
+        assert!(!expired(&mut clock, &flag));
         drop(a);
-        tokio::time::advance(Duration::from_secs(30)).await;
-        assert!(!expired(&mut clock), "one of two calls still in progress");
+        assert!(
+            !expired(&mut clock, &flag),
+            "one of two calls still in progress"
+        );
+        assert!(!flag.0.load(Ordering::SeqCst));
         drop(b);
-        tokio::time::advance(Duration::from_secs(10)).await;
-        assert!(expired(&mut clock));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_idle_connection_is_woken_to_close() {
-        let calls = Calls::default();
-        let mut clock = IdleClock::new(calls.clone(), Duration::from_secs(5));
-        let call = calls.begin();
-        // Pending while the call runs; the end of the call wakes it, then the timer does.
-        let waited = tokio::spawn(async move {
-            futures_util::future::poll_fn(|cx| {
-                if clock.poll_expired(cx) {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
-                }
-            })
-            .await;
-            Instant::now()
-        });
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let ended = Instant::now();
-        drop(call);
-        let closed = waited.await.unwrap();
-        assert_eq!(closed - ended, Duration::from_secs(5));
+        assert!(
+            flag.0.load(Ordering::SeqCst),
+            "the last call's end wakes the reader"
+        );
+        assert!(
+            calls.idle_since().unwrap() >= accepted,
+            "the clock restarts"
+        );
+        assert!(expired(&mut clock, &flag));
+        // A long timeout: not expired right after the last call, and the timer is armed.
+        let mut clock = IdleClock::new(calls.clone(), Duration::from_secs(3600));
+        drop(calls.begin());
+        assert!(!expired(&mut clock, &flag));
+        assert!(clock.sleep.deadline() > Instant::now() + Duration::from_secs(3000));
     }
 }
