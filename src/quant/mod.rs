@@ -7,3 +7,4 @@ pub mod observer;
 pub mod plan;
 pub mod report;
 pub mod search;
+mod timing;
