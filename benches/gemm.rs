@@ -4,9 +4,9 @@
 //! Run: `cargo bench --bench gemm`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use samp::model::kernels::int8::{self, ActScale, QActs, QWeights};
-use samp::model::kernels::packed::{matmul, Epilogue, PackedWeights};
-use samp::model::kernels::{gemm, View};
+use samp::kernels::int8::{self, ActScale, QActs, QWeights};
+use samp::kernels::packed::{matmul, Epilogue, PackedWeights};
+use samp::kernels::{gemm, View};
 
 /// (k, n) of QKV, attention output, FFN up, FFN down.
 const SHAPES: [(usize, usize); 4] = [(384, 1152), (384, 384), (384, 1536), (1536, 384)];
@@ -108,7 +108,7 @@ fn attention(c: &mut Criterion) {
         let mut ctx = vec![0.0f32; t * h];
         g.throughput(Throughput::Elements(t as u64));
         g.bench_function(format!("{t}_tokens"), |b| {
-            b.iter(|| samp::model::kernels::attention(&qkv, &mut ctx, &starts, heads, d))
+            b.iter(|| samp::kernels::attention(&qkv, &mut ctx, &starts, heads, d))
         });
     }
     g.finish();

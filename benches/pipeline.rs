@@ -15,7 +15,7 @@ use samp::tokenize::{Tokenizer, Truncation};
 
 fn bench(c: &mut Criterion) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2");
-    let tok = Tokenizer::load(&dir, 256).expect("run scripts/fetch_models.sh");
+    let tok = Tokenizer::load(&dir, 256, true).expect("run scripts/fetch_models.sh");
     let texts = sentences(256);
 
     let mut g = c.benchmark_group("tokenize");

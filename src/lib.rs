@@ -8,10 +8,13 @@
 pub mod backend;
 pub mod batching;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod error;
+pub mod kernels;
 pub mod metrics;
 pub mod model;
 pub mod quant;
 pub mod server;
 pub mod tokenize;
+pub mod tune;

@@ -1,13 +1,10 @@
-//! Every metric name samp exports, the recorder, and the /metrics HTTP endpoint (Prometheus
-//! text format on its own port). Labels come only from closed sets: RPC, model, variant,
+//! Every metric name samp exports and the recorder (the /metrics endpoint that serves it is
+//! `server::scrape`). Labels come only from closed sets: RPC, model, variant,
 //! outcome — never from request text.
 
-use std::net::SocketAddr;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 pub const REQUESTS_TOTAL: &str = "samp_requests_total";
 pub const INPUTS_TOTAL: &str = "samp_inputs_total";
@@ -81,52 +78,4 @@ pub fn handle() -> PrometheusHandle {
             handle
         })
         .clone()
-}
-
-/// Serve `GET /metrics` (any path, in fact) as Prometheus text on `listener`; with a `token`,
-/// only to requests that carry `authorization: Bearer <token>` (401 otherwise).
-pub async fn serve(listener: TcpListener, handle: PrometheusHandle, token: Option<String>) {
-    let token: Option<std::sync::Arc<str>> = token.map(Into::into);
-    loop {
-        let mut sock = crate::server::gate::accept(&listener).await;
-        let (handle, token) = (handle.clone(), token.clone());
-        tokio::spawn(async move {
-            let mut buf = [0u8; 4096];
-            // Read the request head (one read; scrapers send it in one segment).
-            let n = tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or(0);
-            let allowed = token.as_deref().is_none_or(|t| {
-                let head = &buf[..n];
-                let value = head.split(|&b| b == b'\n').find_map(|line| {
-                    let (name, value) = line.split_at(line.iter().position(|&b| b == b':')?);
-                    name.eq_ignore_ascii_case(b"authorization")
-                        .then(|| value[1..].trim_ascii())
-                });
-                crate::server::gate::authorized(value, t)
-            });
-            let (status, body) = if allowed {
-                ("200 OK", handle.render())
-            } else {
-                (
-                    "401 Unauthorized",
-                    "missing or wrong bearer token\n".to_string(),
-                )
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = sock.write_all(head.as_bytes()).await;
-            let _ = sock.write_all(body.as_bytes()).await;
-            let _ = sock.shutdown().await;
-        });
-    }
-}
-
-/// Bind the metrics port; its own error so a busy port is a clear start-up failure.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }

@@ -126,7 +126,7 @@ fn saved_int8_weights_match_load_time_quantization() {
     )
     .unwrap();
     // With it.
-    let tensors: Vec<(String, std::sync::Arc<samp::model::kernels::int8::QWeights>)> = m
+    let tensors: Vec<(String, std::sync::Arc<samp::kernels::int8::QWeights>)> = m
         .encoder()
         .layers()
         .iter()

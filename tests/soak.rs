@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::{model_dir, ServeProcess};
-use samp::server::loadgen::{self, Options, Rpc};
+use samp::client::loadgen::{self, Options, Rpc};
 
 fn start() -> ServeProcess {
     let model = model_dir("all-MiniLM-L6-v2");

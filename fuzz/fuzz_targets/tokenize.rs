@@ -13,7 +13,7 @@ fn tokenizer() -> &'static Tokenizer {
     T.get_or_init(|| {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../tests/fixtures/tiny-bert-multilabel");
-        Tokenizer::load(&dir, 32).expect("the fixture's tokenizer loads")
+        Tokenizer::load(&dir, 32, true).expect("the fixture's tokenizer loads")
     })
 }
 

@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use clap::Args;
 
-use crate::model::kernels::bf16::{Bf16Acts, Bf16Kernel, Bf16Weights, BF16_KERNELS};
-use crate::model::kernels::int8::{ActScale, Int8Kernel, QActs, QWeights, INT8_KERNELS};
-use crate::model::kernels::packed::{matmul_with, Epilogue, F32Kernel, PackedWeights, F32_KERNELS};
-use crate::model::kernels::peak::Probe;
+use crate::kernels::bf16::{Bf16Acts, Bf16Kernel, Bf16Weights, BF16_KERNELS};
+use crate::kernels::int8::{ActScale, Int8Kernel, QActs, QWeights, INT8_KERNELS};
+use crate::kernels::packed::{matmul_with, Epilogue, F32Kernel, PackedWeights, F32_KERNELS};
+use crate::kernels::peak::Probe;
 
 #[derive(Debug, Args)]
 pub struct KernelsArgs {
@@ -144,7 +144,7 @@ pub fn run_kernels(a: &KernelsArgs) -> anyhow::Result<()> {
             let mut b = Bf16Acts::new();
             let r = rate(ops, a.seconds, || {
                 b.round(&x, m, k);
-                crate::model::kernels::bf16::matmul_with(&b, &bw, &mut y, Epilogue::default(), kern)
+                crate::kernels::bf16::matmul_with(&b, &bw, &mut y, Epilogue::default(), kern)
             });
             eprintln!(
                 "{shape:<20} {m}x{k}x{n} {:<24} {:>8.1} GFLOP/s (incl. rounding the input)",
@@ -159,7 +159,7 @@ pub fn run_kernels(a: &KernelsArgs) -> anyhow::Result<()> {
             let mut q = QActs::new();
             let r = rate(ops, a.seconds, || {
                 q.quantize(&x, m, k, ActScale::Dynamic);
-                crate::model::kernels::int8::matmul_with(&q, &qw, &mut y, Epilogue::default(), kern)
+                crate::kernels::int8::matmul_with(&q, &qw, &mut y, Epilogue::default(), kern)
             });
             eprintln!(
                 "{shape:<20} {m}x{k}x{n} {:<24} {:>8.1} Gop/s ({bits}-bit, incl. quantizing)",

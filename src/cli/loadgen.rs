@@ -18,7 +18,7 @@ pub struct LoadgenArgs {
     pub addr: Option<String>,
     /// RPC to call [default: the config's call, else embed].
     #[arg(long, value_enum)]
-    pub rpc: Option<crate::server::loadgen::Rpc>,
+    pub rpc: Option<crate::client::loadgen::Rpc>,
     /// Model name (optional when one loaded model does the task).
     #[arg(long, default_value = "")]
     pub model: String,
@@ -56,9 +56,9 @@ pub struct LoadgenArgs {
 }
 
 pub fn run_loadgen(a: &LoadgenArgs) -> anyhow::Result<()> {
-    use crate::server::loadgen;
+    use crate::client::loadgen;
     let ghz = match &a.config {
-        Some(p) => crate::server::ghz::read(p)?,
+        Some(p) => crate::client::ghz::read(p)?,
         None => Default::default(),
     };
     if let (Some(want), Some(flag)) = (ghz.rpc, a.rpc) {

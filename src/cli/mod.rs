@@ -397,7 +397,7 @@ pub fn read_texts(path: &Path) -> Result<Vec<Input>, SampError> {
 
 /// Read a JSON Lines input file; errors name the line.
 pub fn read_inputs(path: &Path) -> Result<Vec<Input>, SampError> {
-    Ok(crate::quant::eval::read_examples(path)?
+    Ok(crate::tune::eval::read_examples(path)?
         .into_iter()
         .map(|e| e.input)
         .collect())
@@ -528,7 +528,7 @@ pub fn run_serve(a: &ServeArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_client(a: &ClientArgs) -> anyhow::Result<()> {
-    use crate::server::client::Call;
+    use crate::client::Call;
     let call = match &a.call {
         ClientCall::Embed { texts, dims } => Call::Embed {
             texts: texts.clone(),
@@ -552,11 +552,7 @@ pub fn run_client(a: &ClientArgs) -> anyhow::Result<()> {
     let timeout = std::time::Duration::from_millis(a.timeout_ms);
     let lines = rt
         .block_on(async {
-            tokio::time::timeout(
-                timeout,
-                crate::server::client::call(&a.addr, &a.model, call),
-            )
-            .await
+            tokio::time::timeout(timeout, crate::client::call(&a.addr, &a.model, call)).await
         })
         .map_err(|_| anyhow::anyhow!("no answer from {} within {} ms", a.addr, a.timeout_ms))??;
     print_lines(&lines)

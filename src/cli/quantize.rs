@@ -33,7 +33,7 @@ pub struct QuantizeArgs {
     pub min_score: Option<f64>,
     /// Layer modes the search may use.
     #[arg(long, value_enum, default_value = "auto")]
-    pub mode: crate::quant::search::SearchMode,
+    pub mode: crate::tune::search::SearchMode,
     /// Calibration: max, percentile, percentile:P, mse, or auto (the best of the three on the
     /// fully quantized model).
     #[arg(long, default_value = "auto")]
@@ -91,7 +91,8 @@ fn read_calib(path: &Path, limit: usize) -> anyhow::Result<Vec<Input>> {
 }
 
 pub fn run_quantize(a: &QuantizeArgs) -> anyhow::Result<()> {
-    use crate::quant::{artifact, eval, plan, search};
+    use crate::quant::{artifact, plan};
+    use crate::tune::{eval, search};
     let calibration = match a.calibration.as_str() {
         "auto" => None,
         c => Some(crate::quant::observer::Calibration::parse(c).map_err(anyhow::Error::msg)?),
@@ -200,10 +201,7 @@ pub fn run_quantize(a: &QuantizeArgs) -> anyhow::Result<()> {
     }
     // INT8 weights of every GEMM (the presets use them all), at the chosen plan's width.
     model.apply_plan(&chosen)?;
-    let q: Vec<(
-        String,
-        std::sync::Arc<crate::model::kernels::int8::QWeights>,
-    )> = model
+    let q: Vec<(String, std::sync::Arc<crate::kernels::int8::QWeights>)> = model
         .encoder()
         .layers()
         .iter()
@@ -212,10 +210,10 @@ pub fn run_quantize(a: &QuantizeArgs) -> anyhow::Result<()> {
             plan::Gemm::ALL.map(|g| (artifact::tensor_name(i, g.name()), l.linear(g).qweights()))
         })
         .collect();
-    let refs: Vec<(String, &crate::model::kernels::int8::QWeights)> =
+    let refs: Vec<(String, &crate::kernels::int8::QWeights)> =
         q.iter().map(|(n, w)| (n.clone(), w.as_ref())).collect();
     artifact::write(&a.out.join(artifact::INT8_FILE), &refs)?;
-    crate::quant::report::write_report(&a.out, &report)?;
+    crate::tune::report::write_report(&a.out, &report)?;
     let c = &report.trials[report.chosen];
     let m = report.measured.iter().find(|m| m.name == "samp");
     eprintln!(
@@ -265,7 +263,7 @@ fn copy_model_files(from: &Path, out: &Path) -> anyhow::Result<()> {
 }
 
 pub fn run_eval(a: &EvalArgs) -> anyhow::Result<()> {
-    use crate::quant::eval;
+    use crate::tune::eval;
     let examples = eval::read_examples(&a.data)?;
     let mut model = Model::load(&a.model, &LoadOptions::default())?;
     // The float model first: it is the reference for fidelity metrics.

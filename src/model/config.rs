@@ -60,15 +60,8 @@ impl std::str::FromStr for Task {
     }
 }
 
-/// Hidden activation of the FFN.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// Exact (erf) GELU, `gelu` in transformers.
-    Gelu,
-    /// tanh approximation, `gelu_new` / `gelu_pytorch_tanh`.
-    GeluTanh,
-    Relu,
-}
+/// Hidden activation of the FFN (defined with the kernels that compute it).
+pub use crate::kernels::Activation;
 
 /// Hyper-parameters of one encoder checkpoint, validated.
 #[derive(Debug, Clone)]
@@ -375,6 +368,19 @@ impl SentenceConfig {
         }
         Ok(cfg)
     }
+}
+
+/// `do_lower_case` of `dir/tokenizer_config.json` (true when the file or the key is absent,
+/// as for BERT's uncased checkpoints).
+pub fn do_lower_case(dir: &Path) -> Result<bool> {
+    let cfg = dir.join("tokenizer_config.json");
+    if !cfg.exists() {
+        return Ok(true);
+    }
+    Ok(read_json(&cfg, "tokenizer_config.json")?
+        .get("do_lower_case")
+        .and_then(Value::as_bool)
+        .unwrap_or(true))
 }
 
 pub(crate) fn read_json(path: &Path, what: &'static str) -> Result<Value> {

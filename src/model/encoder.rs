@@ -4,8 +4,8 @@
 //! sequence.
 
 use crate::error::{Result, SampError};
+use crate::kernels;
 use crate::model::config::{Arch, ModelConfig};
-use crate::model::kernels;
 use crate::model::linear::Linear;
 use crate::model::weights::Weights;
 use crate::quant::plan::Gemm;

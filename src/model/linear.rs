@@ -9,10 +9,10 @@ use std::cell::RefCell;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::error::Result;
-use crate::model::config::Activation;
-use crate::model::kernels::bf16::{self, Bf16Acts, Bf16Weights};
-use crate::model::kernels::int8::{self, ActScale, QActs, QWeights};
-use crate::model::kernels::packed::{self, Epilogue, PackedWeights};
+use crate::kernels::bf16::{self, Bf16Acts, Bf16Weights};
+use crate::kernels::int8::{self, ActScale, QActs, QWeights};
+use crate::kernels::packed::{self, Epilogue, PackedWeights};
+use crate::kernels::Activation;
 use crate::model::weights::Weights;
 use crate::quant::observer::Observer;
 

@@ -5,7 +5,6 @@
 pub mod config;
 pub mod encoder;
 pub mod heads;
-pub mod kernels;
 pub mod linear;
 pub mod weights;
 
@@ -22,7 +21,7 @@ use heads::tag::{Aggregation, Entity, TokenScores};
 use linear::Linear;
 use weights::Weights;
 
-use crate::model::kernels::int8::ActScale;
+use crate::kernels::int8::ActScale;
 use crate::quant::artifact;
 use crate::quant::observer::Observer;
 use crate::quant::plan::{ActMode, Gemm, Plan, Precision};
@@ -143,7 +142,7 @@ impl Model {
                 format!("{key} leaves {max_len} token positions; [CLS] and [SEP] need 2"),
             ));
         }
-        let tokenizer = Tokenizer::load(dir, max_len)?;
+        let tokenizer = Tokenizer::load(dir, max_len, config::do_lower_case(dir)?)?;
         if tokenizer.max_token_id() as usize >= cfg.vocab_size {
             return Err(SampError::Tokenizer {
                 path: tokenizer.path().to_path_buf(),

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::error::{Result, SampError};
-use crate::model::kernels::int8::QWeights;
+use crate::kernels::int8::QWeights;
 
 pub const INT8_FILE: &str = "samp-int8.safetensors";
 

@@ -1,10 +1,6 @@
-//! Self-Adaptive Mixed-Precision: calibration observers, precision plans, the INT8 artifact,
-//! evaluation metrics and the search that picks a plan (`samp quantize`).
+//! Self-Adaptive Mixed-Precision's vocabulary: calibration observers, precision plans and the
+//! INT8 artifact. The search that picks a plan (`samp quantize`) is in [`crate::tune`].
 
 pub mod artifact;
-pub mod eval;
 pub mod observer;
 pub mod plan;
-pub mod report;
-pub mod search;
-mod timing;

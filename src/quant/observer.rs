@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::kernels::int8::ACT_MAX;
+use crate::kernels::int8::ACT_MAX;
 
 const SHIFT: u32 = 17;
 const BINS: usize = 1 << (31 - SHIFT);

@@ -181,7 +181,7 @@ fn default_weight_bits() -> u32 {
 /// for them at full speed (VNNI), else 7 (AVX2's `vpmaddubsw`; 8-bit weights would run on a
 /// slower exact kernel there).
 pub fn preferred_weight_bits() -> u32 {
-    use crate::model::kernels::int8::Int8Kernel;
+    use crate::kernels::int8::Int8Kernel;
     if Int8Kernel::detect(8) == Int8Kernel::detect(7) {
         8
     } else {
@@ -291,7 +291,7 @@ impl Plan {
                 self.layers.len()
             ));
         }
-        if !crate::model::kernels::int8::WEIGHT_BITS.contains(&self.weight_bits) {
+        if !crate::kernels::int8::WEIGHT_BITS.contains(&self.weight_bits) {
             return Err(format!(
                 "weight_bits is {}; INT8 weights are 7 or 8 bits",
                 self.weight_bits

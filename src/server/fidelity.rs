@@ -30,7 +30,7 @@ pub fn spawn_shadow(
         match (&output, &reference.output) {
             (Output::Embed(q), Output::Embed(f)) => {
                 for (a, b) in q.iter().zip(f) {
-                    let c = crate::quant::eval::cosine(&a.embedding, &b.embedding);
+                    let c = crate::tune::eval::cosine(&a.embedding, &b.embedding);
                     metrics::histogram!(m::FIDELITY_COSINE, &labels).record(c);
                 }
             }
@@ -44,7 +44,7 @@ pub fn spawn_shadow(
             }
             (Output::Tag(q), Output::Tag(f)) => {
                 for (a, b) in q.iter().zip(f) {
-                    let f1 = crate::quant::eval::entity_f1(
+                    let f1 = crate::tune::eval::entity_f1(
                         std::slice::from_ref(&a.entities),
                         std::slice::from_ref(&b.entities),
                     );

@@ -2,15 +2,13 @@
 //! again during shutdown), reflection (v1 and v1alpha), metrics endpoint, graceful shutdown.
 //! The only module that sees proto types.
 
-pub mod client;
 pub mod deadline;
 mod fidelity;
 pub mod gate;
-pub mod ghz;
 pub mod http;
 mod idle;
-pub mod loadgen;
 mod observe;
+mod scrape;
 pub mod service;
 pub mod status;
 mod stream;
@@ -122,7 +120,7 @@ pub async fn prepare(cfg: &ServeConfig) -> anyhow::Result<Prepared> {
     let grpc = TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| anyhow::anyhow!("listen {}: {e}", cfg.listen))?;
-    let metrics = crate::metrics::bind(cfg.metrics_listen)
+    let metrics = scrape::bind(cfg.metrics_listen)
         .await
         .map_err(|e| anyhow::anyhow!("metrics_listen {}: {e}", cfg.metrics_listen))?;
     let http = match cfg.http_listen {
@@ -163,7 +161,7 @@ pub async fn serve(
         http,
     } = prepared;
     let handle = crate::metrics::handle();
-    let metrics_task = tokio::spawn(crate::metrics::serve(
+    let metrics_task = tokio::spawn(scrape::serve(
         metrics_listener,
         handle,
         cfg.auth_token.clone(),

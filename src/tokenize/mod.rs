@@ -77,8 +77,9 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     /// Load from `dir` (tokenizer.json, else vocab.txt) and truncate at `max_len` tokens,
-    /// special tokens included.
-    pub fn load(dir: &Path, max_len: usize) -> Result<Self> {
+    /// special tokens included. `lowercase` is the checkpoint's `do_lower_case`, used when the
+    /// tokenizer is built from vocab.txt (tokenizer.json carries its own normalizer).
+    pub fn load(dir: &Path, max_len: usize, lowercase: bool) -> Result<Self> {
         let json = dir.join("tokenizer.json");
         let vocab = dir.join("vocab.txt");
         let (mut inner, path) = if json.exists() {
@@ -88,7 +89,7 @@ impl Tokenizer {
             })?;
             (t, json)
         } else if vocab.exists() {
-            (wordpiece_from_vocab(dir, &vocab)?, vocab)
+            (wordpiece_from_vocab(&vocab, lowercase)?, vocab)
         } else {
             return Err(SampError::MissingFile {
                 path: json,
@@ -263,8 +264,8 @@ fn overflow_tokens(e: &Encoding) -> usize {
         .sum()
 }
 
-/// A BERT WordPiece tokenizer from `vocab.txt`, lower-casing as `tokenizer_config.json` says.
-fn wordpiece_from_vocab(dir: &Path, vocab: &Path) -> Result<tokenizers::Tokenizer> {
+/// A BERT WordPiece tokenizer from `vocab.txt`, lower-casing when `lowercase`.
+fn wordpiece_from_vocab(vocab: &Path, lowercase: bool) -> Result<tokenizers::Tokenizer> {
     use tokenizers::models::wordpiece::WordPiece;
     use tokenizers::normalizers::BertNormalizer;
     use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
@@ -274,17 +275,6 @@ fn wordpiece_from_vocab(dir: &Path, vocab: &Path) -> Result<tokenizers::Tokenize
     let fail = |reason: String| SampError::Tokenizer {
         path: vocab.to_path_buf(),
         reason,
-    };
-    let lowercase = {
-        let cfg = dir.join("tokenizer_config.json");
-        if cfg.exists() {
-            crate::model::config::read_json(&cfg, "tokenizer_config.json")?
-                .get("do_lower_case")
-                .and_then(serde_json::Value::as_bool)
-                .unwrap_or(true)
-        } else {
-            true
-        }
     };
     let vocab_str = vocab
         .to_str()
@@ -317,7 +307,7 @@ mod tests {
 
     fn tiny(max_len: usize) -> Tokenizer {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert-multilabel");
-        Tokenizer::load(&dir, max_len).unwrap()
+        Tokenizer::load(&dir, max_len, true).unwrap()
     }
 
     #[test]

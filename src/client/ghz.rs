@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::loadgen::{Message, Rpc};
-use super::proto;
+use crate::server::proto;
 
 /// What a ghz config asks for; `None` where it is silent.
 #[derive(Debug, Clone, Default)]

@@ -4,7 +4,7 @@
 use std::ops::Range;
 
 use super::{finish, Bf16Acts, Bf16Weights, Epilogue, Isa, NR};
-use crate::model::kernels::amx as tiles;
+use crate::kernels::amx as tiles;
 use tiles::{Dot, Tiles};
 
 /// The table entry's task: `task::<tiles::Hardware>` in the table, `task::<tiles::Emulated>`

@@ -1,5 +1,5 @@
 use super::*;
-use crate::model::config::Activation;
+use crate::kernels::Activation;
 
 #[test]
 fn every_supported_kernel_passes_its_self_check() {
@@ -283,13 +283,13 @@ fn vector_quantizers_match_the_scalar_one() {
     x[10] = -1e9;
     let mut want = vec![0u8; x.len()];
     quantize_row(&x, &mut want, 1.0);
-    if crate::model::kernels::has_avx2_fma() {
+    if crate::kernels::has_avx2_fma() {
         let mut got = vec![0u8; x.len()];
         // SAFETY: AVX2 and FMA were detected.
         unsafe { quantize_row_avx2(&x, &mut got, 1.0) };
         assert_eq!(got, want, "avx2");
     }
-    if crate::model::kernels::has_avx512() {
+    if crate::kernels::has_avx512() {
         for len in [0usize, 1, 15, 16, 17, 203] {
             let mut got = vec![0u8; len];
             // SAFETY: AVX-512 was detected.

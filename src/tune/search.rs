@@ -4,18 +4,18 @@
 //! first, the whole plan re-evaluated at every step — and pick the fastest plan that meets the
 //! requirement (without one, the knee of the frontier).
 
-use crate::model::kernels::bf16::Bf16Kernel;
+use crate::kernels::bf16::Bf16Kernel;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use super::eval::{Evaluator, Scores};
-use super::observer::{Calibration, Observer};
-use super::plan::{ActMode, LayerMode, Plan};
 use super::timing::{throughput, time_layers};
 use crate::error::Result;
 use crate::model::Model;
+use crate::quant::observer::{Calibration, Observer};
+use crate::quant::plan::{ActMode, LayerMode, Plan};
 use crate::tokenize::{Input, Truncation};
 
 /// What the chosen plan must achieve on the evaluation data.

@@ -107,7 +107,7 @@ pub unsafe fn finish(
     ldy: usize,
     cols: usize,
     accumulate: bool,
-    act: Option<crate::model::config::Activation>,
+    act: Option<crate::kernels::Activation>,
 ) {
     let mask = col_mask(cols);
     let b = match bias {
@@ -148,7 +148,7 @@ pub unsafe fn fused(
     cols_last: usize,
     bias: Option<*const f32>,
     accumulate: bool,
-    act: Option<crate::model::config::Activation>,
+    act: Option<crate::kernels::Activation>,
 ) {
     let ep = FusedEp {
         bias,
@@ -168,7 +168,7 @@ pub unsafe fn fused(
 struct FusedEp {
     bias: Option<*const f32>,
     accumulate: bool,
-    act: Option<crate::model::config::Activation>,
+    act: Option<crate::kernels::Activation>,
     y: *mut f32,
     ldy: usize,
     cols_last: usize,
@@ -250,10 +250,10 @@ pub(crate) unsafe fn store_row(
     yp: *mut f32,
     mask: __mmask16,
     accumulate: bool,
-    act: Option<crate::model::config::Activation>,
+    act: Option<crate::kernels::Activation>,
 ) {
-    use crate::model::config::Activation;
-    use crate::model::kernels::{gelu_erf_impl, gelu_tanh};
+    use crate::kernels::Activation;
+    use crate::kernels::{gelu_erf_impl, gelu_tanh};
     if accumulate {
         v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, yp));
     }

@@ -1,9 +1,13 @@
-//! `samp client`: calls a running server and prints one JSON object per input.
+//! The client side of samp.v1: `samp client` (calls a running server and prints one JSON
+//! object per input), the load generator and its ghz config reader.
+
+pub mod ghz;
+pub mod loadgen;
 
 use serde_json::json;
 
-use super::proto;
-use super::proto::samp_client::SampClient;
+use crate::server::proto;
+use crate::server::proto::samp_client::SampClient;
 
 /// What to call.
 pub enum Call {

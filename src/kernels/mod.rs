@@ -16,7 +16,15 @@ pub use attention::attention;
 
 use rayon::prelude::*;
 
-use crate::model::config::Activation;
+/// Hidden activation of the FFN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Exact (erf) GELU, `gelu` in transformers.
+    Gelu,
+    /// tanh approximation, `gelu_new` / `gelu_pytorch_tanh`.
+    GeluTanh,
+    Relu,
+}
 
 /// A strided 2-D view for the GEMM: element (r, c) lives at `ptr[r * rs + c * cs]`.
 #[derive(Clone, Copy)]

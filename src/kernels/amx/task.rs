@@ -8,8 +8,8 @@
 use std::ops::Range;
 
 use super::{Dot, Tiles, B, BLOCK_A, BLOCK_C, BLOCK_ROWS, KB, MR, NP};
-use crate::model::kernels::aligned::Aligned;
-use crate::model::kernels::packed::NR;
+use crate::kernels::aligned::Aligned;
+use crate::kernels::packed::NR;
 
 /// Where a block's results go: rows `r..r + rows`, panels `p..p + gp`.
 #[derive(Clone, Copy, Debug)]

@@ -14,7 +14,7 @@
 
 use super::driver::{first_passing, fused_tiles, split_panels};
 use super::{gelu_erf_impl, gelu_tanh, Isa};
-use crate::model::config::Activation;
+use crate::kernels::Activation;
 
 /// Output columns per panel: one 16-float zmm, or two 8-float ymm.
 pub const NR: usize = 16;

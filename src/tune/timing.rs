@@ -3,14 +3,14 @@
 
 use std::time::{Duration, Instant};
 
-use super::plan::{ActMode, LayerMode, Plan};
 use super::search::{mode_index, MODES};
 use crate::error::Result;
+use crate::kernels::bf16::Bf16Kernel;
 use crate::model::config::Task;
 use crate::model::encoder::Batch;
 use crate::model::heads::tag::Aggregation;
-use crate::model::kernels::bf16::Bf16Kernel;
 use crate::model::{EmbedOptions, Model};
+use crate::quant::plan::{ActMode, LayerMode, Plan};
 use crate::tokenize::{Input, Truncation};
 
 /// Fastest milliseconds of `f` over a few runs after one warm-up.

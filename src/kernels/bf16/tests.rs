@@ -42,14 +42,14 @@ fn every_row_rounding_path_agrees_with_the_scalar_one() {
 fn amx_emulated() -> Bf16Kernel {
     Bf16Kernel {
         name: "bf16-amx-emulated",
-        mr: crate::model::kernels::amx::MR,
-        np: crate::model::kernels::amx::NP,
+        mr: crate::kernels::amx::MR,
+        np: crate::kernels::amx::NP,
         kc: 512,
         isa: Isa::Portable,
         supported: || true,
-        tile: crate::model::kernels::amx::bf16_emulated,
+        tile: crate::kernels::amx::bf16_emulated,
         fused: None,
-        task: Some(super::amx::task::<crate::model::kernels::amx::Emulated>),
+        task: Some(super::amx::task::<crate::kernels::amx::Emulated>),
     }
 }
 

@@ -2,7 +2,7 @@
 //! depth in groups of four, plus the per-column compensation for unsigned activations.
 
 use super::{weight_max, KG, NR, WEIGHT_BITS};
-use crate::model::kernels::aligned::Aligned;
+use crate::kernels::aligned::Aligned;
 
 /// Weights `[k, n]` quantized per output column and packed into panels of `NR` columns.
 #[derive(Clone)]

@@ -4,8 +4,8 @@
 use rayon::prelude::*;
 
 use super::{ACT_MAX, KG};
-use crate::model::kernels::aligned::Aligned;
-use crate::model::kernels::Isa;
+use crate::kernels::aligned::Aligned;
+use crate::kernels::Isa;
 
 /// How activations are scaled.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -50,7 +50,7 @@ impl QActs {
         let body = |(row, (dst, s)): (&[f32], (&mut [u8], &mut f32))| {
             let sc = match scale {
                 ActScale::Static(s) => s,
-                ActScale::Dynamic => crate::model::kernels::abs_max(row) / ACT_MAX as f32,
+                ActScale::Dynamic => crate::kernels::abs_max(row) / ACT_MAX as f32,
             };
             *s = if sc > 0.0 && sc.is_finite() { sc } else { 1.0 };
             let dst = &mut dst[..k];

@@ -4,14 +4,14 @@
 //! `vpdpbusd` does not saturate, so any 8-bit weights are exact.
 
 use super::{KG, NR};
-use crate::model::kernels::packed::avx512::{col_mask, store_row};
+use crate::kernels::packed::avx512::{col_mask, store_row};
 use std::arch::x86_64::*;
 
 pub const MR: usize = 8;
 pub const NP: usize = 3;
 
 pub fn supported() -> bool {
-    crate::model::kernels::has_avx512() && is_x86_feature_detected!("avx512vnni")
+    crate::kernels::has_avx512() && is_x86_feature_detected!("avx512vnni")
 }
 
 /// The table entry: `rows` 1..=8, `np` 1..=3.
@@ -118,7 +118,7 @@ pub unsafe fn finish(
     ldy: usize,
     cols: usize,
     accumulate: bool,
-    act: Option<crate::model::config::Activation>,
+    act: Option<crate::kernels::Activation>,
 ) {
     assert!(offset.len() >= NR && ws.len() >= NR && sa.len() >= acc.len());
     let mask = col_mask(cols);
@@ -153,7 +153,7 @@ pub struct FusedEp {
     /// Per row: activation scales (`rows`).
     pub sa: *const f32,
     pub accumulate: bool,
-    pub act: Option<crate::model::config::Activation>,
+    pub act: Option<crate::kernels::Activation>,
 }
 
 /// The whole depth and the epilogue in one call: accumulators start at zero and never leave the

@@ -202,7 +202,7 @@ type Bf16Fused = unsafe fn(
     cols_last: usize,
     bias: Option<*const f32>,
     accumulate: bool,
-    act: Option<crate::model::config::Activation>,
+    act: Option<crate::kernels::Activation>,
 );
 
 impl std::fmt::Debug for Bf16Kernel {

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::proto;
-use super::proto::samp_client::SampClient;
+use crate::server::proto;
+use crate::server::proto::samp_client::SampClient;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

@@ -9,7 +9,7 @@ pub const MR: usize = 8;
 pub const NP: usize = 3;
 
 pub fn supported() -> bool {
-    crate::model::kernels::has_avx512() && is_x86_feature_detected!("avx512bf16")
+    crate::kernels::has_avx512() && is_x86_feature_detected!("avx512bf16")
 }
 
 /// `dst[i] = round(src[i])`, 16 per step: `(b + 0x7fff + ((b >> 16) & 1)) >> 16`, NaN → quiet.
@@ -151,7 +151,7 @@ pub unsafe fn fused(
     cols_last: usize,
     bias: Option<*const f32>,
     accumulate: bool,
-    act: Option<crate::model::config::Activation>,
+    act: Option<crate::kernels::Activation>,
 ) {
     let ep = Ep {
         y,
@@ -174,7 +174,7 @@ struct Ep {
     cols_last: usize,
     bias: Option<*const f32>,
     accumulate: bool,
-    act: Option<crate::model::config::Activation>,
+    act: Option<crate::kernels::Activation>,
 }
 
 #[inline(always)]
@@ -207,7 +207,7 @@ unsafe fn fused_kernel<const R: usize, const P: usize>(
     bstride: usize,
     ep: &Ep,
 ) {
-    use crate::model::kernels::packed::avx512::{col_mask, store_row};
+    use crate::kernels::packed::avx512::{col_mask, store_row};
     let mut acc = [[_mm512_setzero_ps(); P]; R];
     for g in 0..k / KG {
         // SAFETY (whole function): the caller vouches for the extents (see `fused`).
