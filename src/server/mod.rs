@@ -2,12 +2,14 @@
 //! again during shutdown), reflection (v1 and v1alpha), metrics endpoint, graceful shutdown.
 //! The only module that sees proto types.
 
+mod convert;
 pub mod deadline;
 mod fidelity;
 pub mod gate;
 pub mod http;
 mod idle;
 mod observe;
+mod registry;
 mod scrape;
 pub mod service;
 pub mod status;
@@ -106,10 +108,10 @@ pub async fn prepare(cfg: &ServeConfig) -> anyhow::Result<Prepared> {
             let quality = plan.as_deref().and_then(|p| quality(p, &model.plan().name));
             match &quality {
                 Some(q) => tracing::info!(model = %entry.name, %variant,
-                    precision = %service::precision_summary(model.plan()), metric = %q.metric,
+                    precision = %convert::precision_summary(model.plan()), metric = %q.metric,
                     score = q.value, drop = q.drop, "variant ready (score and drop measured by samp quantize)"),
                 None => tracing::info!(model = %entry.name, %variant,
-                    precision = %service::precision_summary(model.plan()), "variant ready"),
+                    precision = %convert::precision_summary(model.plan()), "variant ready"),
             }
             let mut w = ModelWorker::spawn(Arc::new(model), &variant, cfg.batching)?;
             w.seed_rate(rate.0, rate.1);

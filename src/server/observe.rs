@@ -81,3 +81,23 @@ pub fn record_stages(
     metrics::histogram!(m::BATCH_TOKENS, "model" => model.clone()).record(done.batch_tokens as f64);
     metrics::counter!(m::INPUTS_TOTAL, "rpc" => rpc, "model" => model).increment(inputs as u64);
 }
+
+/// A refusal at the door, counted by reason.
+pub fn refused(worker: &ModelWorker, e: crate::backend::Refused) -> ServeError {
+    use crate::backend::Refused;
+    use crate::batching::Refusal;
+    let reason = match &e {
+        Refused::Overloaded { reason, .. } => match reason {
+            Refusal::QueueFull { .. } => "queue_full",
+            Refusal::TokenBudget { .. } => "token_budget",
+            Refusal::Deadline { .. } => "deadline",
+        },
+        Refused::NoWorker { .. } => "no_worker",
+    };
+    metrics::counter!(m::REFUSED_TOTAL, "model" => worker.model.name.clone(), "reason" => reason)
+        .increment(1);
+    match e {
+        Refused::Overloaded { .. } => ServeError::Overloaded(e.to_string()),
+        Refused::NoWorker { .. } => ServeError::Unavailable,
+    }
+}

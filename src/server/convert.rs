@@ -1,0 +1,267 @@
+//! samp.v1 messages into domain calls and domain results back into replies: one [`Rpc`] impl
+//! per unary request type, and the model listing. The handlers in `service.rs` only run them.
+
+use std::sync::Arc;
+
+use super::proto;
+use super::status::ServeError;
+use super::validate::{aggregation, check_count, check_text, truncation};
+use crate::backend::{ModelWorker, Output, Work};
+use crate::config::Limits;
+use crate::model::config::Task;
+use crate::model::{EmbedOptions, Model};
+use crate::quant::plan::Plan;
+use crate::tokenize::{Input, Truncation};
+
+/// What the head does with a job's inputs once they are tokenized (texts the head needs are
+/// moved back out of them, not copied).
+pub type MakeWork = Box<dyn FnOnce(Vec<Input>) -> Work + Send>;
+
+/// A request checked against the limits and the model that serves it.
+pub struct Call {
+    pub inputs: Vec<Input>,
+    pub truncation: Truncation,
+    pub work: MakeWork,
+}
+
+/// A unary request of samp.v1: how it becomes a [`Call`] and how the job's output becomes its
+/// reply.
+pub trait Rpc: Send + 'static {
+    type Reply: Send + 'static;
+    /// The RPC's name in metrics.
+    const NAME: &'static str;
+    const TASK: Task;
+    /// The model and variant the request names (empty: the only model able / the default).
+    fn target(&self) -> (&str, &str);
+    /// Validate the request into a call to `model`, before any work is spent on it.
+    fn into_call(self, limits: &Limits, model: &Model) -> Result<Call, ServeError>;
+    /// The reply; `served` gets its token count here.
+    fn reply(output: Output, served: proto::Served) -> Result<Self::Reply, ServeError>;
+}
+
+/// Every text of a request, checked where it lies, then moved into inputs.
+fn single_inputs(
+    limits: &Limits,
+    field: &str,
+    texts: Vec<String>,
+) -> Result<Vec<Input>, ServeError> {
+    check_count(limits, "inputs", texts.len())?;
+    for (i, t) in texts.iter().enumerate() {
+        check_text(limits, || format!("{field}[{i}]"), t)?;
+    }
+    Ok(texts.into_iter().map(Input::Single).collect())
+}
+
+fn other_output(rpc: &str) -> ServeError {
+    ServeError::Internal(anyhow::anyhow!(
+        "the compute thread answered a {rpc} job with another task's output"
+    ))
+}
+
+impl Rpc for proto::EmbedRequest {
+    type Reply = proto::EmbedResponse;
+    const NAME: &'static str = "embed";
+    const TASK: Task = Task::Embed;
+
+    fn target(&self) -> (&str, &str) {
+        (&self.model, &self.variant)
+    }
+
+    fn into_call(self, limits: &Limits, model: &Model) -> Result<Call, ServeError> {
+        let inputs = single_inputs(limits, "texts", self.texts)?;
+        let opts = EmbedOptions {
+            normalize: self.normalize,
+            dims: (self.dimensions > 0).then_some(self.dimensions as usize),
+            truncation: truncation(self.truncation)?,
+        };
+        model.check_embed(&opts)?;
+        Ok(Call {
+            inputs,
+            truncation: opts.truncation,
+            work: Box::new(move |_| Work::Embed(opts)),
+        })
+    }
+
+    fn reply(output: Output, mut served: proto::Served) -> Result<Self::Reply, ServeError> {
+        let Output::Embed(v) = output else {
+            return Err(other_output(Self::NAME));
+        };
+        served.tokens = v.iter().map(|e| e.tokens as u32).sum();
+        Ok(proto::EmbedResponse {
+            served: Some(served),
+            embeddings: v
+                .into_iter()
+                .map(|e| proto::Embedding {
+                    values: e.embedding,
+                    tokens: e.tokens as u32,
+                    truncated: e.truncated,
+                })
+                .collect(),
+        })
+    }
+}
+
+impl Rpc for proto::ClassifyRequest {
+    type Reply = proto::ClassifyResponse;
+    const NAME: &'static str = "classify";
+    const TASK: Task = Task::Classify;
+
+    fn target(&self) -> (&str, &str) {
+        (&self.model, &self.variant)
+    }
+
+    fn into_call(self, limits: &Limits, _: &Model) -> Result<Call, ServeError> {
+        use proto::classify_input::Input as In;
+        check_count(limits, "inputs", self.inputs.len())?;
+        let mut inputs = Vec::with_capacity(self.inputs.len());
+        // Checked where they lie and moved, never copied.
+        for (i, inp) in self.inputs.into_iter().enumerate() {
+            inputs.push(match inp.input {
+                Some(In::Text(t)) => {
+                    check_text(limits, || format!("inputs[{i}].text"), &t)?;
+                    Input::Single(t)
+                }
+                Some(In::Pair(p)) => {
+                    check_text(limits, || format!("inputs[{i}].pair.a"), &p.a)?;
+                    check_text(limits, || format!("inputs[{i}].pair.b"), &p.b)?;
+                    Input::Pair(p.a, p.b)
+                }
+                None => {
+                    return Err(ServeError::invalid(
+                        format!("inputs[{i}]"),
+                        "neither text nor pair",
+                    ))
+                }
+            });
+        }
+        Ok(Call {
+            inputs,
+            truncation: truncation(self.truncation)?,
+            work: Box::new(|_| Work::Classify),
+        })
+    }
+
+    fn reply(output: Output, mut served: proto::Served) -> Result<Self::Reply, ServeError> {
+        let Output::Classify(v) = output else {
+            return Err(other_output(Self::NAME));
+        };
+        served.tokens = v.iter().map(|c| c.tokens as u32).sum();
+        Ok(proto::ClassifyResponse {
+            served: Some(served),
+            results: v
+                .into_iter()
+                .map(|c| proto::Classification {
+                    label: c.label,
+                    score: c.score,
+                    scores: c
+                        .scores
+                        .into_iter()
+                        .map(|s| proto::LabelScore {
+                            label: s.label,
+                            score: s.score,
+                        })
+                        .collect(),
+                    tokens: c.tokens as u32,
+                    truncated: c.truncated,
+                })
+                .collect(),
+        })
+    }
+}
+
+impl Rpc for proto::TagRequest {
+    type Reply = proto::TagResponse;
+    const NAME: &'static str = "tag";
+    const TASK: Task = Task::Tag;
+
+    fn target(&self) -> (&str, &str) {
+        (&self.model, &self.variant)
+    }
+
+    fn into_call(self, limits: &Limits, _: &Model) -> Result<Call, ServeError> {
+        let inputs = single_inputs(limits, "texts", self.texts)?;
+        let agg = aggregation(self.aggregation)?;
+        Ok(Call {
+            inputs,
+            truncation: truncation(self.truncation)?,
+            // The head needs the texts for entity offsets: moved back out of the inputs.
+            work: Box::new(move |inputs: Vec<Input>| {
+                Work::Tag(inputs.into_iter().map(Input::into_first).collect(), agg)
+            }),
+        })
+    }
+
+    fn reply(output: Output, mut served: proto::Served) -> Result<Self::Reply, ServeError> {
+        let Output::Tag(v) = output else {
+            return Err(other_output(Self::NAME));
+        };
+        served.tokens = v.iter().map(|t| t.tokens as u32).sum();
+        Ok(proto::TagResponse {
+            served: Some(served),
+            results: v
+                .into_iter()
+                .map(|t| proto::TagResult {
+                    entities: t
+                        .entities
+                        .into_iter()
+                        .map(|e| proto::Entity {
+                            label: e.label,
+                            score: e.score,
+                            start: e.start as u32,
+                            end: e.end as u32,
+                            text: e.text,
+                        })
+                        .collect(),
+                    tokens: t.tokens as u32,
+                    truncated: t.truncated,
+                })
+                .collect(),
+        })
+    }
+}
+
+/// A model and its variants, as `ListModels` and `GetModel` show them.
+pub fn model_info(variants: &[Arc<ModelWorker>]) -> proto::ModelInfo {
+    let m = &variants[0].model;
+    proto::ModelInfo {
+        name: m.name.clone(),
+        task: m.task.name().to_string(),
+        architecture: format!("{:?}", m.cfg.arch).to_lowercase(),
+        labels: m.labels.clone(),
+        max_tokens: m.max_len() as u32,
+        hidden_size: m.cfg.hidden as u32,
+        layers: m.cfg.layers as u32,
+        variants: variants
+            .iter()
+            .enumerate()
+            .map(|(i, w)| proto::VariantInfo {
+                name: w.variant.clone(),
+                precision: precision_summary(w.model.plan()),
+                is_default: i == 0,
+                metric: w
+                    .quality
+                    .as_ref()
+                    .map_or(String::new(), |q| q.metric.clone()),
+                score: w.quality.as_ref().map(|q| q.value),
+                drop: w.quality.as_ref().map(|q| q.drop),
+            })
+            .collect(),
+    }
+}
+
+/// e.g. "float32 (all 6 layers)" or "int8 GEMMs 20/24, bf16 GEMMs 2/24, layers QQQQpF (F
+/// float32, b bf16, q Quant-FFN-Only, p Quant-FFN-Only with bf16 attention, Q Fully-Quant;
+/// Static activations, 8-bit weights)".
+pub fn precision_summary(plan: &Plan) -> String {
+    let n = plan.layers.len();
+    match (plan.int8_gemms(), plan.bf16_gemms()) {
+        (0, 0) => format!("float32 (all {n} layers)"),
+        (k, b) => format!(
+            "int8 GEMMs {k}/{all}, bf16 GEMMs {b}/{all}, layers {} (F float32, b bf16, q Quant-FFN-Only, p Quant-FFN-Only with bf16 attention, Q Fully-Quant; {:?} activations, {}-bit weights)",
+            plan.summary(),
+            plan.activations,
+            plan.weight_bits,
+            all = 4 * n,
+        ),
+    }
+}
