@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::read_texts;
 use crate::model::{LoadOptions, Model};
-use crate::tokenize::{Input, Truncation};
+use crate::tokenize::Input;
 
 #[derive(Debug, Args)]
 pub struct QuantizeArgs {
@@ -91,7 +91,7 @@ fn read_calib(path: &Path, limit: usize) -> anyhow::Result<Vec<Input>> {
 }
 
 pub fn run_quantize(a: &QuantizeArgs) -> anyhow::Result<()> {
-    use crate::quant::{artifact, plan};
+    use crate::quant::plan;
     use crate::tune::{eval, search};
     let calibration = match a.calibration.as_str() {
         "auto" => None,
@@ -154,66 +154,7 @@ pub fn run_quantize(a: &QuantizeArgs) -> anyhow::Result<()> {
     };
     let (report, chosen) = search::search(&mut model, &evaluator, &opts)?;
 
-    std::fs::create_dir_all(&a.out)?;
-    copy_model_files(&a.model, &a.out)?;
-    chosen.write(&a.out.join(plan::PLAN_FILE))?;
-    let layers = model.cfg.layers;
-    // The presets, for side-by-side evaluation: FFN-only and fully-quant with the activation
-    // scheme the search chose, and fully-quant with static and with dynamic scales.
-    let static_cal = report
-        .calibration
-        .unwrap_or(crate::quant::observer::Calibration::Percentile { percentile: 99.99 });
-    let obs = model.calibrate(&opts.calib, Truncation::Truncate)?;
-    let static_scales: Vec<[f32; 4]> = obs
-        .iter()
-        .map(|l| [0, 1, 2, 3].map(|g| l[g].scale(static_cal)))
-        .collect();
-    let chosen_cal = (report.activations == plan::ActMode::Static).then_some(static_cal);
-    for (name, mode, act, cal) in [
-        (
-            "ffn-only",
-            plan::LayerMode::FfnOnly,
-            report.activations,
-            chosen_cal,
-        ),
-        (
-            "fully-quant",
-            plan::LayerMode::Full,
-            report.activations,
-            chosen_cal,
-        ),
-        (
-            "fully-quant-static",
-            plan::LayerMode::Full,
-            plan::ActMode::Static,
-            Some(static_cal),
-        ),
-        (
-            "fully-quant-dynamic",
-            plan::LayerMode::Full,
-            plan::ActMode::Dynamic,
-            None,
-        ),
-    ] {
-        let p = plan::Plan::from_modes(name, &vec![mode; layers], &static_scales, act, cal)
-            .with_weight_bits(chosen.weight_bits);
-        p.write(&a.out.join(format!("samp-plan.{name}.json")))?;
-    }
-    // INT8 weights of every GEMM (the presets use them all), at the chosen plan's width.
-    model.apply_plan(&chosen)?;
-    let q: Vec<(String, std::sync::Arc<crate::kernels::int8::QWeights>)> = model
-        .encoder()
-        .layers()
-        .iter()
-        .enumerate()
-        .flat_map(|(i, l)| {
-            plan::Gemm::ALL.map(|g| (artifact::tensor_name(i, g.name()), l.linear(g).qweights()))
-        })
-        .collect();
-    let refs: Vec<(String, &crate::kernels::int8::QWeights)> =
-        q.iter().map(|(n, w)| (n.clone(), w.as_ref())).collect();
-    artifact::write(&a.out.join(artifact::INT8_FILE), &refs)?;
-    crate::tune::report::write_report(&a.out, &report)?;
+    crate::tune::save::save(&a.model, &a.out, &mut model, &chosen, &report, &opts.calib)?;
     let c = &report.trials[report.chosen];
     let m = report.measured.iter().find(|m| m.name == "samp");
     eprintln!(
@@ -242,23 +183,6 @@ pub fn run_quantize(a: &QuantizeArgs) -> anyhow::Result<()> {
             "measured": report.measured,
         })
     );
-    Ok(())
-}
-
-/// Hard-link (or copy) the model's files into `out`, leaving out any earlier samp outputs.
-fn copy_model_files(from: &Path, out: &Path) -> anyhow::Result<()> {
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let s = name.to_string_lossy();
-        if !entry.file_type()?.is_file() || s.starts_with("samp-") || s.starts_with("report.") {
-            continue;
-        }
-        let dst = out.join(&name);
-        if std::fs::hard_link(entry.path(), &dst).is_err() {
-            std::fs::copy(entry.path(), &dst)?;
-        }
-    }
     Ok(())
 }
 

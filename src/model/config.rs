@@ -19,6 +19,16 @@ pub enum Arch {
 }
 
 impl Arch {
+    /// From config.json's `model_type`; `None` for architectures samp does not implement.
+    pub fn from_model_type(model_type: &str) -> Option<Self> {
+        match model_type {
+            "bert" => Some(Arch::Bert),
+            "roberta" | "xlm-roberta" | "camembert" => Some(Arch::Roberta),
+            "distilbert" => Some(Arch::DistilBert),
+            _ => None,
+        }
+    }
+
     /// Tensor-name prefix of the encoder inside a task checkpoint (`bert.`, ...).
     pub fn prefix(self) -> &'static str {
         match self {
@@ -117,17 +127,12 @@ impl ModelConfig {
             .get("model_type")
             .and_then(Value::as_str)
             .ok_or_else(|| bad("no \"model_type\" string".into()))?;
-        let arch = match model_type {
-            "bert" => Arch::Bert,
-            "roberta" | "xlm-roberta" | "camembert" => Arch::Roberta,
-            "distilbert" => Arch::DistilBert,
-            other => {
-                return Err(SampError::UnsupportedArchitecture {
-                    path: path.to_path_buf(),
-                    found: other.to_string(),
-                })
+        let arch = Arch::from_model_type(model_type).ok_or_else(|| {
+            SampError::UnsupportedArchitecture {
+                path: path.to_path_buf(),
+                found: model_type.to_string(),
             }
-        };
+        })?;
         let get = |keys: &[&str]| -> Result<usize> {
             for k in keys {
                 if let Some(x) = v.get(*k) {
@@ -174,35 +179,8 @@ impl ModelConfig {
             .get("layer_norm_eps")
             .and_then(Value::as_f64)
             .unwrap_or(1e-12) as f32;
-        let act_name = v
-            .get("hidden_act")
-            .or_else(|| v.get("activation"))
-            .and_then(Value::as_str)
-            .unwrap_or("gelu");
-        let activation = match act_name {
-            "gelu" => Activation::Gelu,
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
-            "relu" => Activation::Relu,
-            other => return Err(bad(format!("unsupported activation {other:?}"))),
-        };
-        let pad_token_id = match v.get("pad_token_id") {
-            None | Some(Value::Null) => {
-                if arch == Arch::Roberta {
-                    1
-                } else {
-                    0
-                }
-            }
-            Some(p) => p
-                .as_u64()
-                .and_then(|p| usize::try_from(p).ok())
-                .filter(|&p| p < vocab_size)
-                .ok_or_else(|| {
-                    bad(format!(
-                        "pad_token_id {p} is not a token id below vocab_size {vocab_size}"
-                    ))
-                })?,
-        };
+        let activation = parse_activation(v).map_err(bad)?;
+        let pad_token_id = parse_pad_token_id(v, arch, vocab_size).map_err(bad)?;
         if let Some(pet) = v.get("position_embedding_type").and_then(Value::as_str) {
             if pet != "absolute" {
                 return Err(bad(format!(
@@ -211,24 +189,7 @@ impl ModelConfig {
             }
         }
         let id2label = parse_id2label(v).map_err(bad)?;
-        let architectures: Vec<&str> = v
-            .get("architectures")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        let task = if architectures
-            .iter()
-            .any(|a| a.ends_with("ForSequenceClassification"))
-        {
-            Task::Classify
-        } else if architectures
-            .iter()
-            .any(|a| a.ends_with("ForTokenClassification"))
-        {
-            Task::Tag
-        } else {
-            Task::Embed
-        };
+        let task = parse_task(v);
         let multi_label =
             v.get("problem_type").and_then(Value::as_str) == Some("multi_label_classification");
         Ok(ModelConfig {
@@ -247,6 +208,58 @@ impl ModelConfig {
             id2label,
             multi_label,
         })
+    }
+}
+
+/// The FFN's activation from `hidden_act` (or DistilBERT's `activation`); GELU when absent.
+fn parse_activation(v: &Value) -> Result<Activation, String> {
+    let act_name = v
+        .get("hidden_act")
+        .or_else(|| v.get("activation"))
+        .and_then(Value::as_str)
+        .unwrap_or("gelu");
+    match act_name {
+        "gelu" => Ok(Activation::Gelu),
+        "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
+        "relu" => Ok(Activation::Relu),
+        other => Err(format!("unsupported activation {other:?}")),
+    }
+}
+
+/// `pad_token_id`, checked against the vocabulary; absent: 1 for RoBERTa, else 0.
+fn parse_pad_token_id(v: &Value, arch: Arch, vocab_size: usize) -> Result<usize, String> {
+    match v.get("pad_token_id") {
+        None | Some(Value::Null) => Ok(if arch == Arch::Roberta { 1 } else { 0 }),
+        Some(p) => p
+            .as_u64()
+            .and_then(|p| usize::try_from(p).ok())
+            .filter(|&p| p < vocab_size)
+            .ok_or_else(|| {
+                format!("pad_token_id {p} is not a token id below vocab_size {vocab_size}")
+            }),
+    }
+}
+
+/// The head's task from `architectures`: `*ForSequenceClassification` classifies,
+/// `*ForTokenClassification` tags, anything else embeds.
+fn parse_task(v: &Value) -> Task {
+    let architectures: Vec<&str> = v
+        .get("architectures")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if architectures
+        .iter()
+        .any(|a| a.ends_with("ForSequenceClassification"))
+    {
+        Task::Classify
+    } else if architectures
+        .iter()
+        .any(|a| a.ends_with("ForTokenClassification"))
+    {
+        Task::Tag
+    } else {
+        Task::Embed
     }
 }
 

@@ -69,6 +69,8 @@ pub struct Classification {
     pub score: f32,
     /// Probability per label, in id2label order.
     pub scores: Vec<LabelScore>,
+    /// Raw head outputs; empty (and not printed) where they did not travel, as in replies.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub logits: Vec<f32>,
     pub tokens: usize,
     pub truncated: bool,

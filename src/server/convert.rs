@@ -9,7 +9,8 @@ use super::validate::{aggregation, check_count, check_text, truncation};
 use crate::backend::{ModelWorker, Output, Work};
 use crate::config::Limits;
 use crate::model::config::Task;
-use crate::model::{EmbedOptions, Model};
+use crate::model::heads::tag::Entity;
+use crate::model::{Classification, EmbedOptions, Embedding, LabelScore, Model, Tagging};
 use crate::quant::plan::Plan;
 use crate::tokenize::{Input, Truncation};
 
@@ -263,5 +264,62 @@ pub fn precision_summary(plan: &Plan) -> String {
             plan.weight_bits,
             all = 4 * n,
         ),
+    }
+}
+
+// Replies back into the domain types, for clients (`samp client`, the HTTP door) that show
+// results in the one-shot CLI's shape. Logits do not travel over samp.v1: they stay empty.
+
+impl From<proto::Embedding> for Embedding {
+    fn from(e: proto::Embedding) -> Self {
+        Embedding {
+            embedding: e.values,
+            tokens: e.tokens as usize,
+            truncated: e.truncated,
+        }
+    }
+}
+
+impl From<proto::LabelScore> for LabelScore {
+    fn from(s: proto::LabelScore) -> Self {
+        LabelScore {
+            label: s.label,
+            score: s.score,
+        }
+    }
+}
+
+impl From<proto::Classification> for Classification {
+    fn from(c: proto::Classification) -> Self {
+        Classification {
+            label: c.label,
+            score: c.score,
+            scores: c.scores.into_iter().map(LabelScore::from).collect(),
+            logits: Vec::new(),
+            tokens: c.tokens as usize,
+            truncated: c.truncated,
+        }
+    }
+}
+
+impl From<proto::Entity> for Entity {
+    fn from(e: proto::Entity) -> Self {
+        Entity {
+            label: e.label,
+            score: e.score,
+            start: e.start as usize,
+            end: e.end as usize,
+            text: e.text,
+        }
+    }
+}
+
+impl From<proto::TagResult> for Tagging {
+    fn from(t: proto::TagResult) -> Self {
+        Tagging {
+            entities: t.entities.into_iter().map(Entity::from).collect(),
+            tokens: t.tokens as usize,
+            truncated: t.truncated,
+        }
     }
 }

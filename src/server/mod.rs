@@ -168,49 +168,11 @@ pub async fn serve(
         handle,
         cfg.auth_token.clone(),
     ));
-    for w in &workers {
-        metrics::gauge!(crate::metrics::MODEL_INFO, "model" => w.model.name.clone(),
-            "task" => w.model.task.name(), "variant" => w.variant.clone())
-        .set(1.0);
-        let device = w.model.device();
-        let device = device
-            .split_whitespace()
-            .next()
-            .unwrap_or("cpu")
-            .to_string();
-        metrics::gauge!(crate::metrics::MODEL_DEVICE, "model" => w.model.name.clone(),
-            "variant" => w.variant.clone(), "device" => device)
-        .set(1.0);
-    }
-    // Per model, its variants in load order: the default first.
-    let mut models: BTreeMap<String, Vec<Arc<ModelWorker>>> = BTreeMap::new();
-    for w in workers {
-        if let Some(q) = &w.quality {
-            let labels = [
-                ("model", w.model.name.clone()),
-                ("variant", w.variant.clone()),
-                ("metric", q.metric.clone()),
-            ];
-            metrics::gauge!(crate::metrics::VARIANT_SCORE, &labels).set(q.value);
-            metrics::gauge!(crate::metrics::VARIANT_SCORE_DROP, &labels).set(q.drop);
-        }
-        models
-            .entry(w.model.name.clone())
-            .or_default()
-            .push(Arc::new(w));
-    }
+    let models = publish(workers);
     wire::raise_limits(&cfg.limits);
     let svc = service::SampService::new(models.clone(), cfg.limits, cfg.fidelity_sample_rate)?;
     let grace = derived_grace(&cfg, &models);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
     // Models are loaded and warmed up by `prepare`: SERVING from here on.
     health_reporter
         .set_serving::<proto::samp_server::SampServer<service::SampService>>()
@@ -250,6 +212,107 @@ pub async fn serve(
     });
 
     let watch = tokio::spawn(watch_workers(models.clone(), health_reporter.clone()));
+    let server = serve_grpc(&cfg, svc, health_service, grpc, async {
+        let _ = stop_rx.await;
+    });
+    // Serve; once shutdown starts, tonic stops accepting and waits for in-flight calls, for at
+    // most the grace period (which the queues' budgets fit in: `derived_grace`).
+    tokio::select! {
+        r = server => r?,
+        _ = async {
+            if began_rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => tracing::warn!(?grace, "grace period over; abandoning unfinished requests"),
+    }
+    if let Some(task) = http_task {
+        // The HTTP door stopped accepting with the gRPC port; its calls in flight are admitted
+        // work like any other and finish within what is left of the grace.
+        match tokio::time::timeout(grace, task).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP door"),
+            Err(_) => tracing::warn!("grace period over; abandoning unfinished HTTP requests"),
+            _ => {}
+        }
+    }
+    watch.abort();
+    metrics_task.abort();
+    drain(models).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Export each variant's info, device and quality gauges; group the variants by model, in
+/// load order (the default first).
+fn publish(workers: Vec<ModelWorker>) -> BTreeMap<String, Vec<Arc<ModelWorker>>> {
+    for w in &workers {
+        metrics::gauge!(crate::metrics::MODEL_INFO, "model" => w.model.name.clone(),
+            "task" => w.model.task.name(), "variant" => w.variant.clone())
+        .set(1.0);
+        let device = w.model.device();
+        let device = device
+            .split_whitespace()
+            .next()
+            .unwrap_or("cpu")
+            .to_string();
+        metrics::gauge!(crate::metrics::MODEL_DEVICE, "model" => w.model.name.clone(),
+            "variant" => w.variant.clone(), "device" => device)
+        .set(1.0);
+    }
+    // Per model, its variants in load order: the default first.
+    let mut models: BTreeMap<String, Vec<Arc<ModelWorker>>> = BTreeMap::new();
+    for w in workers {
+        if let Some(q) = &w.quality {
+            let labels = [
+                ("model", w.model.name.clone()),
+                ("variant", w.variant.clone()),
+                ("metric", q.metric.clone()),
+            ];
+            metrics::gauge!(crate::metrics::VARIANT_SCORE, &labels).set(q.value);
+            metrics::gauge!(crate::metrics::VARIANT_SCORE_DROP, &labels).set(q.drop);
+        }
+        models
+            .entry(w.model.name.clone())
+            .or_default()
+            .push(Arc::new(w));
+    }
+    models
+}
+
+/// Close the queues; each compute thread answers what was admitted, then exits.
+async fn drain(models: BTreeMap<String, Vec<Arc<ModelWorker>>>) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || {
+        for w in models.into_values().flatten() {
+            if let Ok(w) = Arc::try_unwrap(w) {
+                w.drain();
+            }
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+/// The gRPC port: samp.v1, health and reflection behind the gate (token, byte budget, call
+/// counting for the idle timeout), with TLS when configured; until `stop` resolves, then
+/// until the calls in flight end.
+async fn serve_grpc(
+    cfg: &ServeConfig,
+    svc: service::SampService,
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    grpc: TcpListener,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
     let gate = gate::Gate::new(cfg.auth_token.clone());
     let conns = &cfg.connections;
     let mut server = tonic::transport::Server::builder();
@@ -279,7 +342,7 @@ pub async fn serve(
             cfg.limits.max_message_bytes,
         ))
         .layer(idle::CountCalls);
-    let server = server
+    server
         .add_service(health_service)
         .add_service(tonic::service::interceptor::InterceptedService::new(
             reflection_v1,
@@ -296,43 +359,9 @@ pub async fn serve(
         ))
         .serve_with_incoming_shutdown(
             gate::incoming(grpc, conns.max_connections, conns.idle_timeout()),
-            async {
-                let _ = stop_rx.await;
-            },
-        );
-    // Serve; once shutdown starts, tonic stops accepting and waits for in-flight calls, for at
-    // most the grace period (which the queues' budgets fit in: `derived_grace`).
-    tokio::select! {
-        r = server => r?,
-        _ = async {
-            if began_rx.await.is_ok() {
-                tokio::time::sleep(grace).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        } => tracing::warn!(?grace, "grace period over; abandoning unfinished requests"),
-    }
-    if let Some(task) = http_task {
-        // The HTTP door stopped accepting with the gRPC port; its calls in flight are admitted
-        // work like any other and finish within what is left of the grace.
-        match tokio::time::timeout(grace, task).await {
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP door"),
-            Err(_) => tracing::warn!("grace period over; abandoning unfinished HTTP requests"),
-            _ => {}
-        }
-    }
-    watch.abort();
-    metrics_task.abort();
-    // Close the queues; each compute thread answers what was admitted, then exits.
-    tokio::task::spawn_blocking(move || {
-        for w in models.into_values().flatten() {
-            if let Ok(w) = Arc::try_unwrap(w) {
-                w.drain();
-            }
-        }
-    })
-    .await?;
-    tracing::info!("stopped");
+            stop,
+        )
+        .await?;
     Ok(())
 }
 

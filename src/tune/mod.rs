@@ -3,5 +3,6 @@
 
 pub mod eval;
 pub mod report;
+pub mod save;
 pub mod search;
 mod timing;

@@ -179,13 +179,9 @@ fn summary(modes: &[LayerMode]) -> String {
     modes.iter().map(|m| m.label()).collect()
 }
 
-/// The search. `model` runs float on entry and on exit.
-pub fn search(model: &mut Model, eval: &Evaluator, opts: &SearchOptions) -> Result<(Report, Plan)> {
-    let start = Instant::now();
-    let layers = model.cfg.layers;
-    let modes = opts.mode.modes();
-    // Candidate activation schemes: static scales from each calibration method, and dynamic
-    // per-token scales; with more than one, the fully quantized model picks.
+/// Candidate activation schemes: static scales from each calibration method, and dynamic
+/// per-token scales; with more than one, the fully quantized model picks.
+fn act_candidates(opts: &SearchOptions) -> Vec<(ActMode, Option<Calibration>)> {
     let static_methods: Vec<Calibration> = match opts.calibration {
         Some(c) => vec![c],
         None => vec![
@@ -201,150 +197,263 @@ pub fn search(model: &mut Model, eval: &Evaluator, opts: &SearchOptions) -> Resu
     if opts.activations != Some(ActMode::Static) && opts.calibration.is_none() {
         candidates.push((ActMode::Dynamic, None));
     }
-    let mut progress = Progress {
-        // calibration, timing, float, presets + calibration trials, sensitivities, frontier
-        total: 2 + 1 + 2 + candidates.len().saturating_sub(1) + 2 * layers * modes.len(),
-        done: 0,
-        start,
-    };
+    candidates
+}
 
-    let float_plan = Plan::float(layers);
-    model.apply_plan(&float_plan)?;
-    let observers = if candidates.iter().any(|c| c.0 == ActMode::Static) {
-        model.calibrate(&opts.calib, Truncation::Truncate)?
-    } else {
-        Vec::new()
+/// The search. `model` runs float on entry and on exit.
+pub fn search(model: &mut Model, eval: &Evaluator, opts: &SearchOptions) -> Result<(Report, Plan)> {
+    let candidates = act_candidates(opts);
+    let mut s = Search::start(model, eval, opts, candidates.len())?;
+    s.evaluate_float()?;
+    s.pick_activations(&candidates)?;
+    s.evaluate_presets()?;
+    let drop = s.sensitivity()?;
+    let frontier = s.frontier(&drop)?;
+    let (chosen, met) = s.choose(&frontier);
+    let chosen_plan = s.chosen_plan(chosen);
+    let measured = s.measure(&chosen_plan)?;
+    s.model.apply_plan(&Plan::float(s.layers))?;
+    eprintln!("search done in {:.1}s", s.start.elapsed().as_secs_f64());
+    let report = Report {
+        model: s.model.name.clone(),
+        task: s.model.task.name(),
+        metric: eval.metric().to_string(),
+        eval_examples: eval.len(),
+        calib_texts: opts.calib.len(),
+        requirement: opts.requirement,
+        mode: opts.mode,
+        activations: s.act,
+        calibration: s.calibration,
+        margin_se: opts.margin_se,
+        float_score: s.float_score,
+        layer_ms: s.layer_ms,
+        other_ms: s.other_ms,
+        timing_batch: s.timing_inputs.len(),
+        timing_tokens: s.timing_tokens,
+        trials: s.trials,
+        frontier,
+        chosen,
+        met,
+        measured,
+        seconds: s.start.elapsed().as_secs_f64(),
     };
-    progress.step(&format!("calibrated on {} texts", opts.calib.len()));
+    Ok((report, chosen_plan))
+}
 
-    let timing_inputs: Vec<Input> = opts.calib.iter().take(opts.timing_batch).cloned().collect();
-    let (layer_ms, other_ms, timing_tokens) = time_layers(model, &timing_inputs)?;
-    progress.step(&format!(
-        "timed each layer in each precision on {} texts ({} tokens): float {:.1} ms, fully-quant {:.1} ms per batch",
-        timing_inputs.len(),
-        timing_tokens,
-        layer_ms.iter().map(|l| l[0]).sum::<f64>(),
-        layer_ms.iter().map(|l| l[mode_index(LayerMode::Full)]).sum::<f64>()
-    ));
-    let est = |m: &[LayerMode]| -> f64 {
-        let ms = other_ms
+/// The search's state between its phases.
+struct Search<'a> {
+    model: &'a mut Model,
+    eval: &'a Evaluator,
+    opts: &'a SearchOptions,
+    start: Instant,
+    layers: usize,
+    modes: Vec<LayerMode>,
+    progress: Progress,
+    observers: Vec<[Observer; 4]>,
+    timing_inputs: Vec<Input>,
+    layer_ms: Vec<[f64; MODES.len()]>,
+    other_ms: f64,
+    timing_tokens: usize,
+    float_score: f64,
+    trials: Vec<Trial>,
+    /// The activation scheme, once picked, and its scales.
+    act: ActMode,
+    calibration: Option<Calibration>,
+    scales: Vec<[f32; 4]>,
+}
+
+impl<'a> Search<'a> {
+    /// Calibrate (when a static scheme is a candidate) and time each layer in each mode.
+    fn start(
+        model: &'a mut Model,
+        eval: &'a Evaluator,
+        opts: &'a SearchOptions,
+        candidates: usize,
+    ) -> Result<Self> {
+        let start = Instant::now();
+        let layers = model.cfg.layers;
+        let modes = opts.mode.modes();
+        let mut progress = Progress {
+            // calibration, timing, float, presets + calibration trials, sensitivities, frontier
+            total: 2 + 1 + 2 + candidates.saturating_sub(1) + 2 * layers * modes.len(),
+            done: 0,
+            start,
+        };
+        model.apply_plan(&Plan::float(layers))?;
+        let observers = if opts.activations != Some(ActMode::Dynamic) {
+            model.calibrate(&opts.calib, Truncation::Truncate)?
+        } else {
+            Vec::new()
+        };
+        progress.step(&format!("calibrated on {} texts", opts.calib.len()));
+
+        let timing_inputs: Vec<Input> =
+            opts.calib.iter().take(opts.timing_batch).cloned().collect();
+        let (layer_ms, other_ms, timing_tokens) = time_layers(model, &timing_inputs)?;
+        progress.step(&format!(
+            "timed each layer in each precision on {} texts ({} tokens): float {:.1} ms, fully-quant {:.1} ms per batch",
+            timing_inputs.len(),
+            timing_tokens,
+            layer_ms.iter().map(|l| l[0]).sum::<f64>(),
+            layer_ms.iter().map(|l| l[mode_index(LayerMode::Full)]).sum::<f64>()
+        ));
+        Ok(Search {
+            model,
+            eval,
+            opts,
+            start,
+            layers,
+            modes,
+            progress,
+            observers,
+            timing_inputs,
+            layer_ms,
+            other_ms,
+            timing_tokens,
+            float_score: 0.0,
+            trials: Vec::new(),
+            act: ActMode::Dynamic,
+            calibration: None,
+            scales: Vec::new(),
+        })
+    }
+
+    /// Texts per second of a plan, estimated from the measured per-layer latencies.
+    fn est(&self, m: &[LayerMode]) -> f64 {
+        let ms = self.other_ms
             + m.iter()
-                .zip(&layer_ms)
+                .zip(&self.layer_ms)
                 .map(|(&m, l)| l[mode_index(m)])
                 .sum::<f64>();
-        timing_inputs.len() as f64 / (ms / 1000.0)
-    };
+        self.timing_inputs.len() as f64 / (ms / 1000.0)
+    }
 
-    let mut trials: Vec<Trial> = Vec::new();
-    let float_scores = eval.evaluate(model)?;
-    let float_score = float_scores.value;
-    let mk = |name: &str, kind: &'static str, m: &[LayerMode], s: Scores| Trial {
-        name: name.into(),
-        kind,
-        layers: summary(m),
-        score: s.value,
-        drop_se: s.drop_se,
-        scores: s.all,
-        est_texts_per_s: est(m),
-        modes: m.to_vec(),
-    };
-    let all_float = vec![LayerMode::Float; layers];
-    trials.push(mk("float32", "preset", &all_float, float_scores));
-    progress.step(&format!("float32: {} {float_score:.4}", eval.metric()));
+    /// Evaluate the model as it is (with `m` applied) and record the trial.
+    fn trial(&mut self, name: &str, kind: &'static str, m: &[LayerMode]) -> Result<f64> {
+        let s: Scores = self.eval.evaluate(self.model)?;
+        let value = s.value;
+        let t = Trial {
+            name: name.into(),
+            kind,
+            layers: summary(m),
+            score: s.value,
+            drop_se: s.drop_se,
+            scores: s.all,
+            est_texts_per_s: self.est(m),
+            modes: m.to_vec(),
+        };
+        self.trials.push(t);
+        Ok(value)
+    }
 
-    // Activation scheme: the one whose fully quantized model scores best.
-    let scales_for = |c: Option<Calibration>| -> Vec<[f32; 4]> {
+    fn evaluate_float(&mut self) -> Result<()> {
+        let all_float = vec![LayerMode::Float; self.layers];
+        self.float_score = self.trial("float32", "preset", &all_float)?;
+        let what = format!("float32: {} {:.4}", self.eval.metric(), self.float_score);
+        self.progress.step(&what);
+        Ok(())
+    }
+
+    fn scales_for(&self, c: Option<Calibration>) -> Vec<[f32; 4]> {
         match c {
-            Some(c) => observers
+            Some(c) => self
+                .observers
                 .iter()
                 .map(|l: &[Observer; 4]| [0, 1, 2, 3].map(|g| l[g].scale(c)))
                 .collect(),
-            None => vec![[1.0f32 / 127.0; 4]; layers],
+            None => vec![[1.0f32 / 127.0; 4]; self.layers],
         }
-    };
-    let all_full = vec![LayerMode::Full; layers];
-    let (mut act, mut calibration) = candidates[0];
-    if candidates.len() > 1 {
-        let mut best: Option<(f64, ActMode, Option<Calibration>)> = None;
-        for &(a, c) in &candidates {
-            let what = c.map_or("dynamic activations".to_string(), |c| {
-                format!("{c} calibration")
-            });
-            let plan = Plan::from_modes("fully-quant", &all_full, &scales_for(c), a, c)
-                .with_weight_bits(opts.weight_bits);
-            model.apply_plan(&plan)?;
-            let s = eval.evaluate(model)?;
-            progress.step(&format!(
-                "fully-quant, {what}: {} {:.4}",
-                eval.metric(),
-                s.value
-            ));
-            if best.is_none_or(|(b, _, _)| s.value > b) {
-                best = Some((s.value, a, c));
+    }
+
+    /// The activation scheme: the one whose fully quantized model scores best.
+    fn pick_activations(&mut self, candidates: &[(ActMode, Option<Calibration>)]) -> Result<()> {
+        let all_full = vec![LayerMode::Full; self.layers];
+        let (mut act, mut calibration) = candidates[0];
+        if candidates.len() > 1 {
+            let mut best: Option<(f64, ActMode, Option<Calibration>)> = None;
+            for &(a, c) in candidates {
+                let what = c.map_or("dynamic activations".to_string(), |c| {
+                    format!("{c} calibration")
+                });
+                let plan = Plan::from_modes("fully-quant", &all_full, &self.scales_for(c), a, c)
+                    .with_weight_bits(self.opts.weight_bits);
+                self.model.apply_plan(&plan)?;
+                let name = format!("fully-quant ({what})");
+                let v = self.trial(&name, "calibration", &all_full)?;
+                let line = format!("fully-quant, {what}: {} {v:.4}", self.eval.metric());
+                self.progress.step(&line);
+                if best.is_none_or(|(b, _, _)| v > b) {
+                    best = Some((v, a, c));
+                }
             }
-            trials.push(mk(
-                &format!("fully-quant ({what})"),
-                "calibration",
-                &all_full,
-                s,
-            ));
+            let (_, a, c) = best.expect("at least one candidate");
+            (act, calibration) = (a, c);
         }
-        let (_, a, c) = best.expect("at least one candidate");
-        (act, calibration) = (a, c);
-    }
-    let scales = scales_for(calibration);
-    let plan_of = |name: &str, m: &[LayerMode]| {
-        Plan::from_modes(name, m, &scales, act, calibration).with_weight_bits(opts.weight_bits)
-    };
-
-    for (name, m) in [
-        ("ffn-only", vec![LayerMode::FfnOnly; layers]),
-        ("fully-quant", all_full.clone()),
-    ] {
-        model.apply_plan(&plan_of(name, &m))?;
-        let s = eval.evaluate(model)?;
-        progress.step(&format!("{name}: {} {:.4}", eval.metric(), s.value));
-        trials.push(mk(name, "preset", &m, s));
+        self.scales = self.scales_for(calibration);
+        (self.act, self.calibration) = (act, calibration);
+        Ok(())
     }
 
-    // Sensitivity: each layer alone in each mode.
-    let mut drop = vec![[0.0f64; MODES.len()]; layers];
-    for i in 0..layers {
-        for &mode in &modes {
-            let mut m = all_float.clone();
-            m[i] = mode;
-            model.apply_plan(&plan_of("sensitivity", &m))?;
-            let s = eval.evaluate(model)?;
-            drop[i][mode_index(mode)] = float_score - s.value;
-            progress.step(&format!(
-                "layer {i} alone {}: {} {:.4} (drop {:+.4})",
-                mode.label(),
-                eval.metric(),
-                s.value,
-                float_score - s.value
-            ));
-            trials.push(mk(
-                &format!("layer {i} {}", mode.label()),
-                "sensitivity",
-                &m,
-                s,
-            ));
+    fn plan_of(&self, name: &str, m: &[LayerMode]) -> Plan {
+        Plan::from_modes(name, m, &self.scales, self.act, self.calibration)
+            .with_weight_bits(self.opts.weight_bits)
+    }
+
+    fn presets(&self) -> [(&'static str, Vec<LayerMode>); 2] {
+        [
+            ("ffn-only", vec![LayerMode::FfnOnly; self.layers]),
+            ("fully-quant", vec![LayerMode::Full; self.layers]),
+        ]
+    }
+
+    fn evaluate_presets(&mut self) -> Result<()> {
+        for (name, m) in self.presets() {
+            self.model.apply_plan(&self.plan_of(name, &m))?;
+            let v = self.trial(name, "preset", &m)?;
+            let line = format!("{name}: {} {v:.4}", self.eval.metric());
+            self.progress.step(&line);
         }
+        Ok(())
     }
 
-    // The greedy frontier.
-    let mut current = all_float.clone();
-    let mut frontier = vec![0usize];
-    loop {
+    /// Each layer alone in each mode: its drop from float, per layer and mode.
+    fn sensitivity(&mut self) -> Result<Vec<[f64; MODES.len()]>> {
+        let mut drop = vec![[0.0f64; MODES.len()]; self.layers];
+        for i in 0..self.layers {
+            for mode in self.modes.clone() {
+                let mut m = vec![LayerMode::Float; self.layers];
+                m[i] = mode;
+                self.model.apply_plan(&self.plan_of("sensitivity", &m))?;
+                let name = format!("layer {i} {}", mode.label());
+                let v = self.trial(&name, "sensitivity", &m)?;
+                drop[i][mode_index(mode)] = self.float_score - v;
+                let line = format!(
+                    "layer {i} alone {}: {} {v:.4} (drop {:+.4})",
+                    mode.label(),
+                    self.eval.metric(),
+                    self.float_score - v
+                );
+                self.progress.step(&line);
+            }
+        }
+        Ok(drop)
+    }
+
+    /// The upgrade with the most time saved per accuracy lost, from `current`.
+    fn best_step(
+        &self,
+        current: &[LayerMode],
+        drop: &[[f64; MODES.len()]],
+    ) -> Option<(usize, LayerMode)> {
         let mut best: Option<(f64, usize, LayerMode)> = None;
-        for i in 0..layers {
-            let cur = mode_index(current[i]);
-            for &next in &modes {
+        for (i, layer) in current.iter().enumerate() {
+            let cur = mode_index(*layer);
+            for &next in &self.modes {
                 let n = mode_index(next);
                 if n <= cur {
                     continue;
                 }
-                let gain = layer_ms[i][cur] - layer_ms[i][n];
+                let gain = self.layer_ms[i][cur] - self.layer_ms[i][n];
                 if gain <= 0.0 {
                     continue;
                 }
@@ -355,118 +464,101 @@ pub fn search(model: &mut Model, eval: &Evaluator, opts: &SearchOptions) -> Resu
                 }
             }
         }
-        let Some((_, i, next)) = best else { break };
-        current[i] = next;
-        model.apply_plan(&plan_of("samp", &current))?;
-        let s = eval.evaluate(model)?;
-        progress.total = progress.total.max(progress.done + 1);
-        progress.step(&format!(
-            "frontier {}: {} {:.4}, est. {:.0} texts/s",
-            summary(&current),
-            eval.metric(),
-            s.value,
-            est(&current)
-        ));
-        trials.push(mk(
-            &format!("frontier {}", summary(&current)),
-            "frontier",
-            &current,
-            s,
-        ));
-        frontier.push(trials.len() - 1);
+        best.map(|(_, i, next)| (i, next))
     }
 
-    // The choice.
-    let z = opts.margin_se;
-    let meets = |t: &Trial| match opts.requirement {
-        MaxDrop(d) => float_score - t.score + z * t.drop_se <= d + 1e-12,
-        MinScore(s) => t.score - z * t.drop_se >= s,
-        Knee => true,
-    };
-    use Requirement::*;
-    let (chosen, met) = match opts.requirement {
-        Knee => (knee(&trials, &frontier), true),
-        _ => {
-            // Candidates: the frontier up to (not including) its first step that misses the
-            // requirement — a later step that meets it again does so by the luck of the
-            // evaluation set more often than not — and the presets (ffn-only, fully-quant:
-            // fixed plans, not selected).
-            let prefix = frontier.iter().take_while(|&&i| meets(&trials[i])).copied();
-            let presets =
-                (0..trials.len()).filter(|&i| trials[i].kind == "preset" && meets(&trials[i]));
-            let best = prefix.chain(presets).max_by(|&a, &b| {
-                trials[a]
-                    .est_texts_per_s
-                    .total_cmp(&trials[b].est_texts_per_s)
-            });
-            match best {
-                Some(i) => (i, true),
-                // Nothing meets it (not even float, for MinScore): the float plan, flagged.
-                None => (0, false),
-            }
+    /// The greedy frontier from float, the whole plan evaluated at every step; indices into
+    /// the trials, float first.
+    fn frontier(&mut self, drop: &[[f64; MODES.len()]]) -> Result<Vec<usize>> {
+        let mut current = vec![LayerMode::Float; self.layers];
+        let mut frontier = vec![0usize];
+        while let Some((i, next)) = self.best_step(&current, drop) {
+            current[i] = next;
+            self.model.apply_plan(&self.plan_of("samp", &current))?;
+            let name = format!("frontier {}", summary(&current));
+            let v = self.trial(&name, "frontier", &current)?;
+            self.progress.total = self.progress.total.max(self.progress.done + 1);
+            let line = format!(
+                "frontier {}: {} {v:.4}, est. {:.0} texts/s",
+                summary(&current),
+                self.eval.metric(),
+                self.est(&current)
+            );
+            self.progress.step(&line);
+            frontier.push(self.trials.len() - 1);
         }
-    };
-    let chosen_modes = trials[chosen].modes.clone();
-    let chosen_plan = if chosen_modes.iter().all(|m| *m == LayerMode::Float) {
-        Plan {
-            name: "samp".into(),
-            ..float_plan.clone()
-        }
-    } else {
-        plan_of("samp", &chosen_modes)
-    };
+        Ok(frontier)
+    }
 
-    // Measured end to end, after the search: the presets and the choice.
-    let mut measured = Vec::new();
-    let mut float_tps = 0.0;
-    for (name, plan) in [
-        ("float32".to_string(), float_plan.clone()),
-        (
-            "ffn-only".into(),
-            plan_of("ffn-only", &vec![LayerMode::FfnOnly; layers]),
-        ),
-        ("fully-quant".into(), plan_of("fully-quant", &all_full)),
-        ("samp".into(), chosen_plan.clone()),
-    ] {
-        model.apply_plan(&plan)?;
-        let tps = throughput(model, &timing_inputs, Duration::from_millis(1500))?;
-        if name == "float32" {
-            float_tps = tps;
+    /// The trial chosen, and whether it meets the requirement.
+    fn choose(&self, frontier: &[usize]) -> (usize, bool) {
+        use Requirement::*;
+        let trials = &self.trials;
+        let z = self.opts.margin_se;
+        let float_score = self.float_score;
+        let meets = |t: &Trial| match self.opts.requirement {
+            MaxDrop(d) => float_score - t.score + z * t.drop_se <= d + 1e-12,
+            MinScore(s) => t.score - z * t.drop_se >= s,
+            Knee => true,
+        };
+        if self.opts.requirement == Knee {
+            return (knee(trials, frontier), true);
         }
-        measured.push(Measured {
-            name,
-            layers: plan.summary(),
-            texts_per_s: tps,
-            ratio_to_float: tps / float_tps,
+        // Candidates: the frontier up to (not including) its first step that misses the
+        // requirement — a later step that meets it again does so by the luck of the evaluation
+        // set more often than not — and the presets (ffn-only, fully-quant: fixed plans, not
+        // selected).
+        let prefix = frontier.iter().take_while(|&&i| meets(&trials[i])).copied();
+        let presets =
+            (0..trials.len()).filter(|&i| trials[i].kind == "preset" && meets(&trials[i]));
+        let best = prefix.chain(presets).max_by(|&a, &b| {
+            trials[a]
+                .est_texts_per_s
+                .total_cmp(&trials[b].est_texts_per_s)
         });
+        match best {
+            Some(i) => (i, true),
+            // Nothing meets it (not even float, for MinScore): the float plan, flagged.
+            None => (0, false),
+        }
     }
-    model.apply_plan(&float_plan)?;
-    eprintln!("search done in {:.1}s", start.elapsed().as_secs_f64());
 
-    let report = Report {
-        model: model.name.clone(),
-        task: model.task.name(),
-        metric: eval.metric().to_string(),
-        eval_examples: eval.len(),
-        calib_texts: opts.calib.len(),
-        requirement: opts.requirement,
-        mode: opts.mode,
-        activations: act,
-        calibration,
-        margin_se: opts.margin_se,
-        float_score,
-        layer_ms,
-        other_ms,
-        timing_batch: timing_inputs.len(),
-        timing_tokens,
-        trials,
-        frontier,
-        chosen,
-        met,
-        measured,
-        seconds: start.elapsed().as_secs_f64(),
-    };
-    Ok((report, chosen_plan))
+    fn chosen_plan(&self, chosen: usize) -> Plan {
+        let modes = &self.trials[chosen].modes;
+        if modes.iter().all(|m| *m == LayerMode::Float) {
+            Plan {
+                name: "samp".into(),
+                ..Plan::float(self.layers)
+            }
+        } else {
+            self.plan_of("samp", modes)
+        }
+    }
+
+    /// Measured end to end, after the search: the presets and the choice.
+    fn measure(&mut self, chosen: &Plan) -> Result<Vec<Measured>> {
+        let mut plans = vec![("float32".to_string(), Plan::float(self.layers))];
+        for (name, m) in self.presets() {
+            plans.push((name.to_string(), self.plan_of(name, &m)));
+        }
+        plans.push(("samp".into(), chosen.clone()));
+        let mut measured = Vec::new();
+        let mut float_tps = 0.0;
+        for (name, plan) in plans {
+            self.model.apply_plan(&plan)?;
+            let tps = throughput(self.model, &self.timing_inputs, Duration::from_millis(1500))?;
+            if name == "float32" {
+                float_tps = tps;
+            }
+            measured.push(Measured {
+                name,
+                layers: plan.summary(),
+                texts_per_s: tps,
+                ratio_to_float: tps / float_tps,
+            });
+        }
+        Ok(measured)
+    }
 }
 
 /// The frontier point farthest from the straight line between its ends, in coordinates

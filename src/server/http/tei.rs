@@ -12,6 +12,7 @@ use tonic::Code;
 
 use super::failure::{json_response, Failure};
 use super::{answer_post, count, list_models, parse, texts, Door};
+use crate::model::{LabelScore, Tagging};
 use crate::server::proto;
 use crate::server::proto::samp_server::Samp;
 
@@ -158,12 +159,9 @@ pub(super) async fn predict(State(door): State<Door>, headers: HeaderMap, body: 
             .results
             .into_iter()
             .map(|c| {
-                let mut scores = c.scores;
+                let mut scores: Vec<LabelScore> = c.scores.into_iter().map(Into::into).collect();
                 scores.sort_by(|a, b| b.score.total_cmp(&a.score));
-                scores
-                    .into_iter()
-                    .map(|s| json!({"label": s.label, "score": s.score}))
-                    .collect()
+                json!(scores)
             })
             .collect();
         Ok(per_input(results, batch))
@@ -204,15 +202,7 @@ pub(super) async fn tag(State(door): State<Door>, headers: HeaderMap, body: Body
             .into_inner()
             .results
             .into_iter()
-            .map(|t| {
-                t.entities
-                    .into_iter()
-                    .map(|e| {
-                        json!({"label": e.label, "score": e.score, "start": e.start,
-                            "end": e.end, "text": e.text})
-                    })
-                    .collect()
-            })
+            .map(|t| json!(Tagging::from(t).entities))
             .collect();
         Ok(per_input(results, batch))
     })
