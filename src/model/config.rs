@@ -61,13 +61,26 @@ impl Task {
 impl std::str::FromStr for Task {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "embed" => Ok(Task::Embed),
-            "classify" => Ok(Task::Classify),
-            "tag" => Ok(Task::Tag),
-            other => Err(format!("unknown task {other:?} (embed, classify, tag)")),
-        }
+        let names = [
+            ("embed", Task::Embed),
+            ("classify", Task::Classify),
+            ("tag", Task::Tag),
+        ];
+        parse_name("task", s, &names)
     }
+}
+
+/// `s` as one of `names`, or an error that lists them ("unknown pooling \"x\" (mean, cls,
+/// max)").
+pub(crate) fn parse_name<T: Copy>(what: &str, s: &str, names: &[(&str, T)]) -> Result<T, String> {
+    names
+        .iter()
+        .find(|(n, _)| *n == s)
+        .map(|&(_, v)| v)
+        .ok_or_else(|| {
+            let all: Vec<&str> = names.iter().map(|(n, _)| *n).collect();
+            format!("unknown {what} {s:?} ({})", all.join(", "))
+        })
 }
 
 /// Hidden activation of the FFN (defined with the kernels that compute it).
@@ -296,12 +309,12 @@ pub enum Pooling {
 impl std::str::FromStr for Pooling {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "mean" => Ok(Pooling::Mean),
-            "cls" => Ok(Pooling::Cls),
-            "max" => Ok(Pooling::Max),
-            other => Err(format!("unknown pooling {other:?} (mean, cls, max)")),
-        }
+        let names = [
+            ("mean", Pooling::Mean),
+            ("cls", Pooling::Cls),
+            ("max", Pooling::Max),
+        ];
+        parse_name("pooling", s, &names)
     }
 }
 

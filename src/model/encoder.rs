@@ -237,12 +237,7 @@ impl Layer {
     }
 
     pub fn linear(&self, g: Gemm) -> &Linear {
-        match g {
-            Gemm::Qkv => &self.qkv,
-            Gemm::AttnOut => &self.out,
-            Gemm::FfnUp => &self.up,
-            Gemm::FfnDown => &self.down,
-        }
+        [&self.qkv, &self.out, &self.up, &self.down][g as usize]
     }
 
     pub fn linear_mut(&mut self, g: Gemm) -> &mut Linear {

@@ -94,12 +94,7 @@ impl LayerPlan {
     };
 
     pub fn get(&self, g: Gemm) -> &GemmPlan {
-        match g {
-            Gemm::Qkv => &self.qkv,
-            Gemm::AttnOut => &self.attn_out,
-            Gemm::FfnUp => &self.ffn_up,
-            Gemm::FfnDown => &self.ffn_down,
-        }
+        [&self.qkv, &self.attn_out, &self.ffn_up, &self.ffn_down][g as usize]
     }
 
     pub fn get_mut(&mut self, g: Gemm) -> &mut GemmPlan {

@@ -27,13 +27,10 @@ pub struct Call {
 
 /// A unary request of samp.v1: how it becomes a [`Call`] and how the job's output becomes its
 /// reply.
-pub trait Rpc: Send + 'static {
+pub trait Rpc: Target + Send + 'static {
     type Reply: Send + 'static;
-    /// The RPC's name in metrics.
-    const NAME: &'static str;
+    /// The task; its name is the RPC's in metrics.
     const TASK: Task;
-    /// The model and variant the request names (empty: the only model able / the default).
-    fn target(&self) -> (&str, &str);
     /// Validate the request into a call to `model`, before any work is spent on it.
     fn into_call(self, limits: &Limits, model: &Model) -> Result<Call, ServeError>;
     /// The reply; `served` gets its token count here.
@@ -53,20 +50,64 @@ fn single_inputs(
     Ok(texts.into_iter().map(Input::Single).collect())
 }
 
-fn other_output(rpc: &str) -> ServeError {
+fn other_output(task: Task) -> ServeError {
     ServeError::Internal(anyhow::anyhow!(
-        "the compute thread answered a {rpc} job with another task's output"
+        "the compute thread answered a {} job with another task's output",
+        task.name()
     ))
 }
 
+/// A result that knows how many tokens its input had.
+trait Counted {
+    fn tokens(&self) -> usize;
+}
+
+macro_rules! counted {
+    ($($t:ty),*) => {$(
+        impl Counted for $t {
+            fn tokens(&self) -> usize {
+                self.tokens
+            }
+        }
+    )*};
+}
+
+counted!(Embedding, Classification, Tagging);
+
+/// The results as reply items, and `served` with their tokens.
+fn items<T: Counted, P: From<T>>(
+    mut served: proto::Served,
+    v: Vec<T>,
+) -> (Option<proto::Served>, Vec<P>) {
+    served.tokens = v.iter().map(|x| x.tokens() as u32).sum();
+    (Some(served), v.into_iter().map(P::from).collect())
+}
+
+/// `target` of every request: they all name a model and a variant the same way.
+macro_rules! targets {
+    ($($req:ty),*) => {$(
+        impl Target for $req {
+            fn target(&self) -> (&str, &str) {
+                (&self.model, &self.variant)
+            }
+        }
+    )*};
+}
+
+/// The model and variant a request names (empty: the only model able / the default).
+pub trait Target {
+    fn target(&self) -> (&str, &str);
+}
+
+targets!(
+    proto::EmbedRequest,
+    proto::ClassifyRequest,
+    proto::TagRequest
+);
+
 impl Rpc for proto::EmbedRequest {
     type Reply = proto::EmbedResponse;
-    const NAME: &'static str = "embed";
     const TASK: Task = Task::Embed;
-
-    fn target(&self) -> (&str, &str) {
-        (&self.model, &self.variant)
-    }
 
     fn into_call(self, limits: &Limits, model: &Model) -> Result<Call, ServeError> {
         let inputs = single_inputs(limits, "texts", self.texts)?;
@@ -83,33 +124,18 @@ impl Rpc for proto::EmbedRequest {
         })
     }
 
-    fn reply(output: Output, mut served: proto::Served) -> Result<Self::Reply, ServeError> {
+    fn reply(output: Output, served: proto::Served) -> Result<Self::Reply, ServeError> {
         let Output::Embed(v) = output else {
-            return Err(other_output(Self::NAME));
+            return Err(other_output(Self::TASK));
         };
-        served.tokens = v.iter().map(|e| e.tokens as u32).sum();
-        Ok(proto::EmbedResponse {
-            served: Some(served),
-            embeddings: v
-                .into_iter()
-                .map(|e| proto::Embedding {
-                    values: e.embedding,
-                    tokens: e.tokens as u32,
-                    truncated: e.truncated,
-                })
-                .collect(),
-        })
+        let (served, embeddings) = items(served, v);
+        Ok(proto::EmbedResponse { served, embeddings })
     }
 }
 
 impl Rpc for proto::ClassifyRequest {
     type Reply = proto::ClassifyResponse;
-    const NAME: &'static str = "classify";
     const TASK: Task = Task::Classify;
-
-    fn target(&self) -> (&str, &str) {
-        (&self.model, &self.variant)
-    }
 
     fn into_call(self, limits: &Limits, _: &Model) -> Result<Call, ServeError> {
         use proto::classify_input::Input as In;
@@ -142,42 +168,18 @@ impl Rpc for proto::ClassifyRequest {
         })
     }
 
-    fn reply(output: Output, mut served: proto::Served) -> Result<Self::Reply, ServeError> {
+    fn reply(output: Output, served: proto::Served) -> Result<Self::Reply, ServeError> {
         let Output::Classify(v) = output else {
-            return Err(other_output(Self::NAME));
+            return Err(other_output(Self::TASK));
         };
-        served.tokens = v.iter().map(|c| c.tokens as u32).sum();
-        Ok(proto::ClassifyResponse {
-            served: Some(served),
-            results: v
-                .into_iter()
-                .map(|c| proto::Classification {
-                    label: c.label,
-                    score: c.score,
-                    scores: c
-                        .scores
-                        .into_iter()
-                        .map(|s| proto::LabelScore {
-                            label: s.label,
-                            score: s.score,
-                        })
-                        .collect(),
-                    tokens: c.tokens as u32,
-                    truncated: c.truncated,
-                })
-                .collect(),
-        })
+        let (served, results) = items(served, v);
+        Ok(proto::ClassifyResponse { served, results })
     }
 }
 
 impl Rpc for proto::TagRequest {
     type Reply = proto::TagResponse;
-    const NAME: &'static str = "tag";
     const TASK: Task = Task::Tag;
-
-    fn target(&self) -> (&str, &str) {
-        (&self.model, &self.variant)
-    }
 
     fn into_call(self, limits: &Limits, _: &Model) -> Result<Call, ServeError> {
         let inputs = single_inputs(limits, "texts", self.texts)?;
@@ -192,32 +194,12 @@ impl Rpc for proto::TagRequest {
         })
     }
 
-    fn reply(output: Output, mut served: proto::Served) -> Result<Self::Reply, ServeError> {
+    fn reply(output: Output, served: proto::Served) -> Result<Self::Reply, ServeError> {
         let Output::Tag(v) = output else {
-            return Err(other_output(Self::NAME));
+            return Err(other_output(Self::TASK));
         };
-        served.tokens = v.iter().map(|t| t.tokens as u32).sum();
-        Ok(proto::TagResponse {
-            served: Some(served),
-            results: v
-                .into_iter()
-                .map(|t| proto::TagResult {
-                    entities: t
-                        .entities
-                        .into_iter()
-                        .map(|e| proto::Entity {
-                            label: e.label,
-                            score: e.score,
-                            start: e.start as u32,
-                            end: e.end as u32,
-                            text: e.text,
-                        })
-                        .collect(),
-                    tokens: t.tokens as u32,
-                    truncated: t.truncated,
-                })
-                .collect(),
-        })
+        let (served, results) = items(served, v);
+        Ok(proto::TagResponse { served, results })
     }
 }
 
@@ -264,6 +246,57 @@ pub fn precision_summary(plan: &Plan) -> String {
             plan.weight_bits,
             all = 4 * n,
         ),
+    }
+}
+
+// Domain results into replies, field for field.
+
+impl From<Embedding> for proto::Embedding {
+    fn from(e: Embedding) -> Self {
+        proto::Embedding {
+            values: e.embedding,
+            tokens: e.tokens as u32,
+            truncated: e.truncated,
+        }
+    }
+}
+
+impl From<Classification> for proto::Classification {
+    fn from(c: Classification) -> Self {
+        proto::Classification {
+            label: c.label,
+            score: c.score,
+            scores: c
+                .scores
+                .into_iter()
+                .map(|s| proto::LabelScore {
+                    label: s.label,
+                    score: s.score,
+                })
+                .collect(),
+            tokens: c.tokens as u32,
+            truncated: c.truncated,
+        }
+    }
+}
+
+impl From<Tagging> for proto::TagResult {
+    fn from(t: Tagging) -> Self {
+        proto::TagResult {
+            entities: t
+                .entities
+                .into_iter()
+                .map(|e| proto::Entity {
+                    label: e.label,
+                    score: e.score,
+                    start: e.start as u32,
+                    end: e.end as u32,
+                    text: e.text,
+                })
+                .collect(),
+            tokens: t.tokens as u32,
+            truncated: t.truncated,
+        }
     }
 }
 

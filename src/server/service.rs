@@ -168,7 +168,7 @@ impl SampService {
 
     /// Every unary RPC: pick, convert, run, record, reply.
     async fn unary<R: Rpc>(&self, req: Request<R>) -> Result<Response<R::Reply>, Status> {
-        let mut guard = CancelGuard::new(R::NAME, api_of(&req));
+        let mut guard = CancelGuard::new(R::TASK.name(), api_of(&req));
         let deadline = deadline(&req);
         let r = req.into_inner();
         // Labels only from the closed set of loaded models: a request naming an unknown model
@@ -181,7 +181,7 @@ impl SampService {
             let call = r.into_call(&self.state.limits, &worker.model)?;
             let n = call.inputs.len();
             let (done, tokenize) = self.run(&worker, call, deadline).await?;
-            record_stages(R::NAME, &worker, &done, tokenize, n);
+            record_stages(R::TASK.name(), &worker, &done, tokenize, n);
             let served = proto::Served {
                 model: worker.model.name.clone(),
                 variant: worker.variant.clone(),

@@ -24,16 +24,15 @@ pub enum Aggregation {
 impl std::str::FromStr for Aggregation {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "none" => Ok(Aggregation::None),
-            "simple" => Ok(Aggregation::Simple),
-            "first" => Ok(Aggregation::First),
-            "average" => Ok(Aggregation::Average),
-            "max" => Ok(Aggregation::Max),
-            other => Err(format!(
-                "unknown aggregation {other:?} (none, simple, first, average, max)"
-            )),
-        }
+        use Aggregation::*;
+        let names = [
+            ("none", None),
+            ("simple", Simple),
+            ("first", First),
+            ("average", Average),
+            ("max", Max),
+        ];
+        crate::model::config::parse_name("aggregation", s, &names)
     }
 }
 
