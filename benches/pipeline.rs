@@ -9,7 +9,7 @@ mod common;
 
 use common::sentences;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use samp::batching::{BatchPolicy, Fill};
+use samp::batching::{BatchFill, BatchPolicy};
 use samp::model::encoder::Batch;
 use samp::tokenize::{Tokenizer, Truncation};
 
@@ -56,11 +56,11 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(encoded.len() as u64));
     g.bench_function("admit", |b| {
         b.iter(|| {
-            let mut fill = Fill::default();
+            let mut fill = BatchFill::default();
             let mut batches = 0;
             for e in &encoded {
                 if !fill.admits(e.len(), 1, &policy) || fill.full(&policy) {
-                    fill = Fill::default();
+                    fill = BatchFill::default();
                     batches += 1;
                 }
                 fill.add(e.len(), 1);

@@ -56,7 +56,7 @@ pub enum SampError {
 
     /// The GPU failed during a pass (the message is for the log, not the client).
     #[error("GPU: {0}")]
-    Device(String),
+    Device(#[from] DeviceError),
 
     /// The encoder produced a NaN or infinite value (bad weights, or an overflow); the result
     /// is refused rather than returned.
@@ -66,6 +66,18 @@ pub enum SampError {
     /// A caller-supplied input is not acceptable; `field` names it.
     #[error("invalid {field}: {reason}")]
     InvalidInput { field: String, reason: String },
+}
+
+/// Why a pass on an accelerator failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// An earlier pass panicked while it held the device state; that state is not trusted.
+    #[error("a previous GPU pass panicked")]
+    Poisoned,
+    /// The driver, cuBLASLt or a kernel reported an error, or the pass panicked (the text is
+    /// theirs).
+    #[error("{0}")]
+    Pass(String),
 }
 
 impl SampError {

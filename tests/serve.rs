@@ -382,7 +382,7 @@ async fn a_deadline_the_queue_cannot_meet_is_refused_at_once() {
 
 #[test]
 fn compute_thread_answers_deadline_exceeded_for_expired_jobs() {
-    use samp::backend::{Job, JobError, ModelWorker, Work};
+    use samp::backend::{HeadWork, Job, JobError, ModelWorker};
     use std::sync::Arc;
     let model =
         Arc::new(Model::load(&model_dir("all-MiniLM-L6-v2"), &LoadOptions::default()).unwrap());
@@ -391,17 +391,17 @@ fn compute_thread_answers_deadline_exceeded_for_expired_jobs() {
         .map(|i| Input::from(format!("{i} {}", "busy ".repeat(50)).as_str()))
         .collect();
     let (busy, busy_rx) = Job::new(
-        model.encode(&texts, Default::default()).unwrap(),
-        Work::Embed(Default::default()),
+        model.tokenize(&texts, Default::default()).unwrap(),
+        HeadWork::Embed(Default::default()),
         None,
     );
     worker.submit(busy).unwrap();
     let past = std::time::Instant::now();
     let (late, late_rx) = Job::new(
         model
-            .encode(&[Input::from("late")], Default::default())
+            .tokenize(&[Input::from("late")], Default::default())
             .unwrap(),
-        Work::Embed(Default::default()),
+        HeadWork::Embed(Default::default()),
         Some(past),
     );
     worker.submit(late).unwrap();

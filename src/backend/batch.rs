@@ -6,16 +6,16 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use super::{release, Done, Job, JobError, Output, Stats, Work};
+use super::engine::Engine;
+use super::{release, FinishedJob, HeadWork, Job, JobError, Output, Stats};
 use crate::batching::BatchPolicy;
-use crate::error::SampError;
 use crate::model::encoder::Batch;
-use crate::model::Model;
+use crate::model::{Forward, Model};
 
 /// A job of the batch being computed: what it has so far.
 struct Progress {
     job: Job,
-    out: Result<Output, SampError>,
+    out: Result<Output, JobError>,
     /// Its sequences computed so far.
     done: usize,
     /// When its first pass started, and that pass's inputs and tokens.
@@ -25,14 +25,36 @@ struct Progress {
 /// Run a batch in passes of at most `max_batch_tokens`. Before every pass, jobs whose client
 /// left are dropped and jobs whose deadline passed are answered DEADLINE_EXCEEDED, so a large
 /// job stops computing for nobody. Each job is answered as soon as its last sequence is done.
+pub(super) fn run_batch_on(
+    model: &Model,
+    engine: &dyn Engine,
+    batch: Vec<Job>,
+    policy: &BatchPolicy,
+    stats: &Stats,
+) {
+    run_passes(model, &|b| engine.forward(b), batch, policy, stats)
+}
+
+/// [`run_batch_on`] the model's own CPU encoder.
+#[cfg(test)]
 pub(super) fn run_batch(model: &Model, batch: Vec<Job>, policy: &BatchPolicy, stats: &Stats) {
+    run_passes(model, &|b| model.forward(b), batch, policy, stats)
+}
+
+fn run_passes(
+    model: &Model,
+    forward: Forward<'_>,
+    batch: Vec<Job>,
+    policy: &BatchPolicy,
+    stats: &Stats,
+) {
     let mut jobs: Vec<Progress> = batch
         .into_iter()
         .map(|job| Progress {
             out: Ok(match job.work {
-                Work::Embed(_) => Output::Embed(Vec::with_capacity(job.encoded.len())),
-                Work::Classify => Output::Classify(Vec::with_capacity(job.encoded.len())),
-                Work::Tag(..) => Output::Tag(Vec::with_capacity(job.encoded.len())),
+                HeadWork::Embed(_) => Output::Embed(Vec::with_capacity(job.encoded.len())),
+                HeadWork::Classify => Output::Classify(Vec::with_capacity(job.encoded.len())),
+                HeadWork::Tag(..) => Output::Tag(Vec::with_capacity(job.encoded.len())),
             }),
             job,
             done: 0,
@@ -53,9 +75,7 @@ pub(super) fn run_batch(model: &Model, batch: Vec<Job>, policy: &BatchPolicy, st
         'fill: for (j, p) in jobs.iter().enumerate() {
             for l in p.done..p.job.encoded.len() {
                 let n = p.job.encoded[l].len();
-                if !pass.is_empty()
-                    && (tokens + n > policy.max_batch_tokens || pass.len() >= policy.max_batch_size)
-                {
+                if !policy.pass_takes(pass.len(), tokens, n) {
                     break 'fill;
                 }
                 pass.push((j, l));
@@ -72,7 +92,7 @@ pub(super) fn run_batch(model: &Model, batch: Vec<Job>, policy: &BatchPolicy, st
             batch.push(e.get_ids(), e.get_type_ids());
         }
         stats.batches.fetch_add(1, Ordering::Relaxed);
-        match model.forward(&batch) {
+        match forward(&batch) {
             Ok(states) => {
                 stats.record_pass(tokens, start.elapsed());
                 for (s, &(j, l)) in pass.iter().enumerate() {
@@ -83,9 +103,9 @@ pub(super) fn run_batch(model: &Model, batch: Vec<Job>, policy: &BatchPolicy, st
             }
             Err(e) => {
                 tracing::error!(model = %model.name, error = %e, "encoder pass failed");
-                let msg = format!("{e:#}");
+                let e = std::sync::Arc::new(e);
                 for &(j, _) in &pass {
-                    jobs[j].out = Err(SampError::Device(msg.clone()));
+                    jobs[j].out = Err(JobError::Pass(e.clone()));
                 }
             }
         }
@@ -128,24 +148,26 @@ fn head(model: &Model, p: &mut Progress, l: usize, states: &[f32]) {
     let Ok(out) = &mut p.out else { return };
     let enc = &p.job.encoded[l];
     let step = match (&p.job.work, out) {
-        (Work::Embed(o), Output::Embed(v)) => {
+        (HeadWork::Embed(o), Output::Embed(v)) => {
             v.push(model.embed_one(states, enc, o));
             Ok(())
         }
-        (Work::Classify, Output::Classify(v)) => model.classify_one(states, enc).map(|r| v.push(r)),
-        (Work::Tag(texts, agg), Output::Tag(v)) => model
+        (HeadWork::Classify, Output::Classify(v)) => {
+            model.classify_one(states, enc).map(|r| v.push(r))
+        }
+        (HeadWork::Tag(texts, agg), Output::Tag(v)) => model
             .tag_one(states, enc, &texts[l], *agg)
             .map(|r| v.push(r)),
         _ => unreachable!("outputs are built from the same work"),
     };
     if let Err(e) = step {
-        p.out = Err(e);
+        p.out = Err(JobError::Model(e));
     }
 }
 
 fn answer(p: Progress) {
     let (start, inputs, tokens) = p.first_pass.unwrap_or((Instant::now(), 0, 0));
-    let reply = p.out.map_err(JobError::from).map(|output| Done {
+    let reply = p.out.map(|output| FinishedJob {
         output,
         queue: start.saturating_duration_since(p.job.enqueued),
         inference: start.elapsed(),

@@ -6,6 +6,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use std::sync::Arc;
+
+use super::engine::{CpuEngine, Engine};
 use crate::model::Model;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -66,24 +69,24 @@ pub fn lib_dirs(list: Option<&std::path::Path>) -> Vec<PathBuf> {
 /// Whether this binary was built with the CUDA backend.
 pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
 
-/// Move `model`'s encoder passes to `want` (after its plan is applied), or explain why it stays
-/// on the CPU. `lib_dirs`: extra directories holding the CUDA libraries.
-pub fn place(model: &mut Model, want: Device, lib_dirs: &[PathBuf]) -> Placement {
-    let placement = match want {
-        Device::Cpu => Placement {
-            device: "cpu".into(),
-            fallback: None,
-        },
+/// The engine that runs `model`'s encoder passes on `want` (after its plan is applied), or the
+/// CPU engine and why (logged). `lib_dirs`: extra directories holding the CUDA libraries.
+pub fn place(
+    model: &Arc<Model>,
+    want: Device,
+    lib_dirs: &[PathBuf],
+) -> (Arc<dyn Engine>, Placement) {
+    let cpu = || Arc::new(CpuEngine(model.clone())) as Arc<dyn Engine>;
+    let (engine, fallback) = match want {
+        Device::Cpu => (cpu(), None),
         Device::Cuda(ordinal) => match attach(model, ordinal, lib_dirs) {
-            Ok(device) => Placement {
-                device,
-                fallback: None,
-            },
-            Err(reason) => Placement {
-                device: "cpu".into(),
-                fallback: Some(reason),
-            },
+            Ok(engine) => (engine, None),
+            Err(reason) => (cpu(), Some(reason)),
         },
+    };
+    let placement = Placement {
+        device: engine.device(),
+        fallback,
     };
     match &placement.fallback {
         Some(reason) => tracing::warn!(
@@ -93,11 +96,17 @@ pub fn place(model: &mut Model, want: Device, lib_dirs: &[PathBuf]) -> Placement
         ),
         None => tracing::info!(model = %model.name, device = %placement.device, "encoder placed"),
     }
-    placement
+    let bytes = engine.memory().device_weight_bytes;
+    if bytes > 0 {
+        let device = placement.device.split_whitespace().next().unwrap_or("cuda");
+        metrics::gauge!(crate::metrics::DEVICE_MEMORY_BYTES, "device" => device.to_string(), "kind" => "weights")
+            .increment(bytes as f64);
+    }
+    (engine, placement)
 }
 
 #[cfg(feature = "cuda")]
-fn attach(model: &mut Model, ordinal: usize, lib_dirs: &[PathBuf]) -> Result<String, String> {
+fn attach(model: &Model, ordinal: usize, lib_dirs: &[PathBuf]) -> Result<Arc<dyn Engine>, String> {
     use std::sync::OnceLock;
     static PROBE: OnceLock<Result<(), String>> = OnceLock::new();
     PROBE
@@ -108,13 +117,12 @@ fn attach(model: &mut Model, ordinal: usize, lib_dirs: &[PathBuf]) -> Result<Str
         })
         .clone()?;
     let enc = super::cuda::CudaEncoder::new(ordinal, model.encoder(), model.plan())?;
-    let device = crate::model::Accelerator::device(&enc);
-    model.set_accelerator(Box::new(enc));
-    Ok(device)
+    super::engine::check_plan(&enc, "GPU", model.plan()).map_err(|e| e.to_string())?;
+    Ok(Arc::new(enc))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn attach(_: &mut Model, _: usize, _: &[PathBuf]) -> Result<String, String> {
+fn attach(_: &Model, _: usize, _: &[PathBuf]) -> Result<Arc<dyn Engine>, String> {
     Err("this samp binary was built without the `cuda` feature".into())
 }
 

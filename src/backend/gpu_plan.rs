@@ -30,6 +30,15 @@ pub fn shape(g: Gemm, cfg: &ModelConfig) -> (usize, usize) {
     }
 }
 
+/// The precisions the GPU backend runs: all of them (float32, bfloat16 and float16 entries as
+/// FP16 GEMMs, int8 as INT8).
+pub const PRECISIONS: &[Precision] = &[
+    Precision::Float32,
+    Precision::Bfloat16,
+    Precision::Float16,
+    Precision::Int8,
+];
+
 /// The GPU operation of every GEMM of every layer, in [`Gemm::ALL`] order, or why the plan or
 /// model cannot run on the GPU backend (the error names the entry).
 pub fn map(plan: &Plan, cfg: &ModelConfig) -> Result<Vec<[GemmOp; 4]>, String> {
@@ -41,18 +50,9 @@ pub fn map(plan: &Plan, cfg: &ModelConfig) -> Result<Vec<[GemmOp; 4]>, String> {
             cfg.heads
         ));
     }
-    // Float16 is a GPU precision, and bfloat16 entries run as FP16 there (the GPU's fast half
-    // type); everything else is checked as for the CPU.
-    let mut as_cpu = plan.clone();
-    for l in as_cpu.layers.iter_mut() {
-        for g in Gemm::ALL {
-            let gp = l.get_mut(g);
-            if gp.precision == Precision::Float16 {
-                gp.precision = Precision::Float32;
-            }
-        }
-    }
-    as_cpu.validate(cfg.layers)?;
+    // Every precision runs here (float16 is a GPU precision, and bfloat16 entries run as FP16,
+    // the GPU's fast half type): `PRECISIONS`, which the engine reports.
+    plan.validate(cfg.layers).map_err(|e| e.to_string())?;
     plan.layers
         .iter()
         .enumerate()

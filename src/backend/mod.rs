@@ -9,6 +9,7 @@ mod batch;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod device;
+pub mod engine;
 pub mod gpu_plan;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -18,15 +19,16 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::batching::{admit, BatchPolicy, Fill, QueueState, Refusal};
+use crate::batching::{admit, BatchFill, BatchPolicy, QueueState, Refusal};
 use crate::error::SampError;
 use crate::model::heads::tag::Aggregation;
 use crate::model::{Classification, EmbedOptions, Embedding, Model, Tagging};
 use crate::tokenize::Encoded;
+use engine::Engine;
 
 /// What to do with a job's encoder states.
 #[derive(Debug, Clone)]
-pub enum Work {
+pub enum HeadWork {
     Embed(EmbedOptions),
     Classify,
     /// The original texts, for entity offsets.
@@ -42,7 +44,7 @@ pub enum Output {
 
 /// A finished job, with where its time went.
 #[derive(Debug)]
-pub struct Done {
+pub struct FinishedJob {
     pub output: Output,
     pub queue: Duration,
     pub inference: Duration,
@@ -57,15 +59,16 @@ pub enum JobError {
     DeadlineExceeded,
     #[error(transparent)]
     Model(#[from] SampError),
+    /// The encoder pass of the job's batch failed (shared by every job of that pass).
     #[error("encoder pass failed: {0}")]
-    Internal(String),
+    Pass(Arc<SampError>),
 }
 
 pub struct Job {
     pub encoded: Vec<Encoded>,
-    pub work: Work,
+    pub work: HeadWork,
     pub deadline: Option<Instant>,
-    pub reply: oneshot::Sender<Result<Done, JobError>>,
+    pub reply: oneshot::Sender<Result<FinishedJob, JobError>>,
     enqueued: Instant,
     /// Its tokens still counted in the queue's budget (released exactly once, by whoever
     /// gets there first: the compute thread pass by pass, or the caller giving up).
@@ -75,9 +78,9 @@ pub struct Job {
 impl Job {
     pub fn new(
         encoded: Vec<Encoded>,
-        work: Work,
+        work: HeadWork,
         deadline: Option<Instant>,
-    ) -> (Self, oneshot::Receiver<Result<Done, JobError>>) {
+    ) -> (Self, oneshot::Receiver<Result<FinishedJob, JobError>>) {
         let (reply, rx) = oneshot::channel();
         let job = Job {
             encoded,
@@ -156,6 +159,8 @@ pub struct ModelWorker {
     tx: SyncSender<Job>,
     /// The thread that keeps a compute thread running until the queue closes.
     supervisor: Option<std::thread::JoinHandle<()>>,
+    /// Where its engine runs: `cpu`, or e.g. `cuda:0 (NVIDIA H200, sm_90)`.
+    pub device: String,
 }
 
 /// What the compute thread does with one batch (the model's passes, or a test's stand-in).
@@ -169,8 +174,27 @@ const MAX_RESTART_PAUSE: Duration = Duration::from_secs(5);
 const STEADY: Duration = Duration::from_secs(10);
 
 impl ModelWorker {
+    /// A worker whose passes run on the model's own CPU encoder.
     pub fn spawn(model: Arc<Model>, variant: &str, policy: BatchPolicy) -> std::io::Result<Self> {
-        Self::spawn_with(model, variant, policy, Box::new(batch::run_batch))
+        let engine = Arc::new(engine::CpuEngine(model.clone()));
+        Self::spawn_on(model, engine, variant, policy)
+    }
+
+    /// A worker whose passes run on `engine` (placed from `model`); the model's tokenizer and
+    /// heads do the rest.
+    pub fn spawn_on(
+        model: Arc<Model>,
+        engine: Arc<dyn Engine>,
+        variant: &str,
+        policy: BatchPolicy,
+    ) -> std::io::Result<Self> {
+        let device = engine.device();
+        let run = Box::new(move |m: &Model, jobs, p: &BatchPolicy, st: &Stats| {
+            batch::run_batch_on(m, &*engine, jobs, p, st)
+        });
+        let mut w = Self::spawn_with(model, variant, policy, run)?;
+        w.device = device;
+        Ok(w)
     }
 
     /// [`spawn`](Self::spawn) with a stand-in for the model's batch computation (tests).
@@ -202,6 +226,7 @@ impl ModelWorker {
             policy,
             tx,
             supervisor: Some(supervisor),
+            device: "cpu".into(),
         })
     }
 
@@ -437,7 +462,7 @@ fn compute_loop(
                 Err(_) => return, // queue closed and empty: shutdown
             },
         };
-        let mut fill = Fill::default();
+        let mut fill = BatchFill::default();
         fill.add(first.tokens(), first.encoded.len());
         let mut batch = vec![first];
         let until = Instant::now() + policy.max_wait;

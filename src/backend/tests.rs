@@ -14,11 +14,11 @@ fn job(
     model: &Model,
     n: usize,
     deadline: Option<Instant>,
-) -> (Job, oneshot::Receiver<Result<Done, JobError>>) {
+) -> (Job, oneshot::Receiver<Result<FinishedJob, JobError>>) {
     let texts: Vec<Input> = (0..n).map(|i| Input::Single(format!("text {i}"))).collect();
     Job::new(
-        model.encode(&texts, Default::default()).unwrap(),
-        Work::Embed(Default::default()),
+        model.tokenize(&texts, Default::default()).unwrap(),
+        HeadWork::Embed(Default::default()),
         deadline,
     )
 }

@@ -42,33 +42,44 @@ impl Default for BatchPolicy {
 }
 
 impl BatchPolicy {
+    /// Whether a sequence of `tokens` joins a forward pass that holds `pass_len` sequences of
+    /// `pass_tokens` tokens so far. The first always does (a longer one runs alone): the one
+    /// rule that splits work into passes, in the batch loop and in the one-shot pipeline.
+    pub fn pass_takes(&self, pass_len: usize, pass_tokens: usize, tokens: usize) -> bool {
+        pass_len == 0
+            || (pass_tokens + tokens <= self.max_batch_tokens && pass_len < self.max_batch_size)
+    }
+
     /// Errors name the setting.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.max_batch_tokens == 0 {
-            return Err("batching.max_batch_tokens must be at least 1".into());
-        }
-        if self.max_batch_size == 0 {
-            return Err("batching.max_batch_size must be at least 1".into());
-        }
-        if self.queue_capacity == 0 {
-            return Err("batching.queue_capacity must be at least 1".into());
-        }
-        if self.max_queue_tokens == 0 {
-            return Err("batching.max_queue_tokens must be at least 1".into());
+    pub fn validate(&self) -> Result<(), ZeroSetting> {
+        for (setting, value) in [
+            ("max_batch_tokens", self.max_batch_tokens),
+            ("max_batch_size", self.max_batch_size),
+            ("queue_capacity", self.queue_capacity),
+            ("max_queue_tokens", self.max_queue_tokens),
+        ] {
+            if value == 0 {
+                return Err(ZeroSetting(setting));
+            }
         }
         Ok(())
     }
 }
 
+/// A batching setting that is 0 where at least 1 is needed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("batching.{0} must be at least 1")]
+pub struct ZeroSetting(pub &'static str);
+
 /// A batch being filled.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Fill {
+pub struct BatchFill {
     pub tokens: usize,
     pub inputs: usize,
     pub jobs: usize,
 }
 
-impl Fill {
+impl BatchFill {
     /// Whether a job of `tokens`/`inputs` joins this batch. The first job always does.
     pub fn admits(&self, tokens: usize, inputs: usize, policy: &BatchPolicy) -> bool {
         self.jobs == 0
@@ -197,14 +208,14 @@ mod tests {
             max_batch_size: 3,
             ..Default::default()
         };
-        let mut f = Fill::default();
+        let mut f = BatchFill::default();
         assert!(f.admits(500, 1, &p), "an oversized first job still runs");
         f.add(60, 1);
         assert!(f.admits(40, 1, &p));
         assert!(!f.admits(41, 1, &p), "token budget");
         f.add(40, 1);
         assert!(f.full(&p));
-        let mut g = Fill::default();
+        let mut g = BatchFill::default();
         g.add(10, 2);
         assert!(!g.admits(10, 2, &p), "input budget");
     }
@@ -278,6 +289,10 @@ mod tests {
             queue_capacity: 0,
             ..Default::default()
         };
-        assert!(p.validate().unwrap_err().contains("queue_capacity"));
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("queue_capacity"));
     }
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use super::{read_texts, DeviceArgs};
+use super::{read_texts, DeviceArgs, Placed};
 use crate::model::config::Task;
 use crate::model::encoder::Batch;
 use crate::model::heads::tag::Aggregation;
@@ -59,7 +59,7 @@ fn batches(
     batch: usize,
     fixed: Option<usize>,
 ) -> anyhow::Result<Vec<Batch>> {
-    let encoded = model.encode(inputs, Truncation::Truncate)?;
+    let encoded = model.tokenize(inputs, Truncation::Truncate)?;
     let mut out = Vec::new();
     for chunk in encoded.chunks(batch) {
         let mut b = Batch::new();
@@ -87,25 +87,25 @@ fn batches(
 }
 
 /// Write every batch's hidden states (one pass) and the ids that produced them.
-fn write_states(model: &Model, batches: &[Batch], path: &Path) -> anyhow::Result<()> {
+fn write_states(placed: &Placed, batches: &[Batch], path: &Path) -> anyhow::Result<()> {
+    let model = &placed.model;
     let mut bytes = Vec::new();
     let mut ids = Vec::new();
     for b in batches {
-        for v in model.forward(b)? {
+        for v in placed.forward(b)? {
             bytes.extend_from_slice(&v.to_le_bytes());
         }
         ids.extend((0..b.len()).map(|s| b.ids[b.seq(s)].to_vec()));
     }
     std::fs::write(path, bytes)?;
-    let meta =
-        serde_json::json!({ "hidden": model.cfg.hidden, "ids": ids, "device": model.device() });
+    let meta = serde_json::json!({ "hidden": model.cfg.hidden, "ids": ids, "device": placed.engine.device() });
     std::fs::write(path.with_extension("json"), meta.to_string())?;
     Ok(())
 }
 
 /// Time each stage of layer 0 on one batch: the mean of 20 runs after a warm-up.
 fn profile_layer(model: &Model, inputs: &[Input]) -> anyhow::Result<serde_json::Value> {
-    let encoded = model.encode(inputs, Truncation::Truncate)?;
+    let encoded = model.tokenize(inputs, Truncation::Truncate)?;
     let mut batch = crate::model::encoder::Batch::new();
     for e in &encoded {
         batch.push(e.encoding.get_ids(), e.encoding.get_type_ids());
@@ -148,7 +148,7 @@ pub fn run_bench(a: &BenchArgs) -> anyhow::Result<()> {
             anyhow::bail!("--tokens {n}: sequences need at least 2 tokens");
         }
     }
-    let model = a.device.load(
+    let placed = a.device.load(
         &a.model,
         &LoadOptions {
             task: a.task,
@@ -156,38 +156,45 @@ pub fn run_bench(a: &BenchArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
     )?;
+    let model = &placed.model;
     if let Some(n) = a.tokens.filter(|&n| n > model.max_len()) {
         anyhow::bail!(
             "--tokens {n}: over the model's limit of {}",
             model.max_len()
         );
     }
-    let packed = batches(&model, &inputs, a.batch, a.tokens)?;
+    let forward = |b: &Batch| placed.forward(b);
+    let packed = batches(model, &inputs, a.batch, a.tokens)?;
     if let Some(path) = &a.states_out {
-        write_states(&model, &packed, path)?;
+        write_states(&placed, &packed, path)?;
     }
     let texts: Vec<String> = inputs.iter().map(|i| i.first().to_string()).collect();
     let run_once = |chunk: std::ops::Range<usize>| -> anyhow::Result<usize> {
         if a.tokens.is_some() {
             // Encoder alone on the fixed-length batch of this chunk.
             let b = &packed[chunk.start / a.batch];
-            model.forward(b)?;
+            placed.forward(b)?;
             return Ok(b.tokens());
         }
         let part = &inputs[chunk.clone()];
         Ok(match model.task {
             Task::Embed => model
-                .embed(part, &EmbedOptions::default())?
+                .embed_on(&forward, part, &EmbedOptions::default())?
                 .iter()
                 .map(|r| r.tokens)
                 .sum(),
             Task::Classify => model
-                .classify(part, Truncation::Truncate)?
+                .classify_on(&forward, part, Truncation::Truncate)?
                 .iter()
                 .map(|r| r.tokens)
                 .sum(),
             Task::Tag => model
-                .tag(&texts[chunk], Aggregation::Simple, Truncation::Truncate)?
+                .tag_on(
+                    &forward,
+                    &texts[chunk],
+                    Aggregation::Simple,
+                    Truncation::Truncate,
+                )?
                 .iter()
                 .map(|r| r.tokens)
                 .sum(),
@@ -211,15 +218,15 @@ pub fn run_bench(a: &BenchArgs) -> anyhow::Result<()> {
         passes += 1;
     }
     let secs = start.elapsed().as_secs_f64();
-    let profile = if a.profile && model.device() == "cpu" {
-        profile_layer(&model, &inputs[chunks[0].clone()])?
+    let profile = if a.profile && placed.engine.device() == "cpu" {
+        profile_layer(model, &inputs[chunks[0].clone()])?
     } else {
         serde_json::Value::Null
     };
     let report = serde_json::json!({
         "engine": "samp",
         "model": model.name,
-        "device": model.device(),
+        "device": placed.engine.device(),
         "measured": if a.tokens.is_some() { "encoder" } else { "pipeline" },
         "task": model.task.name(),
         "plan": model.plan().name,

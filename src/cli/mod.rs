@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -294,11 +295,24 @@ pub struct DeviceArgs {
 
 impl DeviceArgs {
     /// Load a model directory and place its encoder on the requested device.
-    pub fn load(&self, dir: &Path, opts: &LoadOptions) -> anyhow::Result<Model> {
-        let mut model = Model::load(dir, opts)?;
+    pub fn load(&self, dir: &Path, opts: &LoadOptions) -> anyhow::Result<Placed> {
+        let model = Arc::new(Model::load(dir, opts)?);
         let dirs = crate::backend::device::lib_dirs(self.cuda_lib_dir.as_deref());
-        crate::backend::device::place(&mut model, self.device, &dirs);
-        Ok(model)
+        let (engine, _) = crate::backend::device::place(&model, self.device, &dirs);
+        Ok(Placed { model, engine })
+    }
+}
+
+/// A model and the engine its encoder passes run on.
+pub struct Placed {
+    pub model: Arc<Model>,
+    pub engine: Arc<dyn crate::backend::engine::Engine>,
+}
+
+impl Placed {
+    /// The engine's passes, for the model's pipeline calls (`embed_on`, ...).
+    pub fn forward(&self, batch: &crate::model::encoder::Batch) -> crate::error::Result<Vec<f32>> {
+        self.engine.forward(batch)
     }
 }
 
@@ -440,7 +454,7 @@ fn print_lines<T: serde::Serialize>(items: &[T]) -> anyhow::Result<()> {
 
 pub fn run_embed(a: &EmbedArgs) -> anyhow::Result<()> {
     let inputs = gather(&a.model, false)?;
-    let model = a.model.device.load(
+    let placed = a.model.device.load(
         &a.model.model,
         &LoadOptions {
             task: Some(Task::Embed),
@@ -454,16 +468,22 @@ pub fn run_embed(a: &EmbedArgs) -> anyhow::Result<()> {
         dims: a.dims,
         truncation: a.model.truncation(),
     };
-    print_lines(&model.embed(&inputs, &opts)?)
+    let forward = |b: &_| placed.forward(b);
+    print_lines(&placed.model.embed_on(&forward, &inputs, &opts)?)
 }
 
 pub fn run_classify(a: &ClassifyArgs) -> anyhow::Result<()> {
     let inputs = gather(&a.model, a.pairs)?;
-    let model = a
+    let placed = a
         .model
         .device
         .load(&a.model.model, &a.model.load_options())?;
-    print_lines(&model.classify(&inputs, a.model.truncation())?)
+    let forward = |b: &_| placed.forward(b);
+    print_lines(
+        &placed
+            .model
+            .classify_on(&forward, &inputs, a.model.truncation())?,
+    )
 }
 
 pub fn run_tag(a: &TagArgs) -> anyhow::Result<()> {
@@ -478,11 +498,13 @@ pub fn run_tag(a: &TagArgs) -> anyhow::Result<()> {
             )),
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let model = a
+    let placed = a
         .model
         .device
         .load(&a.model.model, &a.model.load_options())?;
-    print_lines(&model.tag(&texts, a.aggregation, a.model.truncation())?)
+    let forward = |b: &_| placed.forward(b);
+    let model = &placed.model;
+    print_lines(&model.tag_on(&forward, &texts, a.aggregation, a.model.truncation())?)
 }
 
 pub fn run_serve(a: &ServeArgs) -> anyhow::Result<()> {

@@ -8,7 +8,7 @@ use crate::kernels;
 use crate::model::config::{Arch, ModelConfig};
 use crate::model::linear::Linear;
 use crate::model::weights::Weights;
-use crate::quant::plan::Gemm;
+use crate::quant::plan::{Gemm, Precision};
 
 /// Token ids of several sequences laid end to end.
 #[derive(Debug, Clone, Default)]
@@ -390,14 +390,12 @@ impl Encoder {
 
     /// Check a batch as the embedding step does (lengths, ids), for a pass on another device.
     pub fn check(&self, batch: &Batch) -> Result<()> {
-        Embeddings::check(&self.cfg, batch)
+        check(&self.cfg, batch)
     }
 
     /// Position id of every token of the batch.
     pub fn positions(&self, batch: &Batch) -> Vec<u32> {
-        (0..batch.len())
-            .flat_map(|s| (0..batch.seq(s).len()).map(|p| (p + self.cfg.position_offset()) as u32))
-            .collect()
+        positions(&self.cfg, batch)
     }
 
     /// The embedding output `[T, H]` (the first layer's input).
@@ -428,5 +426,29 @@ impl Encoder {
             layer.forward(&self.cfg, &mut x, &batch.starts);
         }
         Ok(x)
+    }
+}
+
+/// The precisions the CPU encoder runs (float16 is a GPU precision).
+pub const CPU_PRECISIONS: &[Precision] =
+    &[Precision::Float32, Precision::Bfloat16, Precision::Int8];
+
+/// Whether `batch` fits a model with `cfg` (token ids, type ids, positions), before a pass.
+pub fn check(cfg: &ModelConfig, batch: &Batch) -> Result<()> {
+    Embeddings::check(cfg, batch)
+}
+
+/// The position id of every token of `batch`.
+pub fn positions(cfg: &ModelConfig, batch: &Batch) -> Vec<u32> {
+    (0..batch.len())
+        .flat_map(|s| (0..batch.seq(s).len()).map(|p| (p + cfg.position_offset()) as u32))
+        .collect()
+}
+
+/// Hidden states, or an error at the first non-finite value.
+pub fn finite(states: Vec<f32>) -> Result<Vec<f32>> {
+    match states.iter().position(|x| !x.is_finite()) {
+        None => Ok(states),
+        Some(index) => Err(SampError::NonFinite { index }),
     }
 }

@@ -10,14 +10,14 @@ pub mod weights;
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-
+use crate::batching::BatchPolicy;
 use crate::error::{Result, SampError};
 use crate::tokenize::{Encoded, Input, Tokenizer, Truncation};
 use config::{ModelConfig, Pooling, SentenceConfig, Task};
 use encoder::{Batch, Encoder};
 use heads::classify::ClassifyHead;
-use heads::tag::{Aggregation, Entity, TokenScores};
+use heads::tag::Aggregation;
+pub use heads::{Classification, Embedding, LabelScore, Tagging};
 use linear::Linear;
 use weights::Weights;
 
@@ -56,51 +56,9 @@ pub struct EmbedOptions {
     pub truncation: Truncation,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Embedding {
-    pub embedding: Vec<f32>,
-    pub tokens: usize,
-    pub truncated: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Classification {
-    pub label: String,
-    pub score: f32,
-    /// Probability per label, in id2label order.
-    pub scores: Vec<LabelScore>,
-    /// Raw head outputs; empty (and not printed) where they did not travel, as in replies.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub logits: Vec<f32>,
-    pub tokens: usize,
-    pub truncated: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct LabelScore {
-    pub label: String,
-    pub score: f32,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Tagging {
-    pub entities: Vec<Entity>,
-    pub tokens: usize,
-    pub truncated: bool,
-}
-
-/// An encoder pass on another device (the CUDA backend implements it). The CPU encoder stays
-/// loaded: it checks batches, and the quantization search and calibration run on it.
-pub trait Accelerator: Send + Sync {
-    /// Hidden states `[T, H]` of the last layer, as [`Encoder::forward`] returns them.
-    fn forward(&self, encoder: &Encoder, batch: &Batch) -> Result<Vec<f32>>;
-    /// Where it runs, for logs and `GetModel`, e.g. `cuda:0 (NVIDIA H200, sm_90)`.
-    fn device(&self) -> String;
-    /// Called once when a model starts using it (export its memory, for instance).
-    fn on_attach(&self) {}
-}
-
-const DEFAULT_MAX_BATCH_TOKENS: usize = 16 * 1024;
+/// What runs the encoder passes of the pipeline calls: the model's own CPU encoder
+/// ([`Model::forward`]) or an engine the caller placed it on.
+pub type Forward<'a> = &'a dyn Fn(&Batch) -> Result<Vec<f32>>;
 
 pub struct Model {
     pub name: String,
@@ -112,9 +70,9 @@ pub struct Model {
     tokenizer: Tokenizer,
     encoder: Encoder,
     head: Head,
-    max_batch_tokens: usize,
+    /// How the pipeline calls split their inputs into passes (the batch loop's rule).
+    passes: BatchPolicy,
     plan: Plan,
-    accelerator: Option<Box<dyn Accelerator>>,
 }
 
 impl Model {
@@ -194,9 +152,13 @@ impl Model {
             tokenizer,
             encoder,
             head,
-            max_batch_tokens: opts.max_batch_tokens.unwrap_or(DEFAULT_MAX_BATCH_TOKENS),
+            passes: BatchPolicy {
+                max_batch_tokens: opts
+                    .max_batch_tokens
+                    .unwrap_or(BatchPolicy::default().max_batch_tokens),
+                ..BatchPolicy::default()
+            },
             plan,
-            accelerator: None,
         };
         if let Some(path) = &opts.plan {
             model.load_plan(path)?;
@@ -208,7 +170,8 @@ impl Model {
     pub fn load_plan(&mut self, path: &Path) -> Result<()> {
         let plan = Plan::read(path)?;
         plan.validate(self.cfg.layers)
-            .map_err(|reason| SampError::malformed(path, reason))?;
+            .and_then(|()| plan.check_precisions("CPU", encoder::CPU_PRECISIONS))
+            .map_err(|e| SampError::malformed(path, e.to_string()))?;
         let int8 = path.with_file_name(artifact::INT8_FILE);
         if int8.is_file() {
             let mut saved = artifact::read(&int8)?;
@@ -249,7 +212,8 @@ impl Model {
     /// Switch every GEMM to the precision the plan gives it.
     pub fn apply_plan(&mut self, plan: &Plan) -> Result<()> {
         plan.validate(self.cfg.layers)
-            .map_err(|reason| SampError::invalid("plan", reason))?;
+            .and_then(|()| plan.check_precisions("CPU", encoder::CPU_PRECISIONS))
+            .map_err(|e| SampError::invalid("plan", e.to_string()))?;
         for (layer, lp) in self.encoder.layers_mut().iter_mut().zip(&plan.layers) {
             for g in Gemm::ALL {
                 let gp = lp.get(g);
@@ -268,27 +232,7 @@ impl Model {
             }
         }
         self.plan = plan.clone();
-        if let Some(acc) = self.accelerator.take() {
-            tracing::warn!(
-                model = %self.name,
-                "plan changed: {} detached, the CPU runs this model now",
-                acc.device()
-            );
-        }
         Ok(())
-    }
-
-    /// Run encoder passes on `acc` from now on (it was built from this model and its plan).
-    pub fn set_accelerator(&mut self, acc: Box<dyn Accelerator>) {
-        acc.on_attach();
-        self.accelerator = Some(acc);
-    }
-
-    /// Where encoder passes run: `cpu` or the accelerator's description.
-    pub fn device(&self) -> String {
-        self.accelerator
-            .as_ref()
-            .map_or_else(|| "cpu".to_string(), |a| a.device())
     }
 
     /// The plan this model runs (all float32 unless one was applied).
@@ -320,8 +264,8 @@ impl Model {
         };
         set(self, true);
         let run = (|| {
-            let encoded = self.encode(inputs, truncation)?;
-            self.encode_states(&encoded, |_, _| Ok(()))
+            let encoded = self.tokenize(inputs, truncation)?;
+            self.encode_states(&encoded, &|b| self.forward(b), |_, _| Ok(()))
         })();
         let observed = self
             .encoder
@@ -352,17 +296,21 @@ impl Model {
         if ok {
             Ok(())
         } else {
-            Err(SampError::WrongTask {
-                model: self.name.clone(),
-                task: task.name(),
-                has: self.task.name(),
-            })
+            Err(self.wrong_task(task))
+        }
+    }
+
+    fn wrong_task(&self, task: Task) -> SampError {
+        SampError::WrongTask {
+            model: self.name.clone(),
+            task: task.name(),
+            has: self.task.name(),
         }
     }
 
     /// Tokenize inputs (in parallel, order kept). The first half of every pipeline call; the
     /// server runs it on its tokenizer pool, away from the compute thread.
-    pub fn encode(&self, inputs: &[Input], truncation: Truncation) -> Result<Vec<Encoded>> {
+    pub fn tokenize(&self, inputs: &[Input], truncation: Truncation) -> Result<Vec<Encoded>> {
         self.tokenizer.encode_all(inputs, truncation)
     }
 
@@ -371,6 +319,7 @@ impl Model {
     pub fn encode_states<E: std::borrow::Borrow<Encoded>>(
         &self,
         encoded: &[E],
+        forward: Forward<'_>,
         mut f: impl FnMut(usize, &[f32]) -> Result<()>,
     ) -> Result<()> {
         let h = self.cfg.hidden;
@@ -379,14 +328,15 @@ impl Model {
             let mut batch = Batch::new();
             let first = i;
             while i < encoded.len()
-                && (batch.is_empty()
-                    || batch.tokens() + encoded[i].borrow().len() <= self.max_batch_tokens)
+                && self
+                    .passes
+                    .pass_takes(batch.len(), batch.tokens(), encoded[i].borrow().len())
             {
                 let e = &encoded[i].borrow().encoding;
                 batch.push(e.get_ids(), e.get_type_ids());
                 i += 1;
             }
-            let states = self.forward(&batch)?;
+            let states = forward(&batch)?;
             for s in 0..batch.len() {
                 let r = batch.seq(s);
                 f(first + s, &states[r.start * h..r.end * h])?;
@@ -395,18 +345,10 @@ impl Model {
         Ok(())
     }
 
-    /// Last-layer hidden states `[T, H]` of one packed batch, on the accelerator when the model
-    /// has one.
-    /// Non-finite states (NaN or infinite weights, an overflow) are an error, never an answer.
+    /// Last-layer hidden states `[T, H]` of one packed batch on the CPU encoder. Non-finite
+    /// states (NaN or infinite weights, an overflow) are an error, never an answer.
     pub fn forward(&self, batch: &Batch) -> Result<Vec<f32>> {
-        let states = match &self.accelerator {
-            Some(acc) => acc.forward(&self.encoder, batch),
-            None => self.encoder.forward(batch),
-        }?;
-        match states.iter().position(|x| !x.is_finite()) {
-            None => Ok(states),
-            Some(index) => Err(SampError::NonFinite { index }),
-        }
+        encoder::finite(self.encoder.forward(batch)?)
     }
 
     /// Check per-call embed options against this model.
@@ -424,49 +366,13 @@ impl Model {
 
     /// Embed head on one sequence's states.
     pub fn embed_one(&self, states: &[f32], enc: &Encoded, opts: &EmbedOptions) -> Embedding {
-        let pooled = heads::embed::pool(states, self.cfg.hidden, self.sentence.pooling);
-        let normalize = opts.normalize.unwrap_or(self.sentence.normalize);
-        Embedding {
-            embedding: heads::embed::finish(pooled, opts.dims, normalize),
-            tokens: enc.len(),
-            truncated: enc.truncated,
-        }
+        heads::embed::embed_one(states, enc, self.cfg.hidden, &self.sentence, opts)
     }
 
     /// Classify head on one sequence's states.
     pub fn classify_one(&self, states: &[f32], enc: &Encoded) -> Result<Classification> {
-        self.require(Task::Classify)?;
-        let Head::Classify(head) = &self.head else {
-            unreachable!("require checked the head")
-        };
-        let (logits, probs) = head.forward(&states[..self.cfg.hidden]);
-        let best = (0..probs.len()).fold(0, |b, j| if probs[j] > probs[b] { j } else { b });
-        Ok(Classification {
-            label: self.labels[best].clone(),
-            score: probs[best],
-            scores: self
-                .labels
-                .iter()
-                .zip(&probs)
-                .map(|(l, &s)| LabelScore {
-                    label: l.clone(),
-                    score: s,
-                })
-                .collect(),
-            logits,
-            tokens: enc.len(),
-            truncated: enc.truncated,
-        })
-    }
-
-    fn token_logits_one(&self, states: &[f32], enc: &Encoded) -> Result<Vec<f32>> {
-        self.require(Task::Tag)?;
-        let Head::Tag(classifier) = &self.head else {
-            unreachable!("require checked the head")
-        };
-        let mut logits = vec![0.0f32; enc.len() * self.labels.len()];
-        classifier.forward(states, enc.len(), &mut logits, false, None);
-        Ok(logits)
+        let head = self.classify_head()?;
+        Ok(head.classify_one(&states[..self.cfg.hidden], enc, &self.labels))
     }
 
     /// Tag head on one sequence's states; `text` is the original input.
@@ -477,33 +383,44 @@ impl Model {
         text: &str,
         aggregation: Aggregation,
     ) -> Result<Tagging> {
-        let n_labels = self.labels.len();
-        let logits = self.token_logits_one(states, enc)?;
-        let probs: Vec<f32> = logits
-            .chunks_exact(n_labels)
-            .flat_map(heads::classify::softmax)
-            .collect();
-        let tokens = token_scores(
-            enc,
-            &probs,
-            n_labels,
-            text,
-            &self.tokenizer,
-            self.tokenizer.subword_prefix().is_some(),
-            self.tokenizer.unk_id(),
-        );
-        Ok(Tagging {
-            entities: heads::tag::entities(&tokens, &self.labels, text, aggregation),
-            tokens: enc.len(),
-            truncated: enc.truncated,
-        })
+        let classifier = self.tag_head()?;
+        let tagger = heads::tag::Tagger {
+            classifier,
+            labels: &self.labels,
+            tokenizer: &self.tokenizer,
+        };
+        Ok(tagger.tag_one(states, enc, text, aggregation))
+    }
+
+    fn classify_head(&self) -> Result<&ClassifyHead> {
+        match &self.head {
+            Head::Classify(h) => Ok(h),
+            _ => Err(self.wrong_task(Task::Classify)),
+        }
+    }
+
+    fn tag_head(&self) -> Result<&Linear> {
+        match &self.head {
+            Head::Tag(h) => Ok(h),
+            _ => Err(self.wrong_task(Task::Tag)),
+        }
     }
 
     pub fn embed(&self, inputs: &[Input], opts: &EmbedOptions) -> Result<Vec<Embedding>> {
+        self.embed_on(&|b| self.forward(b), inputs, opts)
+    }
+
+    /// [`Model::embed`] with the encoder passes run by `forward` (an engine's).
+    pub fn embed_on(
+        &self,
+        forward: Forward<'_>,
+        inputs: &[Input],
+        opts: &EmbedOptions,
+    ) -> Result<Vec<Embedding>> {
         self.check_embed(opts)?;
-        let encoded = self.encode(inputs, opts.truncation)?;
+        let encoded = self.tokenize(inputs, opts.truncation)?;
         let mut out = Vec::with_capacity(inputs.len());
-        self.encode_states(&encoded, |i, states| {
+        self.encode_states(&encoded, forward, |i, states| {
             out.push(self.embed_one(states, &encoded[i], opts));
             Ok(())
         })?;
@@ -515,10 +432,20 @@ impl Model {
         inputs: &[Input],
         truncation: Truncation,
     ) -> Result<Vec<Classification>> {
+        self.classify_on(&|b| self.forward(b), inputs, truncation)
+    }
+
+    /// [`Model::classify`] with the encoder passes run by `forward` (an engine's).
+    pub fn classify_on(
+        &self,
+        forward: Forward<'_>,
+        inputs: &[Input],
+        truncation: Truncation,
+    ) -> Result<Vec<Classification>> {
         self.require(Task::Classify)?;
-        let encoded = self.encode(inputs, truncation)?;
+        let encoded = self.tokenize(inputs, truncation)?;
         let mut out = Vec::with_capacity(inputs.len());
-        self.encode_states(&encoded, |i, states| {
+        self.encode_states(&encoded, forward, |i, states| {
             out.push(self.classify_one(states, &encoded[i])?);
             Ok(())
         })?;
@@ -528,11 +455,16 @@ impl Model {
     /// Raw per-token logits of the tag head, `[tokens × labels]` per input (special tokens
     /// included), for evaluation and fidelity checks.
     pub fn token_logits(&self, inputs: &[Input], truncation: Truncation) -> Result<Vec<Vec<f32>>> {
-        self.require(Task::Tag)?;
-        let encoded = self.encode(inputs, truncation)?;
+        let tag = self.tag_head()?;
+        let encoded = self.tokenize(inputs, truncation)?;
         let mut out = Vec::with_capacity(inputs.len());
-        self.encode_states(&encoded, |i, states| {
-            out.push(self.token_logits_one(states, &encoded[i])?);
+        self.encode_states(&encoded, &|b| self.forward(b), |i, states| {
+            out.push(heads::tag::token_logits(
+                tag,
+                states,
+                encoded[i].len(),
+                self.labels.len(),
+            ));
             Ok(())
         })?;
         Ok(out)
@@ -544,58 +476,25 @@ impl Model {
         aggregation: Aggregation,
         truncation: Truncation,
     ) -> Result<Vec<Tagging>> {
+        self.tag_on(&|b| self.forward(b), texts, aggregation, truncation)
+    }
+
+    /// [`Model::tag`] with the encoder passes run by `forward` (an engine's).
+    pub fn tag_on(
+        &self,
+        forward: Forward<'_>,
+        texts: &[String],
+        aggregation: Aggregation,
+        truncation: Truncation,
+    ) -> Result<Vec<Tagging>> {
         self.require(Task::Tag)?;
         let inputs: Vec<Input> = texts.iter().map(|t| Input::Single(t.clone())).collect();
-        let encoded = self.encode(&inputs, truncation)?;
+        let encoded = self.tokenize(&inputs, truncation)?;
         let mut out = Vec::with_capacity(texts.len());
-        self.encode_states(&encoded, |i, states| {
+        self.encode_states(&encoded, forward, |i, states| {
             out.push(self.tag_one(states, &encoded[i], &texts[i], aggregation)?);
             Ok(())
         })?;
         Ok(out)
     }
-}
-
-/// Per-token scores of the non-special tokens, with the pipeline's sub-word rule: with a
-/// sub-word prefix (`##`), a token is a sub-word when its text is longer than the span it
-/// covers; otherwise when it does not follow a space.
-fn token_scores<'a>(
-    enc: &Encoded,
-    probs: &'a [f32],
-    n_labels: usize,
-    text: &str,
-    tokenizer: &Tokenizer,
-    has_prefix: bool,
-    unk: Option<u32>,
-) -> Vec<TokenScores<'a>> {
-    let e = &enc.encoding;
-    let chars: Vec<char> = text.chars().collect();
-    let mut out = Vec::with_capacity(e.len());
-    for (t, ((&id, &(start, end)), &special)) in e
-        .get_ids()
-        .iter()
-        .zip(e.get_offsets())
-        .zip(e.get_special_tokens_mask())
-        .enumerate()
-    {
-        if special == 1 {
-            continue;
-        }
-        let (start, end) = (start.min(chars.len()), end.min(chars.len()));
-        let is_subword = if Some(id) == unk {
-            false
-        } else if has_prefix {
-            let word_len = tokenizer.id_to_token(id).map_or(0, |w| w.chars().count());
-            word_len != end.saturating_sub(start)
-        } else {
-            start > 0 && !chars[start - 1..(start + 1).min(chars.len())].contains(&' ')
-        };
-        out.push(TokenScores {
-            scores: &probs[t * n_labels..(t + 1) * n_labels],
-            start,
-            end,
-            is_subword,
-        });
-    }
-    out
 }

@@ -49,6 +49,52 @@ pub enum Precision {
     Int8,
 }
 
+impl Precision {
+    pub const ALL: [Precision; 4] = [
+        Precision::Float32,
+        Precision::Bfloat16,
+        Precision::Float16,
+        Precision::Int8,
+    ];
+
+    /// As plans spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Float32 => "float32",
+            Precision::Bfloat16 => "bfloat16",
+            Precision::Float16 => "float16",
+            Precision::Int8 => "int8",
+        }
+    }
+}
+
+/// What is wrong with a plan, naming the entry.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    #[error("format is {0:?}, expected {FORMAT:?}")]
+    Format(String),
+    #[error("layers has {entries} entries, the model has {layers} layers")]
+    Layers { entries: usize, layers: usize },
+    #[error("weight_bits is {0}; INT8 weights are 7 or 8 bits")]
+    WeightBits(u32),
+    #[error("layers[{layer}].{gemm}.input_scale: {scale} is not a positive number")]
+    BadScale {
+        layer: usize,
+        gemm: &'static str,
+        scale: f32,
+    },
+    #[error("layers[{layer}].{gemm}.input_scale is missing (static activations need one)")]
+    MissingScale { layer: usize, gemm: &'static str },
+    #[error("layers[{layer}].{gemm}.precision: {precision} is not available on the {backend} backend ({available})")]
+    Unsupported {
+        layer: usize,
+        gemm: &'static str,
+        precision: &'static str,
+        backend: &'static str,
+        available: String,
+    },
+}
+
 /// How INT8 activations are scaled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -274,50 +320,62 @@ impl Plan {
         })
     }
 
-    /// Check the plan against a model with `layers` layers on the CPU backend. The error names
-    /// the offending entry.
-    pub fn validate(&self, layers: usize) -> std::result::Result<(), String> {
+    /// Check the plan against a model with `layers` layers: format, shape, weight width and
+    /// the input scales of INT8 entries. Which precisions can run is the engine's to say:
+    /// [`Plan::check_precisions`]. The error names the offending entry.
+    pub fn validate(&self, layers: usize) -> std::result::Result<(), PlanError> {
         if self.format != FORMAT {
-            return Err(format!("format is {:?}, expected {FORMAT:?}", self.format));
+            return Err(PlanError::Format(self.format.clone()));
         }
         if self.layers.len() != layers {
-            return Err(format!(
-                "layers has {} entries, the model has {layers} layers",
-                self.layers.len()
-            ));
+            return Err(PlanError::Layers {
+                entries: self.layers.len(),
+                layers,
+            });
         }
         if !crate::kernels::int8::WEIGHT_BITS.contains(&self.weight_bits) {
-            return Err(format!(
-                "weight_bits is {}; INT8 weights are 7 or 8 bits",
-                self.weight_bits
-            ));
+            return Err(PlanError::WeightBits(self.weight_bits));
         }
-        for (i, l) in self.layers.iter().enumerate() {
+        for (layer, l) in self.layers.iter().enumerate() {
             for g in Gemm::ALL {
                 let gp = l.get(g);
-                let at = format!("layers[{i}].{}", g.name());
-                match gp.precision {
-                    Precision::Float32 | Precision::Bfloat16 => {}
-                    Precision::Float16 => {
-                        return Err(format!(
-                            "{at}.precision: float16 is not available on the CPU backend (float32, bfloat16 or int8)"
-                        ))
-                    }
-                    Precision::Int8 => {
-                        if self.activations == ActMode::Static {
-                            match gp.input_scale {
-                                Some(s) if s.is_finite() && s > 0.0 => {}
-                                Some(s) => {
-                                    return Err(format!("{at}.input_scale: {s} is not a positive number"))
-                                }
-                                None => {
-                                    return Err(format!(
-                                        "{at}.input_scale is missing (static activations need one)"
-                                    ))
-                                }
-                            }
-                        }
-                    }
+                if gp.precision != Precision::Int8 || self.activations != ActMode::Static {
+                    continue;
+                }
+                let gemm = g.name();
+                match gp.input_scale {
+                    Some(s) if s.is_finite() && s > 0.0 => {}
+                    Some(scale) => return Err(PlanError::BadScale { layer, gemm, scale }),
+                    None => return Err(PlanError::MissingScale { layer, gemm }),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The first entry whose precision `supported` lacks, as an error naming the backend.
+    pub fn check_precisions(
+        &self,
+        backend: &'static str,
+        supported: &[Precision],
+    ) -> std::result::Result<(), PlanError> {
+        for (layer, l) in self.layers.iter().enumerate() {
+            for g in Gemm::ALL {
+                let precision = l.get(g).precision;
+                if !supported.contains(&precision) {
+                    let names: Vec<&str> = supported.iter().map(|p| p.name()).collect();
+                    let available = match names.split_last() {
+                        Some((last, [])) => last.to_string(),
+                        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+                        None => "none".into(),
+                    };
+                    return Err(PlanError::Unsupported {
+                        layer,
+                        gemm: g.name(),
+                        precision: precision.name(),
+                        backend,
+                        available,
+                    });
                 }
             }
         }
@@ -380,7 +438,7 @@ mod tests {
         let json = serde_json::to_string(&p).unwrap();
         let back: Plan = serde_json::from_str(&json).unwrap();
         assert_eq!(back, p);
-        assert!(p.validate(4).unwrap_err().contains("3 entries"));
+        assert!(p.validate(4).unwrap_err().to_string().contains("3 entries"));
     }
 
     #[test]
@@ -401,7 +459,11 @@ mod tests {
         assert_eq!(back, p);
         let mut bad = p.clone();
         bad.weight_bits = 6;
-        assert!(bad.validate(4).unwrap_err().contains("weight_bits"));
+        assert!(bad
+            .validate(4)
+            .unwrap_err()
+            .to_string()
+            .contains("weight_bits"));
         // Plans written before the field existed hold 7-bit weights.
         let old: Plan =
             serde_json::from_str(r#"{"format":"samp-plan/1","name":"x","layers":[]}"#).unwrap();
@@ -415,15 +477,21 @@ mod tests {
         assert!(p
             .validate(1)
             .unwrap_err()
+            .to_string()
             .contains("layers[0].ffn_up.input_scale"));
         p.layers[0].ffn_up = GemmPlan {
             precision: Precision::Float16,
             input_scale: None,
         };
-        assert!(p
-            .validate(1)
-            .unwrap_err()
-            .contains("layers[0].ffn_up.precision"));
+        // Which precisions run is the engine's to say: the CPU's list refuses float16.
+        let cpu = [Precision::Float32, Precision::Bfloat16, Precision::Int8];
+        p.validate(1).unwrap();
+        let e = p.check_precisions("CPU", &cpu).unwrap_err().to_string();
+        assert!(e.contains("layers[0].ffn_up.precision"), "{e}");
+        assert!(
+            e.contains("float16 is not available on the CPU backend (float32, bfloat16 or int8)"),
+            "{e}"
+        );
         let e = serde_json::from_str::<Plan>(
             r#"{"format":"samp-plan/1","name":"x","layers":[],"extra":1}"#,
         );

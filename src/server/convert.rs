@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::proto;
 use super::status::ServeError;
 use super::validate::{aggregation, check_count, check_text, truncation};
-use crate::backend::{ModelWorker, Output, Work};
+use crate::backend::{HeadWork, ModelWorker, Output};
 use crate::config::Limits;
 use crate::model::config::Task;
 use crate::model::heads::tag::Entity;
@@ -16,7 +16,7 @@ use crate::tokenize::{Input, Truncation};
 
 /// What the head does with a job's inputs once they are tokenized (texts the head needs are
 /// moved back out of them, not copied).
-pub type MakeWork = Box<dyn FnOnce(Vec<Input>) -> Work + Send>;
+pub type MakeWork = Box<dyn FnOnce(Vec<Input>) -> HeadWork + Send>;
 
 /// A request checked against the limits and the model that serves it.
 pub struct Call {
@@ -120,7 +120,7 @@ impl Rpc for proto::EmbedRequest {
         Ok(Call {
             inputs,
             truncation: opts.truncation,
-            work: Box::new(move |_| Work::Embed(opts)),
+            work: Box::new(move |_| HeadWork::Embed(opts)),
         })
     }
 
@@ -164,7 +164,7 @@ impl Rpc for proto::ClassifyRequest {
         Ok(Call {
             inputs,
             truncation: truncation(self.truncation)?,
-            work: Box::new(|_| Work::Classify),
+            work: Box::new(|_| HeadWork::Classify),
         })
     }
 
@@ -189,7 +189,7 @@ impl Rpc for proto::TagRequest {
             truncation: truncation(self.truncation)?,
             // The head needs the texts for entity offsets: moved back out of the inputs.
             work: Box::new(move |inputs: Vec<Input>| {
-                Work::Tag(inputs.into_iter().map(Input::into_first).collect(), agg)
+                HeadWork::Tag(inputs.into_iter().map(Input::into_first).collect(), agg)
             }),
         })
     }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::backend::{Job, ModelWorker, Output, Work};
+use crate::backend::{HeadWork, Job, ModelWorker, Output};
 use crate::metrics as m;
 
 /// Run a sampled request again on the float variant, in the background, and export how close
@@ -12,7 +12,7 @@ pub fn spawn_shadow(
     served: &Arc<ModelWorker>,
     float: Arc<ModelWorker>,
     encoded: Vec<crate::tokenize::Encoded>,
-    work: Work,
+    work: HeadWork,
     output: Output,
 ) {
     let (model, variant) = (served.model.name.clone(), served.variant.clone());

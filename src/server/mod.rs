@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 
 use crate::backend::ModelWorker;
 use crate::config::ServeConfig;
-use crate::model::{EmbedOptions, LoadOptions, Model};
+use crate::model::{LoadOptions, Model};
 use crate::tokenize::Input;
 
 /// Generated code of proto/samp/v1/samp.proto.
@@ -76,27 +76,26 @@ pub async fn prepare(cfg: &ServeConfig) -> anyhow::Result<Prepared> {
             let plan2 = plan.clone();
             let device = entry.device.unwrap_or(cfg.device);
             let lib_dirs = crate::backend::device::lib_dirs(cfg.cuda_lib_dir.as_deref());
-            let (model, rate) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-                let opts = LoadOptions {
-                    plan: plan2,
-                    ..Default::default()
-                };
-                let mut m = Model::load(&path, &opts)
-                    .map_err(|e| anyhow::anyhow!("model {name}: {e:#}"))?;
-                m.name = name;
-                crate::backend::device::place(&mut m, device, &lib_dirs);
-                // Warm-up: one pass so the first request doesn't pay for page faults, then one
-                // timed batch of ordinary sentences to seed the throughput admission plans with.
-                m.embed(&[Input::from("warm up")], &EmbedOptions::default())?;
-                let texts: Vec<Input> = (0..16)
-                    .map(|i| Input::Single(format!("{i}: {WARM_UP_SENTENCE}")))
-                    .collect();
-                let t0 = std::time::Instant::now();
-                let out = m.embed(&texts, &EmbedOptions::default())?;
-                let tokens: usize = out.iter().map(|e| e.tokens).sum();
-                Ok((m, (tokens, t0.elapsed())))
-            })
-            .await??;
+            let (model, engine, rate) =
+                tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                    let opts = LoadOptions {
+                        plan: plan2,
+                        ..Default::default()
+                    };
+                    let mut m = Model::load(&path, &opts)
+                        .map_err(|e| anyhow::anyhow!("model {name}: {e:#}"))?;
+                    m.name = name;
+                    let m = Arc::new(m);
+                    let (engine, _) = crate::backend::device::place(&m, device, &lib_dirs);
+                    // Warm-up: a pass so the first request doesn't pay for page faults, then one
+                    // timed pass over ordinary sentences to seed the throughput admission plans with.
+                    let texts: Vec<Input> = (0..16)
+                        .map(|i| Input::Single(format!("{i}: {WARM_UP_SENTENCE}")))
+                        .collect();
+                    let rate = crate::backend::engine::warm_up(&m, &*engine, &texts)?;
+                    Ok((m, engine, rate))
+                })
+                .await??;
             let variant = variant.unwrap_or_else(|| model.plan().name.clone());
             if !names.insert(variant.clone()) {
                 anyhow::bail!(
@@ -113,7 +112,7 @@ pub async fn prepare(cfg: &ServeConfig) -> anyhow::Result<Prepared> {
                 None => tracing::info!(model = %entry.name, %variant,
                     precision = %convert::precision_summary(model.plan()), "variant ready"),
             }
-            let mut w = ModelWorker::spawn(Arc::new(model), &variant, cfg.batching)?;
+            let mut w = ModelWorker::spawn_on(model, engine, &variant, cfg.batching)?;
             w.seed_rate(rate.0, rate.1);
             w.quality = quality;
             workers.push(w);
@@ -250,7 +249,7 @@ fn publish(workers: Vec<ModelWorker>) -> BTreeMap<String, Vec<Arc<ModelWorker>>>
         metrics::gauge!(crate::metrics::MODEL_INFO, "model" => w.model.name.clone(),
             "task" => w.model.task.name(), "variant" => w.variant.clone())
         .set(1.0);
-        let device = w.model.device();
+        let device = w.device.clone();
         let device = device
             .split_whitespace()
             .next()
@@ -487,8 +486,8 @@ mod tests {
         };
         let texts = [crate::tokenize::Input::Single("a fault".into())];
         let (job, reply) = crate::backend::Job::new(
-            model.encode(&texts, Default::default()).unwrap(),
-            crate::backend::Work::Embed(Default::default()),
+            model.tokenize(&texts, Default::default()).unwrap(),
+            crate::backend::HeadWork::Embed(Default::default()),
             None,
         );
         w.submit(job).unwrap();

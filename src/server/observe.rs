@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::status::ServeError;
-use crate::backend::{Done, ModelWorker};
+use crate::backend::{FinishedJob, ModelWorker};
 use crate::metrics as m;
 
 /// Which door a call came through (the `api` label of the request metrics): the HTTP door sets
@@ -66,7 +66,7 @@ pub fn record<T>(guard: &mut CancelGuard, model: &str, variant: &str, r: &Result
 pub fn record_stages(
     rpc: &'static str,
     worker: &ModelWorker,
-    done: &Done,
+    done: &FinishedJob,
     tokenize: Duration,
     inputs: usize,
 ) {

@@ -19,7 +19,7 @@ use super::registry::Registry;
 use super::status::ServeError;
 use super::stream::{pipeline, Answers};
 use super::validate::estimate_tokens;
-use crate::backend::{Done, Job, ModelWorker};
+use crate::backend::{FinishedJob, Job, ModelWorker};
 use crate::config::Limits;
 use crate::metrics as m;
 
@@ -95,7 +95,7 @@ impl SampService {
         worker: &Arc<ModelWorker>,
         call: Call,
         deadline: Option<Instant>,
-    ) -> Result<(Done, Duration), ServeError> {
+    ) -> Result<(FinishedJob, Duration), ServeError> {
         let Call {
             inputs,
             truncation,
@@ -120,7 +120,7 @@ impl SampService {
             let (tx, rx) = tokio::sync::oneshot::channel();
             // Tokenizers have a pool of their own: never the encoder's, never tokio's.
             self.state.tokenizers.spawn(move || {
-                let encoded = model.encode(&inputs, truncation);
+                let encoded = model.tokenize(&inputs, truncation);
                 let _ = tx.send((encoded, inputs));
             });
             let (encoded, inputs) = rx

@@ -61,7 +61,7 @@ impl From<JobError> for ServeError {
         match e {
             JobError::DeadlineExceeded => ServeError::DeadlineExceeded,
             JobError::Model(m) => m.into(),
-            JobError::Internal(msg) => ServeError::Internal(anyhow::anyhow!(msg)),
+            JobError::Pass(e) => ServeError::Internal(anyhow::Error::new(e)),
         }
     }
 }

@@ -34,7 +34,7 @@ pub(super) fn time_layers(
 ) -> Result<(Vec<[f64; MODES.len()]>, f64, usize)> {
     let layers = model.cfg.layers;
     let before = model.plan().clone();
-    let encoded = model.encode(inputs, Truncation::Truncate)?;
+    let encoded = model.tokenize(inputs, Truncation::Truncate)?;
     let mut batch = Batch::new();
     for e in &encoded {
         batch.push(e.encoding.get_ids(), e.encoding.get_type_ids());

@@ -13,13 +13,13 @@ use cudarc::nvrtc::Ptx;
 
 use super::blas::{Blas, Kind};
 use super::{compile, guarded, Target};
+use crate::backend::engine::{Engine, Memory};
 use crate::backend::gpu_plan::{self, GemmOp};
-use crate::error::{Result, SampError};
+use crate::error::{DeviceError, Result};
 use crate::model::config::{Activation, ModelConfig};
-use crate::model::encoder::{Batch, Encoder};
+use crate::model::encoder::{self, Batch, Encoder};
 use crate::model::linear::Linear;
-use crate::model::Accelerator;
-use crate::quant::plan::{Gemm, Plan};
+use crate::quant::plan::{Gemm, Plan, Precision};
 
 fn drv(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> String {
     move |e| format!("{what}: {e:?}")
@@ -547,6 +547,7 @@ impl CudaEncoder {
 }
 
 impl CudaEncoder {
+    /// `cuda:N`, for metric labels.
     fn device_label(&self) -> String {
         self.label
             .split_whitespace()
@@ -561,23 +562,27 @@ impl CudaEncoder {
     }
 }
 
-impl Accelerator for CudaEncoder {
-    fn forward(&self, encoder: &Encoder, batch: &Batch) -> Result<Vec<f32>> {
-        encoder.check(batch)?;
-        let positions = encoder.positions(batch);
-        let mut inner = self
-            .inner
-            .lock()
-            .map_err(|_| SampError::Device("a previous GPU pass panicked".into()))?;
-        guarded("CUDA", || self.run(&mut inner, batch, &positions)).map_err(SampError::Device)
+impl Engine for CudaEncoder {
+    fn forward(&self, batch: &Batch) -> Result<Vec<f32>> {
+        encoder::check(&self.cfg, batch)?;
+        let positions = encoder::positions(&self.cfg, batch);
+        let mut inner = self.inner.lock().map_err(|_| DeviceError::Poisoned)?;
+        let states = guarded("CUDA", || self.run(&mut inner, batch, &positions))
+            .map_err(DeviceError::Pass)?;
+        encoder::finite(states)
+    }
+
+    fn supports(&self, precision: Precision) -> bool {
+        gpu_plan::PRECISIONS.contains(&precision)
     }
 
     fn device(&self) -> String {
         self.label.clone()
     }
 
-    fn on_attach(&self) {
-        metrics::gauge!(crate::metrics::DEVICE_MEMORY_BYTES, "device" => self.device_label(), "kind" => "weights")
-            .increment(self.weight_bytes as f64);
+    fn memory(&self) -> Memory {
+        Memory {
+            device_weight_bytes: self.weight_bytes,
+        }
     }
 }

@@ -68,27 +68,28 @@ impl QWeights {
         n: usize,
         k: usize,
         bits: u32,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, WeightsError> {
         if !WEIGHT_BITS.contains(&bits) {
-            return Err(format!(
-                "int8 weights: {bits}-bit weights (7 or 8 expected)"
-            ));
+            return Err(WeightsError::Bits(bits));
         }
         let wmax = weight_max(bits);
         if q.len() != n * k || scales.len() != n {
-            return Err(format!(
-                "int8 weights: {} values and {} scales for [{n}, {k}]",
-                q.len(),
-                scales.len()
-            ));
+            return Err(WeightsError::Shape {
+                values: q.len(),
+                scales: scales.len(),
+                n,
+                k,
+            });
         }
-        if let Some(v) = q.iter().find(|v| (**v as i32).abs() > wmax) {
-            return Err(format!(
-                "int8 weights: value {v} outside ±{wmax} ({bits}-bit weights expected)"
-            ));
+        if let Some(&value) = q.iter().find(|v| (**v as i32).abs() > wmax) {
+            return Err(WeightsError::OutOfRange {
+                value,
+                max: wmax,
+                bits,
+            });
         }
-        if let Some(s) = scales.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
-            return Err(format!("int8 weights: scale {s} is not a positive number"));
+        if let Some(&s) = scales.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(WeightsError::Scale(s));
         }
         let kp = k.div_ceil(KG) * KG;
         let panels = n.div_ceil(NR);
@@ -141,4 +142,22 @@ impl QWeights {
     pub fn bytes(&self) -> usize {
         self.data.len() + 8 * self.n
     }
+}
+
+/// Why saved INT8 weights cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WeightsError {
+    #[error("int8 weights: {0}-bit weights (7 or 8 expected)")]
+    Bits(u32),
+    #[error("int8 weights: {values} values and {scales} scales for [{n}, {k}]")]
+    Shape {
+        values: usize,
+        scales: usize,
+        n: usize,
+        k: usize,
+    },
+    #[error("int8 weights: value {value} outside ±{max} ({bits}-bit weights expected)")]
+    OutOfRange { value: i8, max: i32, bits: u32 },
+    #[error("int8 weights: scale {0} is not a positive number")]
+    Scale(f32),
 }

@@ -2,10 +2,12 @@
 //! BERT (pooler dense + tanh, classifier), RoBERTa (dense + tanh, out_proj), DistilBERT
 //! (pre_classifier + ReLU, classifier). Softmax, or sigmoid for multi-label models.
 
+use super::{Classification, LabelScore};
 use crate::error::Result;
 use crate::model::config::{Arch, ModelConfig};
 use crate::model::linear::Linear;
 use crate::model::weights::Weights;
+use crate::tokenize::Encoded;
 
 pub struct ClassifyHead {
     /// Dense layer before the classifier, and whether it is followed by tanh (else ReLU).
@@ -54,4 +56,27 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
     let exp: Vec<f32> = logits.iter().map(|&z| (z - max).exp()).collect();
     let sum: f32 = exp.iter().sum();
     exp.into_iter().map(|e| e / sum).collect()
+}
+
+impl ClassifyHead {
+    /// The classification of one sequence from its first token's state (`[hidden]`).
+    pub fn classify_one(&self, cls: &[f32], enc: &Encoded, labels: &[String]) -> Classification {
+        let (logits, probs) = self.forward(cls);
+        let best = (0..probs.len()).fold(0, |b, j| if probs[j] > probs[b] { j } else { b });
+        Classification {
+            label: labels[best].clone(),
+            score: probs[best],
+            scores: labels
+                .iter()
+                .zip(&probs)
+                .map(|(l, &s)| LabelScore {
+                    label: l.clone(),
+                    score: s,
+                })
+                .collect(),
+            logits,
+            tokens: enc.len(),
+            truncated: enc.truncated,
+        }
+    }
 }

@@ -1,7 +1,10 @@
 //! Sentence embedding head: pooling of token states (mean, CLS, max), optional truncation of
 //! the output dimensions (Matryoshka-style), optional L2 normalisation.
 
-use crate::model::config::Pooling;
+use super::Embedding;
+use crate::model::config::{Pooling, SentenceConfig};
+use crate::model::EmbedOptions;
+use crate::tokenize::Encoded;
 
 /// Pool the `[len, h]` token states of one sequence.
 pub fn pool(states: &[f32], h: usize, pooling: Pooling) -> Vec<f32> {
@@ -37,6 +40,24 @@ pub fn finish(mut v: Vec<f32>, dims: Option<usize>, normalize: bool) -> Vec<f32>
         v.iter_mut().for_each(|x| *x /= norm);
     }
     v
+}
+
+/// The embed head on one sequence's states `[len, hidden]`: pooled as the sentence config
+/// says, cut to `opts.dims`, normalised unless the call says otherwise.
+pub fn embed_one(
+    states: &[f32],
+    enc: &Encoded,
+    hidden: usize,
+    sentence: &SentenceConfig,
+    opts: &EmbedOptions,
+) -> Embedding {
+    let pooled = pool(states, hidden, sentence.pooling);
+    let normalize = opts.normalize.unwrap_or(sentence.normalize);
+    Embedding {
+        embedding: finish(pooled, opts.dims, normalize),
+        tokens: enc.len(),
+        truncated: enc.truncated,
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,10 @@
 
 use serde::Serialize;
 
+use super::Tagging;
+use crate::model::linear::Linear;
+use crate::tokenize::{Encoded, Tokenizer};
+
 /// How sub-word tokens and B/I tags are merged into entities.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -213,6 +217,96 @@ fn word_scored(word: &[TokenScores<'_>], aggregation: Aggregation) -> Scored {
         start: word[0].start,
         end: word[word.len() - 1].end,
     }
+}
+
+/// Raw per-token logits `[len × labels]` of one sequence's states.
+pub fn token_logits(classifier: &Linear, states: &[f32], len: usize, n_labels: usize) -> Vec<f32> {
+    let mut logits = vec![0.0f32; len * n_labels];
+    classifier.forward(states, len, &mut logits, false, None);
+    logits
+}
+
+/// The tag head: the token classifier, its labels, and the tokenizer whose tokens it labels.
+pub struct Tagger<'m> {
+    pub classifier: &'m Linear,
+    pub labels: &'m [String],
+    pub tokenizer: &'m Tokenizer,
+}
+
+impl Tagger<'_> {
+    /// Entities of one sequence from its states; `text` is the original input.
+    pub fn tag_one(
+        &self,
+        states: &[f32],
+        enc: &Encoded,
+        text: &str,
+        aggregation: Aggregation,
+    ) -> Tagging {
+        let n_labels = self.labels.len();
+        let logits = token_logits(self.classifier, states, enc.len(), n_labels);
+        let probs: Vec<f32> = logits
+            .chunks_exact(n_labels)
+            .flat_map(super::classify::softmax)
+            .collect();
+        let tokens = token_scores(
+            enc,
+            &probs,
+            n_labels,
+            text,
+            self.tokenizer,
+            self.tokenizer.subword_prefix().is_some(),
+            self.tokenizer.unk_id(),
+        );
+        Tagging {
+            entities: entities(&tokens, self.labels, text, aggregation),
+            tokens: enc.len(),
+            truncated: enc.truncated,
+        }
+    }
+}
+
+/// Per-token scores of the non-special tokens, with the pipeline's sub-word rule: with a
+/// sub-word prefix (`##`), a token is a sub-word when its text is longer than the span it
+/// covers; otherwise when it does not follow a space.
+fn token_scores<'a>(
+    enc: &Encoded,
+    probs: &'a [f32],
+    n_labels: usize,
+    text: &str,
+    tokenizer: &Tokenizer,
+    has_prefix: bool,
+    unk: Option<u32>,
+) -> Vec<TokenScores<'a>> {
+    let e = &enc.encoding;
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = Vec::with_capacity(e.len());
+    for (t, ((&id, &(start, end)), &special)) in e
+        .get_ids()
+        .iter()
+        .zip(e.get_offsets())
+        .zip(e.get_special_tokens_mask())
+        .enumerate()
+    {
+        if special == 1 {
+            continue;
+        }
+        let (start, end) = (start.min(chars.len()), end.min(chars.len()));
+        let is_subword = if Some(id) == unk {
+            false
+        } else if has_prefix {
+            let word_len = tokenizer.id_to_token(id).map_or(0, |w| w.chars().count());
+            word_len != end.saturating_sub(start)
+        } else {
+            start > 0 && !chars[start - 1..(start + 1).min(chars.len())].contains(&' ')
+        };
+        out.push(TokenScores {
+            scores: &probs[t * n_labels..(t + 1) * n_labels],
+            start,
+            end,
+            is_subword,
+        });
+    }
+    out
 }
 
 #[cfg(test)]
