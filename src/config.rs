@@ -5,13 +5,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::backend::device::Device;
 use crate::batching::BatchPolicy;
 
 /// One model to load.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelEntry {
     /// Name clients use in requests.
@@ -32,7 +32,7 @@ pub struct ModelEntry {
 }
 
 /// Per-request limits.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Most inputs in one request.
@@ -68,7 +68,7 @@ impl Limits {
 }
 
 /// TLS on the gRPC port (off unless `cert_file` and `key_file` are set).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Tls {
     /// PEM certificate chain of the server.
@@ -88,7 +88,7 @@ pub struct TlsPem {
 }
 
 /// Connection hygiene of the gRPC port (and, for the limits that apply, the HTTP door).
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Connections {
     /// Open connections at once; further ones wait in the kernel's backlog until one closes.
@@ -139,7 +139,7 @@ impl Connections {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServeConfig {
     /// gRPC address.
@@ -159,7 +159,7 @@ pub struct ServeConfig {
     /// A file holding a static bearer token: when set, every gRPC call and every /metrics
     /// request must carry `authorization: Bearer <token>` (health checks excepted).
     pub auth_token_file: Option<PathBuf>,
-    /// The token read from `auth_token_file` by `validate`.
+    /// The token read from `auth_token_file` by `validate` (never printed).
     #[serde(skip)]
     pub auth_token: Option<String>,
     pub tls: Tls,
@@ -424,6 +424,13 @@ mod tests {
         let c = c.validate().unwrap();
         assert_eq!(c.batching.max_wait, Duration::from_millis(5));
         assert_eq!(c.models[0].name, "mini");
+        // What `serve --check` prints reads back as the same configuration (and holds no token).
+        let printed = serde_json::to_value(&c).unwrap();
+        assert!(printed.get("auth_token").is_none());
+        let back: ServeConfig = serde_json::from_value(printed).unwrap();
+        assert_eq!(back.listen, c.listen);
+        assert_eq!(back.batching, c.batching);
+        assert_eq!(back.models, c.models);
     }
 
     #[test]

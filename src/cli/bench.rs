@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use super::{read_texts, DeviceArgs, Placed};
+use super::{read_texts, DeviceArgs, ModelSource, Placed};
 use crate::model::config::Task;
 use crate::model::encoder::Batch;
 use crate::model::heads::tag::Aggregation;
@@ -13,9 +13,8 @@ use crate::tokenize::{Input, Truncation};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Hugging Face model directory.
-    #[arg(long, env = "SAMP_MODEL")]
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub source: ModelSource,
     /// Texts, one per line (or JSON Lines as for --input of the other commands).
     #[arg(long)]
     pub input: PathBuf,
@@ -31,9 +30,6 @@ pub struct BenchArgs {
     /// Pipeline to run (default: the model's own head).
     #[arg(long)]
     pub task: Option<Task>,
-    /// Precision plan: a file, or `float32` [default: DIR/samp-plan.json when present].
-    #[arg(long)]
-    pub plan: Option<String>,
     /// Also time each stage of encoder layer 0 on the first batch (GEMMs, attention,
     /// LayerNorm) and report the split (CPU only).
     #[arg(long)]
@@ -148,11 +144,10 @@ pub fn run_bench(a: &BenchArgs) -> anyhow::Result<()> {
             anyhow::bail!("--tokens {n}: sequences need at least 2 tokens");
         }
     }
-    let placed = a.device.load(
-        &a.model,
-        &LoadOptions {
+    let placed = a.source.load(
+        &a.device,
+        LoadOptions {
             task: a.task,
-            plan: crate::quant::plan::resolve(&a.model, a.plan.as_deref()),
             ..Default::default()
         },
     )?;

@@ -316,11 +316,38 @@ impl Placed {
     }
 }
 
-#[derive(Debug, Args)]
-pub struct ModelArgs {
+/// A model directory and the precision plan to run it with (every command that loads one).
+#[derive(Debug, Clone, Args)]
+pub struct ModelSource {
     /// Hugging Face model directory (config.json, tokenizer.json, model.safetensors).
     #[arg(long, env = "SAMP_MODEL")]
     pub model: PathBuf,
+
+    /// Precision plan: a file, or `float32` [default: DIR/samp-plan.json when present].
+    #[arg(long)]
+    pub plan: Option<String>,
+}
+
+impl ModelSource {
+    /// The plan file to load, if any (`float32` and no plan beside the model: none).
+    pub fn plan_file(&self) -> Option<PathBuf> {
+        crate::quant::plan::resolve(&self.model, self.plan.as_deref())
+    }
+
+    /// Load it with `opts` (its plan filled in) and place its encoder on `device`.
+    pub fn load(&self, device: &DeviceArgs, opts: LoadOptions) -> anyhow::Result<Placed> {
+        let opts = LoadOptions {
+            plan: self.plan_file(),
+            ..opts
+        };
+        device.load(&self.model, &opts)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    #[command(flatten)]
+    pub source: ModelSource,
 
     /// Texts to process.
     pub texts: Vec<String>,
@@ -333,20 +360,13 @@ pub struct ModelArgs {
     #[arg(long)]
     pub no_truncate: bool,
 
-    /// Precision plan: a file, or `float32` [default: DIR/samp-plan.json when present].
-    #[arg(long)]
-    pub plan: Option<String>,
-
     #[command(flatten)]
     pub device: DeviceArgs,
 }
 
 impl ModelArgs {
-    fn load_options(&self) -> LoadOptions {
-        LoadOptions {
-            plan: crate::quant::plan::resolve(&self.model, self.plan.as_deref()),
-            ..Default::default()
-        }
+    fn load(&self, opts: LoadOptions) -> anyhow::Result<Placed> {
+        self.source.load(&self.device, opts)
     }
 
     fn truncation(&self) -> Truncation {
@@ -454,15 +474,11 @@ fn print_lines<T: serde::Serialize>(items: &[T]) -> anyhow::Result<()> {
 
 pub fn run_embed(a: &EmbedArgs) -> anyhow::Result<()> {
     let inputs = gather(&a.model, false)?;
-    let placed = a.model.device.load(
-        &a.model.model,
-        &LoadOptions {
-            task: Some(Task::Embed),
-            pooling: a.pooling,
-            plan: crate::quant::plan::resolve(&a.model.model, a.model.plan.as_deref()),
-            ..Default::default()
-        },
-    )?;
+    let placed = a.model.load(LoadOptions {
+        task: Some(Task::Embed),
+        pooling: a.pooling,
+        ..Default::default()
+    })?;
     let opts = EmbedOptions {
         normalize: a.normalize,
         dims: a.dims,
@@ -474,10 +490,7 @@ pub fn run_embed(a: &EmbedArgs) -> anyhow::Result<()> {
 
 pub fn run_classify(a: &ClassifyArgs) -> anyhow::Result<()> {
     let inputs = gather(&a.model, a.pairs)?;
-    let placed = a
-        .model
-        .device
-        .load(&a.model.model, &a.model.load_options())?;
+    let placed = a.model.load(LoadOptions::default())?;
     let forward = |b: &_| placed.forward(b);
     print_lines(
         &placed
@@ -498,10 +511,7 @@ pub fn run_tag(a: &TagArgs) -> anyhow::Result<()> {
             )),
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let placed = a
-        .model
-        .device
-        .load(&a.model.model, &a.model.load_options())?;
+    let placed = a.model.load(LoadOptions::default())?;
     let forward = |b: &_| placed.forward(b);
     let model = &placed.model;
     print_lines(&model.tag_on(&forward, &texts, a.aggregation, a.model.truncation())?)
@@ -510,27 +520,17 @@ pub fn run_tag(a: &TagArgs) -> anyhow::Result<()> {
 pub fn run_serve(a: &ServeArgs) -> anyhow::Result<()> {
     let cfg = a.config()?;
     if a.check {
-        println!(
-            "{}",
-            serde_json::json!({
-                "listen": cfg.listen,
-                "metrics_listen": cfg.metrics_listen,
-                "http_listen": cfg.http_listen,
-                "models": cfg.models.iter().map(|m| serde_json::json!({
-                    "name": m.name, "path": m.path, "plan": m.plan, "variants": m.variants,
-                })).collect::<Vec<_>>(),
-                "shutdown_grace_seconds": cfg.shutdown_grace_seconds,
-                "fidelity_sample_rate": cfg.fidelity_sample_rate,
-                "device": cfg.device.to_string(),
-                "cuda_built": crate::backend::device::CUDA_BUILT,
-                "batching": format!("{:?}", cfg.batching),
-                "limits": format!("{:?}", cfg.limits),
-                "connections": format!("{:?}", cfg.connections),
-                "auth": cfg.auth_token.is_some(),
-                "tls": cfg.tls_pem.is_some(),
-                "mtls": cfg.tls_pem.as_ref().is_some_and(|t| t.client_ca.is_some()),
-            })
-        );
+        // The configuration as it will run (secrets left out: only whether they are set).
+        let mut out = serde_json::to_value(&cfg)?;
+        out["cuda_built"] = crate::backend::device::CUDA_BUILT.into();
+        out["auth"] = cfg.auth_token.is_some().into();
+        out["tls_enabled"] = cfg.tls_pem.is_some().into();
+        out["mtls"] = cfg
+            .tls_pem
+            .as_ref()
+            .is_some_and(|t| t.client_ca.is_some())
+            .into();
+        println!("{out}");
         return Ok(());
     }
     let rt = tokio::runtime::Builder::new_multi_thread()

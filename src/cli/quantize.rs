@@ -66,12 +66,8 @@ pub struct QuantizeArgs {
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// Model directory.
-    #[arg(long)]
-    pub model: PathBuf,
-    /// Precision plan: a file, or `float32` [default: DIR/samp-plan.json when present].
-    #[arg(long)]
-    pub plan: Option<String>,
+    #[command(flatten)]
+    pub source: super::ModelSource,
     /// Data (JSON Lines as for `samp quantize --eval`).
     #[arg(long)]
     pub data: PathBuf,
@@ -189,10 +185,10 @@ pub fn run_quantize(a: &QuantizeArgs) -> anyhow::Result<()> {
 pub fn run_eval(a: &EvalArgs) -> anyhow::Result<()> {
     use crate::tune::eval;
     let examples = eval::read_examples(&a.data)?;
-    let mut model = Model::load(&a.model, &LoadOptions::default())?;
+    let mut model = Model::load(&a.source.model, &LoadOptions::default())?;
     // The float model first: it is the reference for fidelity metrics.
     let evaluator = eval::Evaluator::new(&model, examples, a.metric.as_deref())?;
-    if let Some(p) = crate::quant::plan::resolve(&a.model, a.plan.as_deref()) {
+    if let Some(p) = a.source.plan_file() {
         model.load_plan(&p)?;
     }
     let start = std::time::Instant::now();
