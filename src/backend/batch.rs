@@ -10,12 +10,39 @@ use super::engine::Engine;
 use super::{release, FinishedJob, HeadWork, Job, JobError, Output, Stats};
 use crate::batching::BatchPolicy;
 use crate::model::encoder::Batch;
-use crate::model::{Forward, Model};
+use crate::model::heads::tag::Aggregation;
+use crate::model::{Classification, EmbedOptions, Embedding, Forward, Model, Tagging};
+
+/// A job's head work and its results so far, in one: they cannot disagree.
+enum HeadResults {
+    Embed(EmbedOptions, Vec<Embedding>),
+    Classify(Vec<Classification>),
+    /// The original texts (for entity offsets), the aggregation, the taggings so far.
+    Tag(Vec<String>, Aggregation, Vec<Tagging>),
+}
+
+impl HeadResults {
+    fn new(work: HeadWork, n: usize) -> Self {
+        match work {
+            HeadWork::Embed(o) => HeadResults::Embed(o, Vec::with_capacity(n)),
+            HeadWork::Classify => HeadResults::Classify(Vec::with_capacity(n)),
+            HeadWork::Tag(texts, agg) => HeadResults::Tag(texts, agg, Vec::with_capacity(n)),
+        }
+    }
+
+    fn into_output(self) -> Output {
+        match self {
+            HeadResults::Embed(_, v) => Output::Embed(v),
+            HeadResults::Classify(v) => Output::Classify(v),
+            HeadResults::Tag(_, _, v) => Output::Tag(v),
+        }
+    }
+}
 
 /// A job of the batch being computed: what it has so far.
 struct Progress {
     job: Job,
-    out: Result<Output, JobError>,
+    out: Result<HeadResults, JobError>,
     /// Its sequences computed so far.
     done: usize,
     /// When its first pass started, and that pass's inputs and tokens.
@@ -50,15 +77,15 @@ fn run_passes(
 ) {
     let mut jobs: Vec<Progress> = batch
         .into_iter()
-        .map(|job| Progress {
-            out: Ok(match job.work {
-                HeadWork::Embed(_) => Output::Embed(Vec::with_capacity(job.encoded.len())),
-                HeadWork::Classify => Output::Classify(Vec::with_capacity(job.encoded.len())),
-                HeadWork::Tag(..) => Output::Tag(Vec::with_capacity(job.encoded.len())),
-            }),
-            job,
-            done: 0,
-            first_pass: None,
+        .map(|mut job| {
+            // The work moves into the job's results (the job keeps a placeholder).
+            let work = std::mem::replace(&mut job.work, HeadWork::Classify);
+            Progress {
+                out: Ok(HeadResults::new(work, job.encoded.len())),
+                job,
+                done: 0,
+                first_pass: None,
+            }
         })
         .collect();
     let h = model.cfg.hidden;
@@ -147,18 +174,15 @@ fn head(model: &Model, p: &mut Progress, l: usize, states: &[f32]) {
     p.done = l + 1;
     let Ok(out) = &mut p.out else { return };
     let enc = &p.job.encoded[l];
-    let step = match (&p.job.work, out) {
-        (HeadWork::Embed(o), Output::Embed(v)) => {
+    let step = match out {
+        HeadResults::Embed(o, v) => {
             v.push(model.embed_one(states, enc, o));
             Ok(())
         }
-        (HeadWork::Classify, Output::Classify(v)) => {
-            model.classify_one(states, enc).map(|r| v.push(r))
-        }
-        (HeadWork::Tag(texts, agg), Output::Tag(v)) => model
+        HeadResults::Classify(v) => model.classify_one(states, enc).map(|r| v.push(r)),
+        HeadResults::Tag(texts, agg, v) => model
             .tag_one(states, enc, &texts[l], *agg)
             .map(|r| v.push(r)),
-        _ => unreachable!("outputs are built from the same work"),
     };
     if let Err(e) = step {
         p.out = Err(JobError::Model(e));
@@ -167,8 +191,8 @@ fn head(model: &Model, p: &mut Progress, l: usize, states: &[f32]) {
 
 fn answer(p: Progress) {
     let (start, inputs, tokens) = p.first_pass.unwrap_or((Instant::now(), 0, 0));
-    let reply = p.out.map(|output| FinishedJob {
-        output,
+    let reply = p.out.map(|results| FinishedJob {
+        output: results.into_output(),
         queue: start.saturating_duration_since(p.job.enqueued),
         inference: start.elapsed(),
         batch_inputs: inputs,
