@@ -80,6 +80,82 @@ pub(crate) fn fused_tiles(
     }
 }
 
+/// A packed-weights GEMM `y[m, n] = x · W` (depth `k`; `x_kp`, `w_kp` the padded depths of the
+/// two operands), from the entry point: checks the shapes (the caller asserted the kernel's
+/// support), then runs `range(y, panels)` over the thread split of the output panels
+/// ([`split_panels`] with `min_work`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn drive(
+    what: &str,
+    (m, n, k): (usize, usize, usize),
+    (x_kp, w_kp): (usize, usize),
+    y: &mut [f32],
+    bias: Option<&[f32]>,
+    min_work: usize,
+    (panels, np): (usize, usize),
+    range: impl Fn(*mut f32, Range<usize>) + Sync,
+) {
+    assert_eq!(x_kp, w_kp, "{what} matmul: depth mismatch");
+    assert!(y.len() >= m * n, "{what} matmul: output too small");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "{what} matmul: bias length");
+    }
+    if m == 0 || n == 0 {
+        return;
+    }
+    split_panels(y, m * n * k, min_work, panels, np, range);
+}
+
+/// Rows per block: the block's activations (`mc × kp` elements) stay within `budget` elements
+/// of L2 while every panel group of the task passes over them.
+pub(crate) fn row_block(kp: usize, mr: usize, budget: usize) -> usize {
+    ((budget / kp.max(1)) / mr * mr).max(mr)
+}
+
+/// The tile path's loop nest: per block of `mc` rows and group of `np` panels, the
+/// accumulators of every `mr`-row micro-tile are kept across depth passes of `kc` (so a slice
+/// of the panel group stays in L1 while all tiles pass over it), then finished tile by tile.
+///
+/// `tile(rows, gp, k0, kc, r, p, acc)` adds depth `k0..k0+kc` of rows `r..r+rows` times panels
+/// `p..p+gp` into `acc` (`np × mr` rows); `finish(acc_rows, r, c0)` applies the epilogue to one
+/// tile's rows of one panel starting at column `c0`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn tiled<A: Copy + Default>(
+    m: usize,
+    kp: usize,
+    (mc, mr, np, kc): (usize, usize, usize, usize),
+    panels: Range<usize>,
+    acc: &mut Vec<[A; NR]>,
+    mut tile: impl FnMut(usize, usize, usize, usize, usize, usize, *mut [A; NR]),
+    mut finish: impl FnMut(&[[A; NR]], usize, usize),
+) {
+    for r0 in (0..m).step_by(mc) {
+        let r1 = (r0 + mc).min(m);
+        let tiles = (r1 - r0).div_ceil(mr);
+        for p in panels.clone().step_by(np) {
+            let gp = np.min(panels.end - p);
+            acc.clear();
+            acc.resize(tiles * np * mr, [A::default(); NR]);
+            for k0 in (0..kp).step_by(kc) {
+                let kc = kc.min(kp - k0);
+                for t in 0..tiles {
+                    let r = r0 + t * mr;
+                    let rows = mr.min(r1 - r);
+                    tile(rows, gp, k0, kc, r, p, acc[t * np * mr..].as_mut_ptr());
+                }
+            }
+            for q in 0..gp {
+                for t in 0..tiles {
+                    let r = r0 + t * mr;
+                    let rows = mr.min(r1 - r);
+                    let at = (t * np + q) * mr;
+                    finish(&acc[at..at + rows], r, (p + q) * NR);
+                }
+            }
+        }
+    }
+}
+
 /// The first entry of a table (fastest first) that this CPU supports and that passes its
 /// self-check; an entry that fails is logged and skipped.
 pub(crate) fn first_passing<'a, K>(

@@ -22,7 +22,7 @@
 //! panels), the widest weights each computes exactly, `supported()`, a self-check against the
 //! portable kernel, and the tile function; one driver ([`matmul_with`]) serves them all.
 
-use super::driver::{first_passing, fused_tiles, split_panels};
+use super::driver::{drive, first_passing, fused_tiles, row_block, tiled};
 use super::packed::{finish, Epilogue, NR};
 use super::Isa;
 
@@ -295,33 +295,22 @@ pub fn matmul_with(x: &QActs, w: &QWeights, y: &mut [f32], ep: Epilogue<'_>, ker
         "int8 kernel {kernel:?} is not exact for {}-bit weights",
         w.bits
     );
-    let (m, n) = (x.m, w.n);
-    assert_eq!(x.kp, w.kp, "int8 matmul: depth mismatch");
-    assert!(y.len() >= m * n, "int8 matmul: output too small");
-    if let Some(b) = ep.bias {
-        assert_eq!(b.len(), n, "int8 matmul: bias length");
-    }
-    if m == 0 || n == 0 {
-        return;
-    }
-    split_panels(
+    let shape = (x.m, w.n, w.k);
+    let bias = ep.bias;
+    drive(
+        "int8",
+        shape,
+        (x.kp, w.kp),
         y,
-        m * n * w.k,
+        bias,
         128 * 1024,
-        w.panels(),
-        kernel.np,
+        (w.panels(), kernel.np),
         |y, panels| {
             // SAFETY: each call writes only the columns of its panels (clipped to n) of y; the
-            // ranges are disjoint and y holds m*n floats (asserted above).
+            // ranges are disjoint and y holds m*n floats (checked by `drive`).
             unsafe { panels_range(x, w, y, ep, panels, kernel) }
         },
     );
-}
-
-/// Rows per block: the block's activations (`mc × kp` bytes) stay in L2 while every panel of
-/// the task passes over them.
-fn row_block(kp: usize, mr: usize) -> usize {
-    ((128 * 1024 / kp.max(1)) / mr * mr).max(mr)
 }
 
 /// # Safety
@@ -336,7 +325,8 @@ unsafe fn panels_range(
     kernel: &Int8Kernel,
 ) {
     let (m, n, kp, mr, np) = (x.m, w.n, w.kp, kernel.mr, kernel.np);
-    let mc = row_block(kp, mr);
+    // The block of activations (`mc × kp` bytes) stays in L2.
+    let mc = row_block(kp, mr, 128 * 1024);
     if let Some(task) = kernel.task {
         // SAFETY: as this function's; the kernel's features were detected.
         if task(x, w, y, ep, panels.clone(), kernel.isa) {
@@ -376,47 +366,33 @@ unsafe fn panels_range(
     }
     let mut acc: Vec<[i32; NR]> = Vec::new();
     let mut tile_f = [[0.0f32; NR]; MAX_MR];
-    for r0 in (0..m).step_by(mc) {
-        let r1 = (r0 + mc).min(m);
-        let tiles = (r1 - r0).div_ceil(mr);
-        for p in panels.clone().step_by(np) {
-            let gp = np.min(panels.end - p);
-            let b = w.panel(p).as_ptr();
-            acc.clear();
-            acc.resize(tiles * np * mr, [0i32; NR]);
-            for k0 in (0..kp).step_by(kernel.kc) {
-                let kc = kernel.kc.min(kp - k0);
-                for t in 0..tiles {
-                    let r = r0 + t * mr;
-                    let rows = mr.min(r1 - r);
-                    // SAFETY: a kernel runs only where `supported()` said the CPU has its
-                    // features (asserted in `matmul_with`); rows r..r+rows of x hold kp bytes
-                    // each, panels p..p+gp lie in w, and tile t owns np × mr accumulator rows.
-                    (kernel.tile)(
-                        rows,
-                        gp,
-                        kc,
-                        x.data.as_ptr().add(r * kp + k0),
-                        kp,
-                        b.add(k0 * NR),
-                        kp * NR,
-                        acc.as_mut_ptr().add(t * np * mr),
-                    );
-                }
-            }
-            for q in 0..gp {
-                let c0 = (p + q) * NR;
-                for t in 0..tiles {
-                    let r = r0 + t * mr;
-                    let rows = mr.min(r1 - r);
-                    let tile = &acc[(t * np + q) * mr..(t * np + q) * mr + rows];
-                    // SAFETY: rows r..r+rows < m and the columns of panel p+q lie inside y;
-                    // this task owns these columns; the kernel's ISA was detected.
-                    unsafe { epilogue(tile, x, w, ep, y, r, c0, kernel.isa, &mut tile_f) };
-                }
-            }
-        }
-    }
+    tiled(
+        m,
+        kp,
+        (mc, mr, np, kernel.kc),
+        panels,
+        &mut acc,
+        |rows, gp, k0, kc, r, p, acc| {
+            // SAFETY: a kernel runs only where `supported()` said the CPU has its features
+            // (asserted in `matmul_with`); rows r..r+rows of x hold kp bytes each, panels
+            // p..p+gp lie in w, and the tile owns np × mr accumulator rows at `acc`.
+            (kernel.tile)(
+                rows,
+                gp,
+                kc,
+                x.data.as_ptr().add(r * kp + k0),
+                kp,
+                w.panel(p).as_ptr().add(k0 * NR),
+                kp * NR,
+                acc,
+            )
+        },
+        |tile, r, c0| {
+            // SAFETY: rows r..r+tile.len() < m and the columns of the panel at c0 lie inside
+            // y; this task owns these columns; the kernel's ISA was detected.
+            unsafe { epilogue(tile, x, w, ep, y, r, c0, kernel.isa, &mut tile_f) }
+        },
+    );
 }
 
 const PORTABLE_MR: usize = 6;

@@ -12,7 +12,7 @@
 //! Entries: AVX-512 (12 rows × 2 panels = 24 zmm accumulators), AVX2+FMA (6 × 1 panel, two ymm
 //! per row), portable.
 
-use super::driver::{first_passing, fused_tiles, split_panels};
+use super::driver::{first_passing, fused_tiles, row_block, split_panels};
 use super::{gelu_erf_impl, gelu_tanh, Isa};
 use crate::kernels::Activation;
 
@@ -287,11 +287,6 @@ pub fn matmul_with(
     );
 }
 
-/// Rows per block: keep the block of `x` (`mc × k` floats) within ~256 KiB of L2.
-fn row_block(k: usize, mr: usize) -> usize {
-    ((64 * 1024 / k.max(1)) / mr * mr).max(mr)
-}
-
 /// # Safety
 /// `y` must point to `m × w.n` writable floats that no one else touches in the columns of
 /// `panels`.
@@ -305,7 +300,8 @@ unsafe fn panels_range(
     kernel: &F32Kernel,
 ) {
     let (k, n, mr, np) = (w.k, w.n, kernel.mr, kernel.np);
-    let mc = row_block(k, mr);
+    // Keep the block of `x` (`mc × k` floats) within ~256 KiB of L2.
+    let mc = row_block(k, mr, 64 * 1024);
     #[cfg(target_arch = "x86_64")]
     if let Some(fused) = kernel.fused {
         fused_tiles(m, n, (mc, mr, np), panels, |t| {
