@@ -21,7 +21,7 @@
 //! `asm!` (stable Rust has no AMX intrinsics). On a host with AMX an entry is used only after
 //! its start-up self-check reproduces the portable kernel.
 
-use super::packed::NR;
+use crate::kernels::TileCall;
 
 mod task;
 pub use task::run_task;
@@ -97,26 +97,17 @@ pub(super) const BLOCK_A: [usize; 2] = [4, 5];
 /// Rows per call of the fast path (two A tiles).
 pub const BLOCK_ROWS: usize = 2 * MR;
 
-/// One call of a table entry on any [`Tiles`], everything in bytes: `rows` (≤ 16) rows of
+/// One call of a table entry on any [`Tiles`], everything in bytes (`TileCall::bytes`): `rows` (≤ 16) rows of
 /// `kc` bytes at `a` (stride `lda`); per panel `q < np` (≤ 2) `kc / 4` rows of 64 bytes at
 /// `b + q * bstride`; accumulators `np × 16` rows of 64 bytes at `acc`, panel-major.
 ///
 /// # Safety
 /// Every pointer must address what is described above, and `t` as its implementation requires.
 // The panel index drives the tile numbers and the pointer offsets together.
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-pub unsafe fn schedule<T: Tiles>(
-    t: &mut T,
-    dot: Dot,
-    rows: usize,
-    np: usize,
-    kc: usize,
-    a: *const u8,
-    lda: usize,
-    b: *const u8,
-    bstride: usize,
-    acc: *mut u8,
-) {
+#[allow(clippy::needless_range_loop)]
+pub unsafe fn schedule<T: Tiles>(t: &mut T, dot: Dot, c: &TileCall<u8, u8, u8>) {
+    let (rows, np, kc, a, lda, b, bstride, acc) = c.parts();
+    let acc = acc as *mut u8;
     let np = np.min(NP);
     let full = kc / KB * KB;
     // One configuration for `kb`-byte steps from k0 to k1; the accumulators stay in the C
@@ -272,20 +263,8 @@ impl Tiles for Emulated {
 /// # Safety
 /// As `Int8Tile`.
 #[cfg(test)]
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn int8_emulated(
-    rows: usize,
-    np: usize,
-    kc: usize,
-    a: *const u8,
-    lda: usize,
-    b: *const i8,
-    bstride: usize,
-    acc: *mut [i32; NR],
-) {
-    let (b, acc) = (b as *const u8, acc as *mut u8);
-    let e = &mut Emulated::default();
-    schedule(e, Dot::Int8, rows, np, kc, a, lda, b, bstride, acc)
+pub unsafe fn int8_emulated(c: &TileCall<u8, i8, i32>) {
+    schedule(&mut Emulated::default(), Dot::Int8, &c.bytes(1))
 }
 
 /// The emulated BF16 entry (tests only).
@@ -293,31 +272,8 @@ pub unsafe fn int8_emulated(
 /// # Safety
 /// As `Bf16Tile`.
 #[cfg(test)]
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn bf16_emulated(
-    rows: usize,
-    np: usize,
-    kc: usize,
-    a: *const u16,
-    lda: usize,
-    b: *const u16,
-    bstride: usize,
-    acc: *mut [f32; NR],
-) {
-    let (a, b, acc) = (a as *const u8, b as *const u8, acc as *mut u8);
-    let e = &mut Emulated::default();
-    schedule(
-        e,
-        Dot::Bf16,
-        rows,
-        np,
-        2 * kc,
-        a,
-        2 * lda,
-        b,
-        2 * bstride,
-        acc,
-    )
+pub unsafe fn bf16_emulated(c: &TileCall<u16, u16, f32>) {
+    schedule(&mut Emulated::default(), Dot::Bf16, &c.bytes(2))
 }
 
 /// The instruction sequence.
@@ -458,51 +414,16 @@ impl Tiles for Hardware {
 ///
 /// # Safety
 /// As `Int8Tile`, and [`supported_int8`] must have returned true.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn int8(
-    rows: usize,
-    np: usize,
-    kc: usize,
-    a: *const u8,
-    lda: usize,
-    b: *const i8,
-    bstride: usize,
-    acc: *mut [i32; NR],
-) {
-    let (b, acc) = (b as *const u8, acc as *mut u8);
-    let h = &mut Hardware::default();
-    schedule(h, Dot::Int8, rows, np, kc, a, lda, b, bstride, acc)
+pub unsafe fn int8(c: &TileCall<u8, i8, i32>) {
+    schedule(&mut Hardware::default(), Dot::Int8, &c.bytes(1))
 }
 
 /// The BF16 table entry on real AMX hardware.
 ///
 /// # Safety
 /// As `Bf16Tile`, and [`supported_bf16`] must have returned true.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn bf16(
-    rows: usize,
-    np: usize,
-    kc: usize,
-    a: *const u16,
-    lda: usize,
-    b: *const u16,
-    bstride: usize,
-    acc: *mut [f32; NR],
-) {
-    let (a, b, acc) = (a as *const u8, b as *const u8, acc as *mut u8);
-    let h = &mut Hardware::default();
-    schedule(
-        h,
-        Dot::Bf16,
-        rows,
-        np,
-        2 * kc,
-        a,
-        2 * lda,
-        b,
-        2 * bstride,
-        acc,
-    )
+pub unsafe fn bf16(c: &TileCall<u16, u16, f32>) {
+    schedule(&mut Hardware::default(), Dot::Bf16, &c.bytes(2))
 }
 
 pub fn supported_int8() -> bool {

@@ -16,8 +16,11 @@ use rayon::prelude::*;
 
 use super::aligned::Aligned;
 use super::driver::{drive, first_passing, fused_tiles, row_block, tiled};
+#[cfg(target_arch = "x86_64")]
+use super::driver::{FloatEp, FusedCall};
 use super::packed::{finish, Epilogue, NR};
 use super::Isa;
+use crate::kernels::TileCall;
 
 /// Depth of one group: a pair of bf16 is one 32-bit lane.
 const KG: usize = 2;
@@ -147,16 +150,7 @@ impl Bf16Acts {
 ///
 /// # Safety
 /// The CPU must have the entry's features; every pointer must address what is described above.
-pub type Bf16Tile = unsafe fn(
-    rows: usize,
-    np: usize,
-    kc: usize,
-    a: *const u16,
-    lda: usize,
-    b: *const u16,
-    bstride: usize,
-    acc: *mut [f32; NR],
-);
+pub type Bf16Tile = unsafe fn(&TileCall<u16, u16, f32>);
 
 /// An entry of the BF16 kernel table.
 #[derive(Clone)]
@@ -189,21 +183,7 @@ type Bf16Task = unsafe fn(
 
 /// See `avx512::fused`.
 #[cfg(target_arch = "x86_64")]
-type Bf16Fused = unsafe fn(
-    rows: usize,
-    np: usize,
-    kp: usize,
-    a: *const u16,
-    lda: usize,
-    b: *const u16,
-    bstride: usize,
-    y: *mut f32,
-    ldy: usize,
-    cols_last: usize,
-    bias: Option<*const f32>,
-    accumulate: bool,
-    act: Option<crate::kernels::Activation>,
-);
+type Bf16Fused = unsafe fn(&FusedCall<u16, u16>, &FloatEp);
 
 impl std::fmt::Debug for Bf16Kernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -385,21 +365,8 @@ unsafe fn panels_range(
             // SAFETY: the kernel's features were detected (asserted in `matmul_with`); rows
             // t.r..t.r+t.rows of x hold kp values, panels t.p..t.p+t.gp lie in w, the bias has
             // n values, and this task owns columns t.c0.. (clipped to n) of those rows of y.
-            fused(
-                t.rows,
-                t.gp,
-                kp,
-                x.data.as_ptr().add(t.r * kp),
-                kp,
-                w.panel(t.p).as_ptr(),
-                kp * NR,
-                y.add(t.r * n + t.c0),
-                n,
-                t.cols_last,
-                ep.bias.map(|b| b[t.c0..].as_ptr()),
-                ep.accumulate,
-                ep.act,
-            )
+            let call = t.call(x.data.as_ptr(), kp, w.panel(t.p).as_ptr(), y, n);
+            fused(&call, &FloatEp::at(&ep, t.c0))
         });
         return;
     }
@@ -414,16 +381,16 @@ unsafe fn panels_range(
             // SAFETY: the kernel is supported (asserted in `matmul_with`); rows r..r+rows of
             // x hold kp values each, panels p..p+gp lie in w, and the tile owns np × mr
             // accumulator rows at `acc`.
-            (kernel.tile)(
+            (kernel.tile)(&TileCall {
                 rows,
-                gp,
+                np: gp,
                 kc,
-                x.data.as_ptr().add(r * kp + k0),
-                kp,
-                w.panel(p).as_ptr().add(k0 * NR),
-                kp * NR,
+                a: x.data.as_ptr().add(r * kp + k0),
+                lda: kp,
+                b: w.panel(p).as_ptr().add(k0 * NR),
+                bstride: kp * NR,
                 acc,
-            )
+            })
         },
         |tile, r, c0| {
             // SAFETY: rows r..r+tile.len() < m and columns c0.. (clipped to n) lie inside y;
@@ -450,17 +417,8 @@ const PORTABLE_MR: usize = 6;
 ///
 /// # Safety
 /// As [`Bf16Tile`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn portable_tile(
-    rows: usize,
-    np: usize,
-    kc: usize,
-    a: *const u16,
-    lda: usize,
-    b: *const u16,
-    bstride: usize,
-    acc: *mut [f32; NR],
-) {
+unsafe fn portable_tile(c: &TileCall<u16, u16, f32>) {
+    let (rows, np, kc, a, lda, b, bstride, acc) = c.parts();
     for q in 0..np {
         // SAFETY: the caller vouches for a, b and acc as described by `Bf16Tile`.
         let b = std::slice::from_raw_parts(b.add(q * bstride), kc * NR);

@@ -53,6 +53,129 @@ pub(crate) struct FusedTile {
     pub cols_last: usize,
 }
 
+impl FusedTile {
+    /// This tile's operands for row-major `x` (`kp` elements per row), the packed weights whose
+    /// panel `p` starts at `panel` (`kp × NR` per panel), and row-major `y` (`n` per row).
+    pub(crate) fn call<A, B>(
+        &self,
+        x: *const A,
+        kp: usize,
+        panel: *const B,
+        y: *mut f32,
+        n: usize,
+    ) -> FusedCall<A, B> {
+        FusedCall {
+            rows: self.rows,
+            np: self.gp,
+            k: kp,
+            a: x.wrapping_add(self.r * kp),
+            lda: kp,
+            b: panel,
+            bstride: kp * NR,
+            y: y.wrapping_add(self.r * n + self.c0),
+            ldy: n,
+            cols_last: self.cols_last,
+        }
+    }
+}
+
+/// One micro-kernel call of the tile path, what every precision's `tile` entry takes:
+/// `acc += a · b` for `rows` rows and `np` adjacent panels over `kc` steps of depth.
+///
+/// - `a`: `rows` rows at stride `lda` from the current depth (the f32 entries read a packed row
+///   tile instead, where step `kk` holds `mr` values, and `lda` is unused);
+/// - `b`: the first panel at the current depth; panel `q` starts `q * bstride` later;
+/// - `acc`: `np × mr` rows of `NR` accumulators, panel-major (`acc[q * mr + i]`).
+pub struct TileCall<A, B, C> {
+    pub rows: usize,
+    pub np: usize,
+    pub kc: usize,
+    pub a: *const A,
+    pub lda: usize,
+    pub b: *const B,
+    pub bstride: usize,
+    pub acc: *mut [C; NR],
+}
+
+// Raw pointers and sizes: copyable whatever the element types (a derive would ask A, B, C).
+impl<A, B, C> Clone for TileCall<A, B, C> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<A, B, C> Copy for TileCall<A, B, C> {}
+
+impl<A, B, C> TileCall<A, B, C> {
+    /// The fields in order: `(rows, np, kc, a, lda, b, bstride, acc)`.
+    #[allow(clippy::type_complexity)]
+    pub fn parts(
+        &self,
+    ) -> (
+        usize,
+        usize,
+        usize,
+        *const A,
+        usize,
+        *const B,
+        usize,
+        *mut [C; NR],
+    ) {
+        let c = *self;
+        (c.rows, c.np, c.kc, c.a, c.lda, c.b, c.bstride, c.acc)
+    }
+
+    /// The same call over bytes, for schedules that count depth and strides in bytes (AMX):
+    /// `elem` bytes per value of `a` and `b`.
+    pub fn bytes(&self, elem: usize) -> TileCall<u8, u8, u8> {
+        TileCall {
+            rows: self.rows,
+            np: self.np,
+            kc: elem * self.kc,
+            a: self.a as *const u8,
+            lda: elem * self.lda,
+            b: self.b as *const u8,
+            bstride: elem * self.bstride,
+            acc: self.acc as *mut [u8; NR],
+        }
+    }
+}
+
+/// The operands of one whole-depth fused call, what every precision's `fused` entry takes:
+/// `rows` rows of `a` (stride `lda`) times `np` adjacent panels of `b` (`bstride` apart) over
+/// depth `k`, into `rows` rows of `y` (stride `ldy`) whose last panel is `cols_last` wide.
+#[derive(Clone, Copy)]
+pub(crate) struct FusedCall<A, B> {
+    pub rows: usize,
+    pub np: usize,
+    pub k: usize,
+    pub a: *const A,
+    pub lda: usize,
+    pub b: *const B,
+    pub bstride: usize,
+    pub y: *mut f32,
+    pub ldy: usize,
+    pub cols_last: usize,
+}
+
+/// The float epilogue of a fused call: bias (at the call's first column), residual, activation.
+#[derive(Clone, Copy)]
+pub(crate) struct FloatEp {
+    pub bias: Option<*const f32>,
+    pub accumulate: bool,
+    pub act: Option<crate::kernels::Activation>,
+}
+
+impl FloatEp {
+    /// `ep` for the columns from `c0`.
+    pub(crate) fn at(ep: &super::packed::Epilogue<'_>, c0: usize) -> Self {
+        FloatEp {
+            bias: ep.bias.map(|b| b[c0..].as_ptr()),
+            accumulate: ep.accumulate,
+            act: ep.act,
+        }
+    }
+}
+
 /// The loop nest of the fused paths: row blocks of `mc` rows (kept in L2 while every panel
 /// group passes over them), panel groups of `np`, row tiles of `mr`.
 pub(crate) fn fused_tiles(

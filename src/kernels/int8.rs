@@ -22,6 +22,8 @@
 //! panels), the widest weights each computes exactly, `supported()`, a self-check against the
 //! portable kernel, and the tile function; one driver ([`matmul_with`]) serves them all.
 
+#[cfg(target_arch = "x86_64")]
+use super::driver::FusedCall;
 use super::driver::{drive, first_passing, fused_tiles, row_block, tiled};
 use super::packed::{finish, Epilogue, NR};
 use super::Isa;
@@ -41,6 +43,7 @@ pub fn weight_max(bits: u32) -> i32 {
 /// The weight widths a plan may ask for.
 pub const WEIGHT_BITS: [u32; 2] = [7, 8];
 
+use crate::kernels::TileCall;
 #[cfg(test)]
 use acts::quantize_row;
 #[cfg(all(test, target_arch = "x86_64"))]
@@ -57,16 +60,7 @@ pub use acts::{ActScale, QActs};
 ///
 /// # Safety
 /// The CPU must have the entry's features; every pointer must address what is described above.
-pub type Int8Tile = unsafe fn(
-    rows: usize,
-    np: usize,
-    kc: usize,
-    a: *const u8,
-    lda: usize,
-    b: *const i8,
-    bstride: usize,
-    acc: *mut [i32; NR],
-);
+pub type Int8Tile = unsafe fn(&TileCall<u8, i8, i32>);
 
 /// An entry of the INT8 kernel table.
 #[derive(Clone)]
@@ -103,19 +97,7 @@ type Int8Task = unsafe fn(
 
 /// See `avx512::fused`.
 #[cfg(target_arch = "x86_64")]
-type Int8Fused = unsafe fn(
-    rows: usize,
-    np: usize,
-    kp: usize,
-    a: *const u8,
-    lda: usize,
-    b: *const i8,
-    bstride: usize,
-    y: *mut f32,
-    ldy: usize,
-    cols_last: usize,
-    ep: &avx512::FusedEp,
-);
+type Int8Fused = unsafe fn(&FusedCall<u8, i8>, &avx512::FusedEp);
 
 impl std::fmt::Debug for Int8Kernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -349,16 +331,7 @@ unsafe fn panels_range(
             // scales are padded to whole panels, and this task owns columns t.c0.. (clipped
             // to n) of those rows of y.
             fused(
-                t.rows,
-                t.gp,
-                kp,
-                x.data.as_ptr().add(t.r * kp),
-                kp,
-                w.panel(t.p).as_ptr(),
-                kp * NR,
-                y.add(t.r * n + t.c0),
-                n,
-                t.cols_last,
+                &t.call(x.data.as_ptr(), kp, w.panel(t.p).as_ptr(), y, n),
                 &fep,
             )
         });
@@ -376,16 +349,16 @@ unsafe fn panels_range(
             // SAFETY: a kernel runs only where `supported()` said the CPU has its features
             // (asserted in `matmul_with`); rows r..r+rows of x hold kp bytes each, panels
             // p..p+gp lie in w, and the tile owns np × mr accumulator rows at `acc`.
-            (kernel.tile)(
+            (kernel.tile)(&TileCall {
                 rows,
-                gp,
+                np: gp,
                 kc,
-                x.data.as_ptr().add(r * kp + k0),
-                kp,
-                w.panel(p).as_ptr().add(k0 * NR),
-                kp * NR,
+                a: x.data.as_ptr().add(r * kp + k0),
+                lda: kp,
+                b: w.panel(p).as_ptr().add(k0 * NR),
+                bstride: kp * NR,
                 acc,
-            )
+            })
         },
         |tile, r, c0| {
             // SAFETY: rows r..r+tile.len() < m and the columns of the panel at c0 lie inside
@@ -401,17 +374,8 @@ const PORTABLE_MR: usize = 6;
 ///
 /// # Safety
 /// As [`Int8Tile`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn portable_tile(
-    rows: usize,
-    np: usize,
-    kc: usize,
-    a: *const u8,
-    lda: usize,
-    b: *const i8,
-    bstride: usize,
-    acc: *mut [i32; NR],
-) {
+unsafe fn portable_tile(c: &TileCall<u8, i8, i32>) {
+    let (rows, np, kc, a, lda, b, bstride, acc) = c.parts();
     for q in 0..np {
         // SAFETY: the caller vouches for a, b and acc as described by `Int8Tile`.
         let b = std::slice::from_raw_parts(b.add(q * bstride), kc * NR);

@@ -2,6 +2,24 @@
 //! chosen at run time), LayerNorm, GELU and softmax. Pure functions over slices; no model
 //! knowledge. `unsafe` lives only here.
 
+/// Calls `$f::<R, P> $args` with `R = $rows` and `P = $np` as const generics, from the values
+/// each micro-kernel is compiled for (rows, then panels); other values are a caller's bug.
+#[cfg(target_arch = "x86_64")]
+macro_rules! dispatch_tile {
+    ($f:ident $args:tt, rows $rows:expr => $rl:tt, panels $np:expr => [$($p:literal),+]) => {
+        match $np {
+            $($p => dispatch_tile!(@rows $f $args, $rows, $p, $rl),)+
+            _ => unreachable!("panels out of range"),
+        }
+    };
+    (@rows $f:ident $args:tt, $rows:expr, $p:literal, [$($r:literal),+]) => {
+        match $rows {
+            $($r => $f::<$r, $p> $args,)+
+            _ => unreachable!("rows out of range"),
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod aligned;
 mod amx;
@@ -13,6 +31,7 @@ pub mod packed;
 pub mod peak;
 
 pub use attention::attention;
+pub use driver::TileCall;
 
 use rayon::prelude::*;
 

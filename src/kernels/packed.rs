@@ -13,8 +13,11 @@
 //! per row), portable.
 
 use super::driver::{first_passing, fused_tiles, row_block, split_panels};
+#[cfg(target_arch = "x86_64")]
+use super::driver::{FloatEp, FusedCall};
 use super::{gelu_erf_impl, gelu_tanh, Isa};
 use crate::kernels::Activation;
+use crate::kernels::TileCall;
 
 /// Output columns per panel: one 16-float zmm, or two 8-float ymm.
 pub const NR: usize = 16;
@@ -75,15 +78,7 @@ impl PackedWeights {
 ///
 /// # Safety
 /// The CPU must have the entry's features; every pointer must address what is described above.
-pub type F32Tile = unsafe fn(
-    rows: usize,
-    np: usize,
-    kc: usize,
-    a: *const f32,
-    b: *const f32,
-    bstride: usize,
-    acc: *mut [f32; NR],
-);
+pub type F32Tile = unsafe fn(&TileCall<f32, f32, f32>);
 
 /// An entry of the f32 kernel table.
 #[derive(Clone)]
@@ -107,21 +102,7 @@ pub struct F32Kernel {
 
 /// See `avx512::fused`.
 #[cfg(target_arch = "x86_64")]
-type F32Fused = unsafe fn(
-    rows: usize,
-    np: usize,
-    k: usize,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    bstride: usize,
-    y: *mut f32,
-    ldy: usize,
-    cols_last: usize,
-    bias: Option<*const f32>,
-    accumulate: bool,
-    act: Option<Activation>,
-);
+type F32Fused = unsafe fn(&FusedCall<f32, f32>, &FloatEp);
 
 impl std::fmt::Debug for F32Kernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -308,21 +289,8 @@ unsafe fn panels_range(
             // SAFETY: the kernel's features were detected (asserted in `matmul_with`); rows
             // t.r..t.r+t.rows of x hold k floats, panels t.p..t.p+t.gp lie in w, the bias has
             // n values, and this task owns columns t.c0.. (clipped to n) of those rows of y.
-            fused(
-                t.rows,
-                t.gp,
-                k,
-                x.as_ptr().add(t.r * k),
-                k,
-                w.panel(t.p).as_ptr(),
-                k * NR,
-                y.add(t.r * n + t.c0),
-                n,
-                t.cols_last,
-                ep.bias.map(|b| b[t.c0..].as_ptr()),
-                ep.accumulate,
-                ep.act,
-            )
+            let call = t.call(x.as_ptr(), k, w.panel(t.p).as_ptr(), y, n);
+            fused(&call, &FloatEp::at(&ep, t.c0))
         });
         return;
     }
@@ -360,15 +328,16 @@ unsafe fn panels_range(
                     let rows = mr.min(r1 - r0 - t * mr);
                     // SAFETY: the row tile holds k steps of mr floats, the panels p..p+gp lie
                     // in w (gp ≤ panels.end - p), and tile t's accumulators are np × mr rows.
-                    (kernel.tile)(
+                    (kernel.tile)(&TileCall {
                         rows,
-                        gp,
+                        np: gp,
                         kc,
-                        apack.as_ptr().add(t * mr * k + k0 * mr),
-                        b.add(k0 * NR),
-                        k * NR,
-                        acc.as_mut_ptr().add(t * np * mr),
-                    );
+                        a: apack.as_ptr().add(t * mr * k + k0 * mr),
+                        lda: 0,
+                        b: b.add(k0 * NR),
+                        bstride: k * NR,
+                        acc: acc.as_mut_ptr().add(t * np * mr),
+                    });
                 }
             }
             for q in 0..gp {
@@ -494,15 +463,8 @@ const PORTABLE_MR: usize = 6;
 ///
 /// # Safety
 /// As [`F32Tile`].
-unsafe fn portable_tile(
-    rows: usize,
-    np: usize,
-    kc: usize,
-    a: *const f32,
-    b: *const f32,
-    bstride: usize,
-    acc: *mut [f32; NR],
-) {
+unsafe fn portable_tile(c: &TileCall<f32, f32, f32>) {
+    let (rows, np, kc, a, _, b, bstride, acc) = c.parts();
     for q in 0..np {
         // SAFETY: the caller vouches for a, b and acc as described by `F32Tile`.
         let b = std::slice::from_raw_parts(b.add(q * bstride), kc * NR);

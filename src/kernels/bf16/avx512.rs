@@ -5,6 +5,9 @@
 use super::{KG, NR};
 use std::arch::x86_64::*;
 
+use crate::kernels::driver::{FloatEp, FusedCall};
+use crate::kernels::TileCall;
+
 pub const MR: usize = 8;
 pub const NP: usize = 3;
 
@@ -48,44 +51,13 @@ pub unsafe fn round_row(src: &[f32], dst: &mut [u16]) {
 /// # Safety
 /// The CPU must support AVX-512 F and BF16; the pointers as [`super::Bf16Tile`] describes.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn tile(
-    rows: usize,
-    np: usize,
-    kc: usize,
-    a: *const u16,
-    lda: usize,
-    b: *const u16,
-    bstride: usize,
-    acc: *mut [f32; NR],
-) {
-    match np {
-        3 => by_rows::<3>(rows, kc, a, lda, b, bstride, acc),
-        2 => by_rows::<2>(rows, kc, a, lda, b, bstride, acc),
-        _ => by_rows::<1>(rows, kc, a, lda, b, bstride, acc),
-    }
-}
-
-#[inline(always)]
-unsafe fn by_rows<const P: usize>(
-    rows: usize,
-    kc: usize,
-    a: *const u16,
-    lda: usize,
-    b: *const u16,
-    bstride: usize,
-    acc: *mut [f32; NR],
-) {
-    match rows {
-        8 => kernel::<8, P>(kc, a, lda, b, bstride, acc),
-        7 => kernel::<7, P>(kc, a, lda, b, bstride, acc),
-        6 => kernel::<6, P>(kc, a, lda, b, bstride, acc),
-        5 => kernel::<5, P>(kc, a, lda, b, bstride, acc),
-        4 => kernel::<4, P>(kc, a, lda, b, bstride, acc),
-        3 => kernel::<3, P>(kc, a, lda, b, bstride, acc),
-        2 => kernel::<2, P>(kc, a, lda, b, bstride, acc),
-        _ => kernel::<1, P>(kc, a, lda, b, bstride, acc),
-    }
+pub unsafe fn tile(c: &TileCall<u16, u16, f32>) {
+    let (rows, np, kc, a, lda, b, bstride, acc) = c.parts();
+    dispatch_tile!(
+        kernel(kc, a, lda, b, bstride, acc),
+        rows rows => [1, 2, 3, 4, 5, 6, 7, 8],
+        panels np => [1, 2, 3]
+    )
 }
 
 #[inline(always)]
@@ -106,6 +78,28 @@ unsafe fn kernel<const R: usize, const P: usize>(
             *v = _mm512_loadu_ps((*tile.add(q * MR + i)).as_ptr());
         }
     }
+    dots(&mut acc, k, a, lda, b, bstride);
+    for (i, row) in acc.iter().enumerate() {
+        for (q, v) in row.iter().enumerate() {
+            _mm512_storeu_ps((*tile.add(q * MR + i)).as_mut_ptr(), *v);
+        }
+    }
+}
+
+/// `acc += a · b` over depth `k` (`k / 2` pairs): R rows of `a` at stride `lda`, P panels of
+/// `b` at stride `bstride`. The one inner loop of the tile and the fused entries.
+///
+/// # Safety
+/// Called from code compiled with AVX-512 F/BF16; the caller vouches for the extents.
+#[inline(always)]
+unsafe fn dots<const R: usize, const P: usize>(
+    acc: &mut [[__m512; P]; R],
+    k: usize,
+    a: *const u16,
+    lda: usize,
+    b: *const u16,
+    bstride: usize,
+) {
     for g in 0..k / KG {
         let mut bv = [_mm512_setzero_si512(); P];
         for (q, v) in bv.iter_mut().enumerate() {
@@ -120,11 +114,6 @@ unsafe fn kernel<const R: usize, const P: usize>(
                 let bq: __m512bh = std::mem::transmute(bv[q]);
                 *v = _mm512_dpbf16_ps(*v, av, bq);
             }
-        }
-    }
-    for (i, row) in acc.iter().enumerate() {
-        for (q, v) in row.iter().enumerate() {
-            _mm512_storeu_ps((*tile.add(q * MR + i)).as_mut_ptr(), *v);
         }
     }
 }
@@ -134,113 +123,21 @@ unsafe fn kernel<const R: usize, const P: usize>(
 /// `cols_last` columns in the last (the epilogue of the f32 kernels, in the same order).
 ///
 /// # Safety
-/// As [`tile`] for `a` and `b` over `kp` values; `bias` (when given) the group's columns; `y`
-/// `rows` rows (stride `ldy`) of the group's columns.
+/// As [`tile`] for `c.a` and `c.b` over `c.k` values; `ep.bias` (when given) the group's
+/// columns; `c.y` `rows` rows (stride `c.ldy`) of the group's columns.
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn fused(
-    rows: usize,
-    np: usize,
-    kp: usize,
-    a: *const u16,
-    lda: usize,
-    b: *const u16,
-    bstride: usize,
-    y: *mut f32,
-    ldy: usize,
-    cols_last: usize,
-    bias: Option<*const f32>,
-    accumulate: bool,
-    act: Option<crate::kernels::Activation>,
-) {
-    let ep = Ep {
-        y,
-        ldy,
-        cols_last,
-        bias,
-        accumulate,
-        act,
-    };
-    match np {
-        3 => fused_rows::<3>(rows, kp, a, lda, b, bstride, &ep),
-        2 => fused_rows::<2>(rows, kp, a, lda, b, bstride, &ep),
-        _ => fused_rows::<1>(rows, kp, a, lda, b, bstride, &ep),
-    }
-}
-
-struct Ep {
-    y: *mut f32,
-    ldy: usize,
-    cols_last: usize,
-    bias: Option<*const f32>,
-    accumulate: bool,
-    act: Option<crate::kernels::Activation>,
+pub unsafe fn fused(c: &FusedCall<u16, u16>, ep: &FloatEp) {
+    dispatch_tile!(
+        fused_kernel(c, ep),
+        rows c.rows => [1, 2, 3, 4, 5, 6, 7, 8],
+        panels c.np => [1, 2, 3]
+    )
 }
 
 #[inline(always)]
-unsafe fn fused_rows<const P: usize>(
-    rows: usize,
-    kp: usize,
-    a: *const u16,
-    lda: usize,
-    b: *const u16,
-    bstride: usize,
-    ep: &Ep,
-) {
-    macro_rules! go {
-        ($($r:literal),*) => {
-            match rows {
-                $($r => fused_kernel::<$r, P>(kp, a, lda, b, bstride, ep),)*
-                _ => unreachable!("1..=8 rows"),
-            }
-        };
-    }
-    go!(1, 2, 3, 4, 5, 6, 7, 8)
-}
-
-#[inline(always)]
-unsafe fn fused_kernel<const R: usize, const P: usize>(
-    k: usize,
-    a: *const u16,
-    lda: usize,
-    b: *const u16,
-    bstride: usize,
-    ep: &Ep,
-) {
-    use crate::kernels::packed::avx512::{col_mask, store_row};
+unsafe fn fused_kernel<const R: usize, const P: usize>(c: &FusedCall<u16, u16>, ep: &FloatEp) {
     let mut acc = [[_mm512_setzero_ps(); P]; R];
-    for g in 0..k / KG {
-        // SAFETY (whole function): the caller vouches for the extents (see `fused`).
-        let mut bv = [_mm512_setzero_si512(); P];
-        for (q, v) in bv.iter_mut().enumerate() {
-            let bq = b.add(q * bstride + g * NR * KG);
-            _mm_prefetch::<_MM_HINT_T0>(bq.wrapping_add(8 * NR * KG) as *const i8);
-            *v = _mm512_loadu_si512(bq as *const _);
-        }
-        for (i, row) in acc.iter_mut().enumerate() {
-            let av = _mm512_set1_epi32((a.add(i * lda + g * KG) as *const i32).read_unaligned());
-            let av: __m512bh = std::mem::transmute(av);
-            for (q, v) in row.iter_mut().enumerate() {
-                let bq: __m512bh = std::mem::transmute(bv[q]);
-                *v = _mm512_dpbf16_ps(*v, av, bq);
-            }
-        }
-    }
-    for q in 0..P {
-        let mask = col_mask(if q + 1 == P { ep.cols_last } else { NR });
-        let bias = match ep.bias {
-            Some(bp) => _mm512_maskz_loadu_ps(mask, bp.add(q * NR)),
-            None => _mm512_setzero_ps(),
-        };
-        for (i, row) in acc.iter().enumerate() {
-            let v = _mm512_add_ps(row[q], bias);
-            store_row(
-                v,
-                ep.y.add(i * ep.ldy + q * NR),
-                mask,
-                ep.accumulate,
-                ep.act,
-            );
-        }
-    }
+    // SAFETY: the caller vouches for the extents (see `fused`).
+    dots(&mut acc, c.k, c.a, c.lda, c.b, c.bstride);
+    crate::kernels::packed::avx512::store_float_tile(&acc, c, ep);
 }

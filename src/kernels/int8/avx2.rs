@@ -5,6 +5,8 @@
 use super::{KG, NR};
 use std::arch::x86_64::*;
 
+use crate::kernels::TileCall;
+
 pub const MR: usize = 6;
 
 /// How the four u8·s8 products of a group reach the i32 accumulators.
@@ -24,17 +26,8 @@ macro_rules! entry {
         /// The CPU must have the features named; the pointers as [`super::Int8Tile`] describes
         /// (`np` is always 1 here).
         #[target_feature(enable = $features)]
-        #[allow(clippy::too_many_arguments)]
-        pub unsafe fn $name(
-            rows: usize,
-            _np: usize,
-            kc: usize,
-            a: *const u8,
-            lda: usize,
-            b: *const i8,
-            _bstride: usize,
-            acc: *mut [i32; NR],
-        ) {
+        pub unsafe fn $name(c: &TileCall<u8, i8, i32>) {
+            let TileCall { rows, kc, a, lda, b, acc, .. } = *c;
             match rows {
                 6 => kernel::<6, { $mode }>(kc, a, lda, b, acc),
                 5 => kernel::<5, { $mode }>(kc, a, lda, b, acc),

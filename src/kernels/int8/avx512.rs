@@ -7,6 +7,9 @@ use super::{KG, NR};
 use crate::kernels::packed::avx512::{col_mask, store_row};
 use std::arch::x86_64::*;
 
+use crate::kernels::driver::FusedCall;
+use crate::kernels::TileCall;
+
 pub const MR: usize = 8;
 pub const NP: usize = 3;
 
@@ -19,44 +22,13 @@ pub fn supported() -> bool {
 /// # Safety
 /// The CPU must support AVX-512 F, BW and VNNI; the pointers as [`super::Int8Tile`] describes.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn tile(
-    rows: usize,
-    np: usize,
-    kc: usize,
-    a: *const u8,
-    lda: usize,
-    b: *const i8,
-    bstride: usize,
-    acc: *mut [i32; NR],
-) {
-    match np {
-        3 => by_rows::<3>(rows, kc, a, lda, b, bstride, acc),
-        2 => by_rows::<2>(rows, kc, a, lda, b, bstride, acc),
-        _ => by_rows::<1>(rows, kc, a, lda, b, bstride, acc),
-    }
-}
-
-#[inline(always)]
-unsafe fn by_rows<const P: usize>(
-    rows: usize,
-    kc: usize,
-    a: *const u8,
-    lda: usize,
-    b: *const i8,
-    bstride: usize,
-    acc: *mut [i32; NR],
-) {
-    match rows {
-        8 => kernel::<8, P>(kc, a, lda, b, bstride, acc),
-        7 => kernel::<7, P>(kc, a, lda, b, bstride, acc),
-        6 => kernel::<6, P>(kc, a, lda, b, bstride, acc),
-        5 => kernel::<5, P>(kc, a, lda, b, bstride, acc),
-        4 => kernel::<4, P>(kc, a, lda, b, bstride, acc),
-        3 => kernel::<3, P>(kc, a, lda, b, bstride, acc),
-        2 => kernel::<2, P>(kc, a, lda, b, bstride, acc),
-        _ => kernel::<1, P>(kc, a, lda, b, bstride, acc),
-    }
+pub unsafe fn tile(c: &TileCall<u8, i8, i32>) {
+    let (rows, np, kc, a, lda, b, bstride, acc) = c.parts();
+    dispatch_tile!(
+        kernel(kc, a, lda, b, bstride, acc),
+        rows rows => [1, 2, 3, 4, 5, 6, 7, 8],
+        panels np => [1, 2, 3]
+    )
 }
 
 #[inline(always)]
@@ -77,6 +49,28 @@ unsafe fn kernel<const R: usize, const P: usize>(
             *v = _mm512_loadu_si512((*tile.add(q * MR + i)).as_ptr() as *const _);
         }
     }
+    dots(&mut acc, k, a, lda, b, bstride);
+    for (i, row) in acc.iter().enumerate() {
+        for (q, v) in row.iter().enumerate() {
+            _mm512_storeu_si512((*tile.add(q * MR + i)).as_mut_ptr() as *mut _, *v);
+        }
+    }
+}
+
+/// `acc += a · b` over depth `k` (`k / 4` groups): R rows of `a` at stride `lda`, P panels of
+/// `b` at stride `bstride`. The one inner loop of the tile and the fused entries.
+///
+/// # Safety
+/// Called from code compiled with AVX-512 F/BW/VNNI; the caller vouches for the extents.
+#[inline(always)]
+unsafe fn dots<const R: usize, const P: usize>(
+    acc: &mut [[__m512i; P]; R],
+    k: usize,
+    a: *const u8,
+    lda: usize,
+    b: *const i8,
+    bstride: usize,
+) {
     for g in 0..k / KG {
         let mut bv = [_mm512_setzero_si512(); P];
         for (q, v) in bv.iter_mut().enumerate() {
@@ -89,11 +83,6 @@ unsafe fn kernel<const R: usize, const P: usize>(
             for (q, v) in row.iter_mut().enumerate() {
                 *v = _mm512_dpbusd_epi32(*v, av, bv[q]);
             }
-        }
-    }
-    for (i, row) in acc.iter().enumerate() {
-        for (q, v) in row.iter().enumerate() {
-            _mm512_storeu_si512((*tile.add(q * MR + i)).as_mut_ptr() as *mut _, *v);
         }
     }
 }
@@ -161,86 +150,24 @@ pub struct FusedEp {
 /// panels (`cols_last` columns in the last), with the operations of `finish` in its order.
 ///
 /// # Safety
-/// As [`tile`] for `a` and `b` over `kp` bytes; `y` must address `rows` rows (stride `ldy`) of
-/// the group's columns; the pointers in `ep` as [`FusedEp`] describes.
+/// As [`tile`] for `c.a` and `c.b` over `c.k` bytes; `c.y` must address `rows` rows (stride
+/// `c.ldy`) of the group's columns; the pointers in `ep` as [`FusedEp`] describes.
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn fused(
-    rows: usize,
-    np: usize,
-    kp: usize,
-    a: *const u8,
-    lda: usize,
-    b: *const i8,
-    bstride: usize,
-    y: *mut f32,
-    ldy: usize,
-    cols_last: usize,
-    ep: &FusedEp,
-) {
-    match np {
-        3 => fused_rows::<3>(rows, kp, a, lda, b, bstride, y, ldy, cols_last, ep),
-        2 => fused_rows::<2>(rows, kp, a, lda, b, bstride, y, ldy, cols_last, ep),
-        _ => fused_rows::<1>(rows, kp, a, lda, b, bstride, y, ldy, cols_last, ep),
-    }
+pub unsafe fn fused(c: &FusedCall<u8, i8>, ep: &FusedEp) {
+    dispatch_tile!(
+        fused_kernel(c, ep),
+        rows c.rows => [1, 2, 3, 4, 5, 6, 7, 8],
+        panels c.np => [1, 2, 3]
+    )
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn fused_rows<const P: usize>(
-    rows: usize,
-    kp: usize,
-    a: *const u8,
-    lda: usize,
-    b: *const i8,
-    bstride: usize,
-    y: *mut f32,
-    ldy: usize,
-    cols_last: usize,
-    ep: &FusedEp,
-) {
-    macro_rules! go {
-        ($($r:literal),*) => {
-            match rows {
-                $($r => fused_kernel::<$r, P>(kp, a, lda, b, bstride, y, ldy, cols_last, ep),)*
-                _ => unreachable!("1..=8 rows"),
-            }
-        };
-    }
-    go!(1, 2, 3, 4, 5, 6, 7, 8)
-}
-
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn fused_kernel<const R: usize, const P: usize>(
-    k: usize,
-    a: *const u8,
-    lda: usize,
-    b: *const i8,
-    bstride: usize,
-    y: *mut f32,
-    ldy: usize,
-    cols_last: usize,
-    ep: &FusedEp,
-) {
+unsafe fn fused_kernel<const R: usize, const P: usize>(c: &FusedCall<u8, i8>, ep: &FusedEp) {
     let mut acc = [[_mm512_setzero_si512(); P]; R];
-    for g in 0..k / KG {
-        // SAFETY (whole function): the caller vouches for the extents (see `fused`).
-        let mut bv = [_mm512_setzero_si512(); P];
-        for (q, v) in bv.iter_mut().enumerate() {
-            let bq = b.add(q * bstride + g * NR * KG);
-            _mm_prefetch::<_MM_HINT_T0>(bq.wrapping_add(8 * NR * KG));
-            *v = _mm512_loadu_si512(bq as *const _);
-        }
-        for (i, row) in acc.iter_mut().enumerate() {
-            let av = _mm512_set1_epi32((a.add(i * lda + g * KG) as *const i32).read_unaligned());
-            for (q, v) in row.iter_mut().enumerate() {
-                *v = _mm512_dpbusd_epi32(*v, av, bv[q]);
-            }
-        }
-    }
+    // SAFETY (whole function): the caller vouches for the extents (see `fused`).
+    dots(&mut acc, c.k, c.a, c.lda, c.b, c.bstride);
     for q in 0..P {
-        let mask = col_mask(if q + 1 == P { cols_last } else { NR });
+        let mask = col_mask(if q + 1 == P { c.cols_last } else { NR });
         let off = _mm512_loadu_si512(ep.offset.add(q * NR) as *const _);
         let w = _mm512_loadu_ps(ep.ws.add(q * NR));
         let bias = match ep.bias {
@@ -248,7 +175,7 @@ unsafe fn fused_kernel<const R: usize, const P: usize>(
             None => _mm512_setzero_ps(),
         };
         for (i, row) in acc.iter().enumerate() {
-            let yp = y.add(i * ldy + q * NR);
+            let yp = c.y.add(i * c.ldy + q * NR);
             let qv = _mm512_add_epi32(row[q], off);
             let scale = _mm512_mul_ps(_mm512_set1_ps(*ep.sa.add(i)), w);
             let v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(qv), scale), bias);

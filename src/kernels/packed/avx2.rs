@@ -1,6 +1,7 @@
 //! The AVX2+FMA f32 micro-kernel: 6 rows × one 16-column panel, two ymm accumulators per row.
 
 use super::NR;
+use crate::kernels::TileCall;
 use std::arch::x86_64::*;
 
 pub const MR: usize = 6;
@@ -12,15 +13,8 @@ const PREFETCH: usize = 8;
 /// # Safety
 /// The CPU must support AVX2 and FMA; the pointers as [`super::F32Tile`] describes.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn tile(
-    rows: usize,
-    _np: usize,
-    kc: usize,
-    a: *const f32,
-    b: *const f32,
-    _bstride: usize,
-    acc: *mut [f32; NR],
-) {
+pub unsafe fn tile(c: &TileCall<f32, f32, f32>) {
+    let (rows, _, kc, a, _, b, _, acc) = c.parts();
     match rows {
         6 => kernel::<6>(kc, a, b, acc),
         5 => kernel::<5>(kc, a, b, acc),

@@ -2,6 +2,8 @@
 //! per row and panel (24 of the 32 registers), two weight loads and 12 broadcasts per 24 FMAs.
 
 use super::NR;
+use crate::kernels::driver::{FloatEp, FusedCall};
+use crate::kernels::TileCall;
 use std::arch::x86_64::*;
 
 pub const MR: usize = 12;
@@ -14,45 +16,13 @@ const PREFETCH: usize = 8;
 /// # Safety
 /// The CPU must support AVX-512 F; the pointers as [`super::F32Tile`] describes.
 #[target_feature(enable = "avx512f,avx2,fma")]
-pub unsafe fn tile(
-    rows: usize,
-    np: usize,
-    kc: usize,
-    a: *const f32,
-    b: *const f32,
-    bstride: usize,
-    acc: *mut [f32; NR],
-) {
-    if np >= 2 {
-        by_rows::<2>(rows, kc, a, b, bstride, acc)
-    } else {
-        by_rows::<1>(rows, kc, a, b, bstride, acc)
-    }
-}
-
-#[inline(always)]
-unsafe fn by_rows<const P: usize>(
-    rows: usize,
-    kc: usize,
-    a: *const f32,
-    b: *const f32,
-    bstride: usize,
-    acc: *mut [f32; NR],
-) {
-    match rows {
-        12 => kernel::<12, P>(kc, a, b, bstride, acc),
-        11 => kernel::<11, P>(kc, a, b, bstride, acc),
-        10 => kernel::<10, P>(kc, a, b, bstride, acc),
-        9 => kernel::<9, P>(kc, a, b, bstride, acc),
-        8 => kernel::<8, P>(kc, a, b, bstride, acc),
-        7 => kernel::<7, P>(kc, a, b, bstride, acc),
-        6 => kernel::<6, P>(kc, a, b, bstride, acc),
-        5 => kernel::<5, P>(kc, a, b, bstride, acc),
-        4 => kernel::<4, P>(kc, a, b, bstride, acc),
-        3 => kernel::<3, P>(kc, a, b, bstride, acc),
-        2 => kernel::<2, P>(kc, a, b, bstride, acc),
-        _ => kernel::<1, P>(kc, a, b, bstride, acc),
-    }
+pub unsafe fn tile(c: &TileCall<f32, f32, f32>) {
+    let (rows, np, kc, a, _, b, bstride, acc) = c.parts();
+    dispatch_tile!(
+        kernel(kc, a, b, bstride, acc),
+        rows rows => [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+        panels np => [1, 2]
+    )
 }
 
 #[inline(always)]
@@ -130,111 +100,59 @@ pub unsafe fn finish(
 /// columns in the last. The epilogue's operations are those of [`finish`], in its order.
 ///
 /// # Safety
-/// The CPU must support AVX-512 F/BW/DQ/VL; `a` must hold `rows` rows of `k` floats at stride
-/// `lda`; `b` `k × NR` floats per panel at stride `bstride`; `bias` (when given) the group's
-/// columns; `y` `rows` rows (stride `ldy`) of the group's columns.
+/// The CPU must support AVX-512 F/BW/DQ/VL; `c.a` must hold `c.rows` rows of `c.k` floats at
+/// stride `c.lda`; `c.b` `k × NR` floats per panel at stride `c.bstride`; `ep.bias` (when given)
+/// the group's columns; `c.y` `rows` rows (stride `c.ldy`) of the group's columns.
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn fused(
-    rows: usize,
-    np: usize,
-    k: usize,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    bstride: usize,
-    y: *mut f32,
-    ldy: usize,
-    cols_last: usize,
-    bias: Option<*const f32>,
-    accumulate: bool,
-    act: Option<crate::kernels::Activation>,
-) {
-    let ep = FusedEp {
-        bias,
-        accumulate,
-        act,
-        y,
-        ldy,
-        cols_last,
-    };
-    if np >= 2 {
-        fused_rows::<2>(rows, k, a, lda, b, bstride, &ep)
-    } else {
-        fused_rows::<1>(rows, k, a, lda, b, bstride, &ep)
-    }
-}
-
-struct FusedEp {
-    bias: Option<*const f32>,
-    accumulate: bool,
-    act: Option<crate::kernels::Activation>,
-    y: *mut f32,
-    ldy: usize,
-    cols_last: usize,
+pub unsafe fn fused(c: &FusedCall<f32, f32>, ep: &FloatEp) {
+    dispatch_tile!(
+        fused_kernel(c, ep),
+        rows c.rows => [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+        panels c.np => [1, 2]
+    )
 }
 
 #[inline(always)]
-unsafe fn fused_rows<const P: usize>(
-    rows: usize,
-    k: usize,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    bstride: usize,
-    ep: &FusedEp,
-) {
-    macro_rules! go {
-        ($($r:literal),*) => {
-            match rows {
-                $($r => fused_kernel::<$r, P>(k, a, lda, b, bstride, ep),)*
-                _ => unreachable!("1..=12 rows"),
-            }
-        };
-    }
-    go!(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12)
-}
-
-#[inline(always)]
-unsafe fn fused_kernel<const R: usize, const P: usize>(
-    k: usize,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    bstride: usize,
-    ep: &FusedEp,
-) {
+unsafe fn fused_kernel<const R: usize, const P: usize>(c: &FusedCall<f32, f32>, ep: &FloatEp) {
     let mut acc = [[_mm512_setzero_ps(); P]; R];
-    for kk in 0..k {
+    for kk in 0..c.k {
         // SAFETY (whole function): the caller vouches for the extents (see `fused`).
         let mut bv = [_mm512_setzero_ps(); P];
         for (q, v) in bv.iter_mut().enumerate() {
-            let bq = b.add(q * bstride + kk * NR);
+            let bq = c.b.add(q * c.bstride + kk * NR);
             _mm_prefetch::<_MM_HINT_T0>(bq.wrapping_add(PREFETCH * NR) as *const i8);
             *v = _mm512_loadu_ps(bq);
         }
         for (i, row) in acc.iter_mut().enumerate() {
-            let av = _mm512_set1_ps(*a.add(i * lda + kk));
+            let av = _mm512_set1_ps(*c.a.add(i * c.lda + kk));
             for (q, v) in row.iter_mut().enumerate() {
                 *v = _mm512_fmadd_ps(av, bv[q], *v);
             }
         }
     }
+    store_float_tile(&acc, c, ep);
+}
+
+/// The float epilogue of a fused tile held in registers: `y = act(acc + bias [+ y])`, panel
+/// by panel, the last under its column mask.
+///
+/// # Safety
+/// Called from code compiled with AVX-512 F/BW/DQ/VL; `c` and `ep` as the fused entries'.
+#[inline(always)]
+pub(crate) unsafe fn store_float_tile<const R: usize, const P: usize>(
+    acc: &[[__m512; P]; R],
+    c: &FusedCall<impl Sized, impl Sized>,
+    ep: &FloatEp,
+) {
     for q in 0..P {
-        let mask = col_mask(if q + 1 == P { ep.cols_last } else { NR });
+        let mask = col_mask(if q + 1 == P { c.cols_last } else { NR });
         let bias = match ep.bias {
             Some(bp) => _mm512_maskz_loadu_ps(mask, bp.add(q * NR)),
             None => _mm512_setzero_ps(),
         };
         for (i, row) in acc.iter().enumerate() {
             let v = _mm512_add_ps(row[q], bias);
-            store_row(
-                v,
-                ep.y.add(i * ep.ldy + q * NR),
-                mask,
-                ep.accumulate,
-                ep.act,
-            );
+            store_row(v, c.y.add(i * c.ldy + q * NR), mask, ep.accumulate, ep.act);
         }
     }
 }
