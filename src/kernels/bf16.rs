@@ -15,7 +15,9 @@
 use rayon::prelude::*;
 
 use super::aligned::Aligned;
-use super::driver::{drive, first_passing, fused_tiles, row_block, tiled};
+use super::driver::{
+    best, entry_by_name, panel_gemm_shared, run, Bound, FusedTile, PanelGemm, TaskFn,
+};
 #[cfg(target_arch = "x86_64")]
 use super::driver::{FloatEp, FusedCall};
 use super::packed::{finish, Epilogue, NR};
@@ -172,30 +174,13 @@ pub struct Bf16Kernel {
 }
 
 /// See `amx::task`.
-type Bf16Task = unsafe fn(
-    x: &Bf16Acts,
-    w: &Bf16Weights,
-    y: *mut f32,
-    ep: Epilogue<'_>,
-    panels: std::ops::Range<usize>,
-    isa: Isa,
-) -> bool;
+type Bf16Task = TaskFn<Bf16Acts, Bf16Weights>;
 
 /// See `avx512::fused`.
 #[cfg(target_arch = "x86_64")]
 type Bf16Fused = unsafe fn(&FusedCall<u16, u16>, &FloatEp);
 
-impl std::fmt::Debug for Bf16Kernel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.name)
-    }
-}
-
-impl PartialEq for Bf16Kernel {
-    fn eq(&self, other: &Self) -> bool {
-        self.name == other.name
-    }
-}
+entry_by_name!(Bf16Kernel);
 
 /// Every BF16 micro-kernel, fastest first.
 pub static BF16_KERNELS: &[Bf16Kernel] = &[
@@ -258,14 +243,13 @@ impl Bf16Kernel {
     pub fn detect() -> &'static Bf16Kernel {
         static BEST: std::sync::OnceLock<&'static Bf16Kernel> = std::sync::OnceLock::new();
         BEST.get_or_init(|| {
-            first_passing(
+            best(
                 BF16_KERNELS,
                 "bf16",
                 |k| k.name,
-                Bf16Kernel::supported,
-                |k| k.self_check(),
+                Self::supported,
+                Self::self_check,
             )
-            .unwrap_or(Bf16Kernel::portable())
         })
     }
 
@@ -321,93 +305,43 @@ pub fn matmul_with(
         kernel.supported(),
         "bf16 kernel {kernel:?} is not supported here"
     );
-    let shape = (x.m, w.n, w.k);
-    let bias = ep.bias;
-    drive(
-        "bf16",
-        shape,
-        (x.kp, w.kp),
-        y,
-        bias,
-        64 * 1024,
-        (w.panels(), kernel.np),
-        |y, panels| {
-            // SAFETY: each call writes only the columns of its panels (clipped to n) of y; the
-            // ranges are disjoint and y holds m*n floats (checked by `drive`).
-            unsafe { panels_range(x, w, y, ep, panels, kernel) }
-        },
-    );
+    run(&Bound { x, w, ep, kernel }, y)
 }
 
-/// # Safety
-/// `y` must point to `m × w.n` writable floats that no one else touches in the columns of
-/// `panels`.
-unsafe fn panels_range(
-    x: &Bf16Acts,
-    w: &Bf16Weights,
-    y: *mut f32,
-    ep: Epilogue<'_>,
-    panels: std::ops::Range<usize>,
-    kernel: &Bf16Kernel,
-) {
-    let (m, n, kp, mr, np) = (x.m, w.n, w.kp, kernel.mr, kernel.np);
+// SAFETY of the driver's calls below (once): the entry's features were detected (asserted in
+// `matmul_with`); the driver passes rows of x (kp values each) and panels of w that exist, and
+// columns of y that its task owns.
+impl PanelGemm for Bound<'_, Bf16Acts, Bf16Weights, Bf16Kernel> {
+    type Acc = f32;
+    const NAME: &'static str = "bf16";
+    const MIN_WORK: usize = 64 * 1024;
     // The block of activations (`mc × kp` bf16 values) stays in L2.
-    let mc = row_block(kp, mr, 64 * 1024);
-    if let Some(task) = kernel.task {
-        // SAFETY: as this function's; the kernel's features were detected.
-        if task(x, w, y, ep, panels.clone(), kernel.isa) {
-            return;
+    const L2_ELEMS: usize = 64 * 1024;
+
+    panel_gemm_shared!();
+
+    unsafe fn fused(&self, t: &FusedTile, y: *mut f32) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(fused) = self.kernel.fused {
+            let (x, w) = (self.x, self.w);
+            let call = t.call(x.data.as_ptr(), w.kp, w.panel(t.p).as_ptr(), y, w.n);
+            fused(&call, &FloatEp::at(&self.ep, t.c0))
         }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (t, y);
     }
-    #[cfg(target_arch = "x86_64")]
-    if let Some(fused) = kernel.fused {
-        fused_tiles(m, n, (mc, mr, np), panels, |t| {
-            // SAFETY: the kernel's features were detected (asserted in `matmul_with`); rows
-            // t.r..t.r+t.rows of x hold kp values, panels t.p..t.p+t.gp lie in w, the bias has
-            // n values, and this task owns columns t.c0.. (clipped to n) of those rows of y.
-            let call = t.call(x.data.as_ptr(), kp, w.panel(t.p).as_ptr(), y, n);
-            fused(&call, &FloatEp::at(&ep, t.c0))
-        });
-        return;
+    unsafe fn finish(&self, tile: &[[f32; NR]], r: usize, c0: usize, y: *mut f32) {
+        let n = self.w.n;
+        finish(
+            y.add(r * n + c0),
+            n,
+            tile,
+            NR.min(n - c0),
+            self.ep,
+            c0,
+            self.kernel.isa,
+        )
     }
-    let mut acc: Vec<[f32; NR]> = Vec::new();
-    tiled(
-        m,
-        kp,
-        (mc, mr, np, kernel.kc),
-        panels,
-        &mut acc,
-        |rows, gp, k0, kc, r, p, acc| {
-            // SAFETY: the kernel is supported (asserted in `matmul_with`); rows r..r+rows of
-            // x hold kp values each, panels p..p+gp lie in w, and the tile owns np × mr
-            // accumulator rows at `acc`.
-            (kernel.tile)(&TileCall {
-                rows,
-                np: gp,
-                kc,
-                a: x.data.as_ptr().add(r * kp + k0),
-                lda: kp,
-                b: w.panel(p).as_ptr().add(k0 * NR),
-                bstride: kp * NR,
-                acc,
-            })
-        },
-        |tile, r, c0| {
-            // SAFETY: rows r..r+tile.len() < m and columns c0.. (clipped to n) lie inside y;
-            // this task owns these columns; the kernel's ISA was detected.
-            unsafe {
-                finish(
-                    y.add(r * n + c0),
-                    n,
-                    tile,
-                    NR.min(n - c0),
-                    ep,
-                    c0,
-                    kernel.isa,
-                )
-            }
-        },
-    );
 }
 
 const PORTABLE_MR: usize = 6;

@@ -235,12 +235,23 @@ pub(crate) fn row_block(kp: usize, mr: usize, budget: usize) -> usize {
     ((budget / kp.max(1)) / mr * mr).max(mr)
 }
 
+/// Where one tile-path call lands: rows `r..r+rows`, panels `p..p+gp`, depth `k0..k0+kc`.
+#[derive(Clone, Copy)]
+pub(crate) struct TileSlot {
+    pub rows: usize,
+    pub gp: usize,
+    pub k0: usize,
+    pub kc: usize,
+    pub r: usize,
+    pub p: usize,
+}
+
 /// The tile path's loop nest: per block of `mc` rows and group of `np` panels, the
 /// accumulators of every `mr`-row micro-tile are kept across depth passes of `kc` (so a slice
 /// of the panel group stays in L1 while all tiles pass over it), then finished tile by tile.
 ///
-/// `tile(rows, gp, k0, kc, r, p, acc)` adds depth `k0..k0+kc` of rows `r..r+rows` times panels
-/// `p..p+gp` into `acc` (`np × mr` rows); `finish(acc_rows, r, c0)` applies the epilogue to one
+/// `tile(slot, acc)` adds the slot's depth of its rows times its panels into `acc` (`np × mr`
+/// rows); `finish(acc_rows, r, c0)` applies the epilogue to one
 /// tile's rows of one panel starting at column `c0`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn tiled<A: Copy + Default>(
@@ -249,7 +260,7 @@ pub(crate) fn tiled<A: Copy + Default>(
     (mc, mr, np, kc): (usize, usize, usize, usize),
     panels: Range<usize>,
     acc: &mut Vec<[A; NR]>,
-    mut tile: impl FnMut(usize, usize, usize, usize, usize, usize, *mut [A; NR]),
+    mut tile: impl FnMut(TileSlot, *mut [A; NR]),
     mut finish: impl FnMut(&[[A; NR]], usize, usize),
 ) {
     for r0 in (0..m).step_by(mc) {
@@ -264,7 +275,15 @@ pub(crate) fn tiled<A: Copy + Default>(
                 for t in 0..tiles {
                     let r = r0 + t * mr;
                     let rows = mr.min(r1 - r);
-                    tile(rows, gp, k0, kc, r, p, acc[t * np * mr..].as_mut_ptr());
+                    let slot = TileSlot {
+                        rows,
+                        gp,
+                        k0,
+                        kc,
+                        r,
+                        p,
+                    };
+                    tile(slot, acc[t * np * mr..].as_mut_ptr());
                 }
             }
             for q in 0..gp {
@@ -278,6 +297,184 @@ pub(crate) fn tiled<A: Copy + Default>(
         }
     }
 }
+
+/// A GEMM's operands and the entry that computes it, bound for the driver.
+pub(crate) struct Bound<'a, X, W, K> {
+    pub x: &'a X,
+    pub w: &'a W,
+    pub ep: super::packed::Epilogue<'a>,
+    pub kernel: &'a K,
+}
+
+/// One precision's packed-weights GEMM with its entry chosen and its operands bound, as
+/// [`run`] drives it: a whole-task path (AMX) where the entry has one, else whole-depth fused
+/// calls where it has those, else the tile path. bf16 and int8 implement it.
+pub(crate) trait PanelGemm: Sync {
+    /// Accumulator lanes of the tile path (f32 or i32).
+    type Acc: Copy + Default;
+    /// For messages: `bf16`, `int8`.
+    const NAME: &'static str;
+    /// Multiply-adds per thread below which the product runs on the caller's thread.
+    const MIN_WORK: usize;
+    /// Activation elements a row block keeps in L2.
+    const L2_ELEMS: usize;
+    /// `(m, n, k)` and the two operands' padded depths `(x_kp, w_kp)`.
+    fn dims(&self) -> ((usize, usize, usize), (usize, usize));
+    /// The weights' panel count, the bias (checked against `n`).
+    fn panels(&self) -> usize;
+    fn bias(&self) -> Option<&[f32]>;
+    /// The entry's `(mr, np, kc)`.
+    fn blocking(&self) -> (usize, usize, usize);
+    /// # Safety
+    /// As [`run`]'s: this task owns the columns of `panels` of `y`.
+    unsafe fn task(&self, y: *mut f32, panels: Range<usize>) -> bool;
+    fn has_fused(&self) -> bool;
+    /// # Safety
+    /// As [`run`]'s, for the tile's rows and panels.
+    unsafe fn fused(&self, t: &FusedTile, y: *mut f32);
+    /// # Safety
+    /// As [`run`]'s; `acc` holds the tile's `np × mr` accumulator rows.
+    unsafe fn tile(&self, slot: TileSlot, acc: *mut [Self::Acc; NR]);
+    /// # Safety
+    /// As [`run`]'s, for rows `r..r + tile.len()` and the panel at column `c0`.
+    unsafe fn finish(&self, tile: &[[Self::Acc; NR]], r: usize, c0: usize, y: *mut f32);
+}
+
+/// The [`PanelGemm`] methods every bound GEMM shares, for an impl on a struct with fields `x`
+/// (activations: `m`, `kp`, `data`), `w` (weights: `n`, `k`, `kp`, `panels()`, `panel(p)`),
+/// `ep` (`Epilogue`) and `kernel` (an entry: `mr`, `np`, `kc`, `isa`, `tile`, `task`, `fused`).
+macro_rules! panel_gemm_shared {
+    () => {
+        fn dims(&self) -> ((usize, usize, usize), (usize, usize)) {
+            ((self.x.m, self.w.n, self.w.k), (self.x.kp, self.w.kp))
+        }
+        fn panels(&self) -> usize {
+            self.w.panels()
+        }
+        fn bias(&self) -> Option<&[f32]> {
+            self.ep.bias
+        }
+        fn blocking(&self) -> (usize, usize, usize) {
+            (self.kernel.mr, self.kernel.np, self.kernel.kc)
+        }
+        unsafe fn task(&self, y: *mut f32, panels: std::ops::Range<usize>) -> bool {
+            let (x, w, k) = (self.x, self.w, self.kernel);
+            k.task
+                .is_some_and(|task| task(x, w, y, self.ep, panels, k.isa))
+        }
+        fn has_fused(&self) -> bool {
+            #[cfg(target_arch = "x86_64")]
+            return self.kernel.fused.is_some();
+            #[cfg(not(target_arch = "x86_64"))]
+            false
+        }
+        unsafe fn tile(&self, s: $crate::kernels::driver::TileSlot, acc: *mut [Self::Acc; NR]) {
+            let (x, w) = (self.x, self.w);
+            let $crate::kernels::driver::TileSlot {
+                rows,
+                gp,
+                k0,
+                kc,
+                r,
+                p,
+            } = s;
+            (self.kernel.tile)(&TileCall {
+                rows,
+                np: gp,
+                kc,
+                a: x.data.as_ptr().add(r * w.kp + k0),
+                lda: w.kp,
+                b: w.panel(p).as_ptr().add(k0 * NR),
+                bstride: w.kp * NR,
+                acc,
+            })
+        }
+    };
+}
+pub(crate) use panel_gemm_shared;
+
+/// `y = epilogue(x · W)` for a bound [`PanelGemm`]: the shape checks, the thread split, and in
+/// each task the entry's fastest path.
+pub(crate) fn run<G: PanelGemm>(g: &G, y: &mut [f32]) {
+    let ((m, n, k), depths) = g.dims();
+    let (_, np, _) = g.blocking();
+    let split = (g.panels(), np);
+    drive(
+        G::NAME,
+        (m, n, k),
+        depths,
+        y,
+        g.bias(),
+        G::MIN_WORK,
+        split,
+        |y, panels| {
+            // SAFETY: each call writes only the columns of its panels (clipped to n) of y; the
+            // ranges are disjoint and y holds m*n floats (checked by `drive`).
+            unsafe { run_panels(g, y, panels) }
+        },
+    );
+}
+
+/// # Safety
+/// `y` must point to `m × n` writable floats that no one else touches in the columns of
+/// `panels`; the entry's features were detected.
+unsafe fn run_panels<G: PanelGemm>(g: &G, y: *mut f32, panels: Range<usize>) {
+    let ((m, n, _), (kp, _)) = g.dims();
+    let (mr, np, kc) = g.blocking();
+    let mc = row_block(kp, mr, G::L2_ELEMS);
+    if g.task(y, panels.clone()) {
+        return;
+    }
+    if g.has_fused() {
+        fused_tiles(m, n, (mc, mr, np), panels, |t| g.fused(&t, y));
+        return;
+    }
+    let mut acc = Vec::new();
+    tiled(
+        m,
+        kp,
+        (mc, mr, np, kc),
+        panels,
+        &mut acc,
+        |slot, acc| g.tile(slot, acc),
+        |tile, r, c0| g.finish(tile, r, c0, y),
+    );
+}
+
+/// The fastest entry of `table` (fastest first) that `usable` accepts and whose self-check
+/// (`check`) passes, else the last one (the portable entry, which never fails).
+pub(crate) fn best<K>(
+    table: &'static [K],
+    what: &str,
+    name: impl Fn(&K) -> &'static str,
+    usable: impl Fn(&K) -> bool,
+    check: impl Fn(&K) -> bool,
+) -> &'static K {
+    first_passing(table, what, name, usable, check)
+        .unwrap_or_else(|| table.last().expect("a portable entry"))
+}
+
+/// A whole-task path (AMX): its own loop nest over a task's panels and every row; it answers
+/// false for a problem it does not take.
+pub(crate) type TaskFn<X, W> =
+    unsafe fn(&X, &W, *mut f32, super::packed::Epilogue<'_>, Range<usize>, super::Isa) -> bool;
+
+/// `Debug` (the name) and `PartialEq` (by name) for kernel table entries.
+macro_rules! entry_by_name {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}", self.name)
+            }
+        }
+        impl PartialEq for $t {
+            fn eq(&self, other: &Self) -> bool {
+                self.name == other.name
+            }
+        }
+    )*};
+}
+pub(crate) use entry_by_name;
 
 /// The first entry of a table (fastest first) that this CPU supports and that passes its
 /// self-check; an entry that fails is logged and skipped.

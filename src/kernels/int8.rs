@@ -24,7 +24,9 @@
 
 #[cfg(target_arch = "x86_64")]
 use super::driver::FusedCall;
-use super::driver::{drive, first_passing, fused_tiles, row_block, tiled};
+use super::driver::{
+    best, entry_by_name, panel_gemm_shared, run, Bound, FusedTile, PanelGemm, TaskFn,
+};
 use super::packed::{finish, Epilogue, NR};
 use super::Isa;
 
@@ -86,30 +88,13 @@ pub struct Int8Kernel {
 }
 
 /// See `amx::task`.
-type Int8Task = unsafe fn(
-    x: &QActs,
-    w: &QWeights,
-    y: *mut f32,
-    ep: Epilogue<'_>,
-    panels: std::ops::Range<usize>,
-    isa: Isa,
-) -> bool;
+type Int8Task = TaskFn<QActs, QWeights>;
 
 /// See `avx512::fused`.
 #[cfg(target_arch = "x86_64")]
 type Int8Fused = unsafe fn(&FusedCall<u8, i8>, &avx512::FusedEp);
 
-impl std::fmt::Debug for Int8Kernel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.name)
-    }
-}
-
-impl PartialEq for Int8Kernel {
-    fn eq(&self, other: &Self) -> bool {
-        self.name == other.name
-    }
-}
+entry_by_name!(Int8Kernel);
 
 /// Every INT8 micro-kernel, fastest first.
 pub static INT8_KERNELS: &[Int8Kernel] = &[
@@ -213,14 +198,14 @@ impl Int8Kernel {
         static BEST: [std::sync::OnceLock<&'static Int8Kernel>; 2] =
             [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
         BEST[usize::from(bits >= 8)].get_or_init(|| {
-            first_passing(
+            let usable = |k: &Int8Kernel| k.supported() && k.max_bits >= bits;
+            best(
                 INT8_KERNELS,
                 "int8",
                 |k| k.name,
-                |k| k.supported() && k.max_bits >= bits,
+                usable,
                 |k| k.self_check(bits),
             )
-            .unwrap_or(Int8Kernel::portable())
         })
     }
 
@@ -277,47 +262,25 @@ pub fn matmul_with(x: &QActs, w: &QWeights, y: &mut [f32], ep: Epilogue<'_>, ker
         "int8 kernel {kernel:?} is not exact for {}-bit weights",
         w.bits
     );
-    let shape = (x.m, w.n, w.k);
-    let bias = ep.bias;
-    drive(
-        "int8",
-        shape,
-        (x.kp, w.kp),
-        y,
-        bias,
-        128 * 1024,
-        (w.panels(), kernel.np),
-        |y, panels| {
-            // SAFETY: each call writes only the columns of its panels (clipped to n) of y; the
-            // ranges are disjoint and y holds m*n floats (checked by `drive`).
-            unsafe { panels_range(x, w, y, ep, panels, kernel) }
-        },
-    );
+    run(&Bound { x, w, ep, kernel }, y)
 }
 
-/// # Safety
-/// `y` must point to `m × w.n` writable floats that no one else touches in the columns of
-/// `panels`.
-unsafe fn panels_range(
-    x: &QActs,
-    w: &QWeights,
-    y: *mut f32,
-    ep: Epilogue<'_>,
-    panels: std::ops::Range<usize>,
-    kernel: &Int8Kernel,
-) {
-    let (m, n, kp, mr, np) = (x.m, w.n, w.kp, kernel.mr, kernel.np);
+// SAFETY of the driver's calls below (once): the entry's features were detected (asserted in
+// `matmul_with`); the driver passes rows of x (kp bytes each) and panels of w that exist
+// (offsets and scales padded to whole panels), and columns of y that its task owns.
+impl PanelGemm for Bound<'_, QActs, QWeights, Int8Kernel> {
+    type Acc = i32;
+    const NAME: &'static str = "int8";
+    const MIN_WORK: usize = 128 * 1024;
     // The block of activations (`mc × kp` bytes) stays in L2.
-    let mc = row_block(kp, mr, 128 * 1024);
-    if let Some(task) = kernel.task {
-        // SAFETY: as this function's; the kernel's features were detected.
-        if task(x, w, y, ep, panels.clone(), kernel.isa) {
-            return;
-        }
-    }
-    #[cfg(target_arch = "x86_64")]
-    if let Some(fused) = kernel.fused {
-        fused_tiles(m, n, (mc, mr, np), panels, |t| {
+    const L2_ELEMS: usize = 128 * 1024;
+
+    panel_gemm_shared!();
+
+    unsafe fn fused(&self, t: &FusedTile, y: *mut f32) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(fused) = self.kernel.fused {
+            let (x, w, ep) = (self.x, self.w, &self.ep);
             let fep = avx512::FusedEp {
                 offset: w.offset[t.c0..].as_ptr(),
                 ws: w.scales_pad[t.c0..].as_ptr(),
@@ -326,46 +289,19 @@ unsafe fn panels_range(
                 accumulate: ep.accumulate,
                 act: ep.act,
             };
-            // SAFETY: the kernel's features were detected (asserted in `matmul_with`); rows
-            // t.r..t.r+t.rows of x hold kp bytes, panels t.p..t.p+t.gp lie in w, offsets and
-            // scales are padded to whole panels, and this task owns columns t.c0.. (clipped
-            // to n) of those rows of y.
             fused(
-                &t.call(x.data.as_ptr(), kp, w.panel(t.p).as_ptr(), y, n),
+                &t.call(x.data.as_ptr(), w.kp, w.panel(t.p).as_ptr(), y, w.n),
                 &fep,
             )
-        });
-        return;
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (t, y);
     }
-    let mut acc: Vec<[i32; NR]> = Vec::new();
-    let mut tile_f = [[0.0f32; NR]; MAX_MR];
-    tiled(
-        m,
-        kp,
-        (mc, mr, np, kernel.kc),
-        panels,
-        &mut acc,
-        |rows, gp, k0, kc, r, p, acc| {
-            // SAFETY: a kernel runs only where `supported()` said the CPU has its features
-            // (asserted in `matmul_with`); rows r..r+rows of x hold kp bytes each, panels
-            // p..p+gp lie in w, and the tile owns np × mr accumulator rows at `acc`.
-            (kernel.tile)(&TileCall {
-                rows,
-                np: gp,
-                kc,
-                a: x.data.as_ptr().add(r * kp + k0),
-                lda: kp,
-                b: w.panel(p).as_ptr().add(k0 * NR),
-                bstride: kp * NR,
-                acc,
-            })
-        },
-        |tile, r, c0| {
-            // SAFETY: rows r..r+tile.len() < m and the columns of the panel at c0 lie inside
-            // y; this task owns these columns; the kernel's ISA was detected.
-            unsafe { epilogue(tile, x, w, ep, y, r, c0, kernel.isa, &mut tile_f) }
-        },
-    );
+    unsafe fn finish(&self, tile: &[[i32; NR]], r: usize, c0: usize, y: *mut f32) {
+        let mut tile_f = [[0.0f32; NR]; MAX_MR];
+        let (x, w, ep, isa) = (self.x, self.w, self.ep, self.kernel.isa);
+        epilogue(tile, x, w, ep, y, r, c0, isa, &mut tile_f)
+    }
 }
 
 const PORTABLE_MR: usize = 6;

@@ -12,7 +12,7 @@
 //! Entries: AVX-512 (12 rows × 2 panels = 24 zmm accumulators), AVX2+FMA (6 × 1 panel, two ymm
 //! per row), portable.
 
-use super::driver::{first_passing, fused_tiles, row_block, split_panels};
+use super::driver::{best, entry_by_name, fused_tiles, row_block, split_panels};
 #[cfg(target_arch = "x86_64")]
 use super::driver::{FloatEp, FusedCall};
 use super::{gelu_erf_impl, gelu_tanh, Isa};
@@ -104,17 +104,7 @@ pub struct F32Kernel {
 #[cfg(target_arch = "x86_64")]
 type F32Fused = unsafe fn(&FusedCall<f32, f32>, &FloatEp);
 
-impl std::fmt::Debug for F32Kernel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.name)
-    }
-}
-
-impl PartialEq for F32Kernel {
-    fn eq(&self, other: &Self) -> bool {
-        self.name == other.name
-    }
-}
+entry_by_name!(F32Kernel);
 
 /// Every f32 micro-kernel, fastest first.
 pub static F32_KERNELS: &[F32Kernel] = &[
@@ -167,14 +157,13 @@ impl F32Kernel {
     pub fn detect() -> &'static F32Kernel {
         static BEST: std::sync::OnceLock<&'static F32Kernel> = std::sync::OnceLock::new();
         BEST.get_or_init(|| {
-            first_passing(
+            best(
                 F32_KERNELS,
                 "f32",
                 |k| k.name,
-                F32Kernel::supported,
-                |k| k.self_check(),
+                Self::supported,
+                Self::self_check,
             )
-            .unwrap_or(F32Kernel::portable())
         })
     }
 

@@ -52,38 +52,17 @@ pub unsafe fn round_row(src: &[f32], dst: &mut [u16]) {
 /// The CPU must support AVX-512 F and BF16; the pointers as [`super::Bf16Tile`] describes.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 pub unsafe fn tile(c: &TileCall<u16, u16, f32>) {
-    let (rows, np, kc, a, lda, b, bstride, acc) = c.parts();
-    dispatch_tile!(
-        kernel(kc, a, lda, b, bstride, acc),
-        rows rows => [1, 2, 3, 4, 5, 6, 7, 8],
-        panels np => [1, 2, 3]
-    )
+    dispatch_tile!(kernel(c), rows c.rows => [1, 2, 3, 4, 5, 6, 7, 8], panels c.np => [1, 2, 3])
 }
 
+/// The accumulators of a tile call: loaded, `dots` over its depth, stored back.
 #[inline(always)]
-unsafe fn kernel<const R: usize, const P: usize>(
-    k: usize,
-    a: *const u16,
-    lda: usize,
-    b: *const u16,
-    bstride: usize,
-    tile: *mut [f32; NR],
-) {
-    let mut acc = [[_mm512_setzero_ps(); P]; R];
-    for (i, row) in acc.iter_mut().enumerate() {
-        for (q, v) in row.iter_mut().enumerate() {
-            // SAFETY (whole function): the caller vouches for P × MR accumulator rows, R rows
-            // of k values at stride lda from `a`, and k / 2 groups of 32 values at
-            // b + q * bstride for q < P.
-            *v = _mm512_loadu_ps((*tile.add(q * MR + i)).as_ptr());
-        }
-    }
-    dots(&mut acc, k, a, lda, b, bstride);
-    for (i, row) in acc.iter().enumerate() {
-        for (q, v) in row.iter().enumerate() {
-            _mm512_storeu_ps((*tile.add(q * MR + i)).as_mut_ptr(), *v);
-        }
-    }
+unsafe fn kernel<const R: usize, const P: usize>(c: &TileCall<u16, u16, f32>) {
+    use crate::kernels::packed::avx512::{load_acc, store_acc};
+    // SAFETY: the caller vouches for the call's extents (`TileCall`); f32 lanes as bits.
+    let mut acc: [[__m512; P]; R] = std::mem::transmute_copy(&load_acc::<R, P, f32>(c.acc, MR));
+    dots(&mut acc, c.kc, c.a, c.lda, c.b, c.bstride);
+    store_acc::<R, P, f32>(&std::mem::transmute_copy(&acc), c.acc, MR);
 }
 
 /// `acc += a · b` over depth `k` (`k / 2` pairs): R rows of `a` at stride `lda`, P panels of

@@ -23,38 +23,17 @@ pub fn supported() -> bool {
 /// The CPU must support AVX-512 F, BW and VNNI; the pointers as [`super::Int8Tile`] describes.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub unsafe fn tile(c: &TileCall<u8, i8, i32>) {
-    let (rows, np, kc, a, lda, b, bstride, acc) = c.parts();
-    dispatch_tile!(
-        kernel(kc, a, lda, b, bstride, acc),
-        rows rows => [1, 2, 3, 4, 5, 6, 7, 8],
-        panels np => [1, 2, 3]
-    )
+    dispatch_tile!(kernel(c), rows c.rows => [1, 2, 3, 4, 5, 6, 7, 8], panels c.np => [1, 2, 3])
 }
 
+/// The accumulators of a tile call: loaded, `dots` over its depth, stored back.
 #[inline(always)]
-unsafe fn kernel<const R: usize, const P: usize>(
-    k: usize,
-    a: *const u8,
-    lda: usize,
-    b: *const i8,
-    bstride: usize,
-    tile: *mut [i32; NR],
-) {
-    let mut acc = [[_mm512_setzero_si512(); P]; R];
-    for (i, row) in acc.iter_mut().enumerate() {
-        for (q, v) in row.iter_mut().enumerate() {
-            // SAFETY (whole function): the caller vouches for P × MR accumulator rows, R rows
-            // of k bytes at stride lda from `a`, and k / 4 groups of 64 bytes at
-            // b + q * bstride for q < P.
-            *v = _mm512_loadu_si512((*tile.add(q * MR + i)).as_ptr() as *const _);
-        }
-    }
-    dots(&mut acc, k, a, lda, b, bstride);
-    for (i, row) in acc.iter().enumerate() {
-        for (q, v) in row.iter().enumerate() {
-            _mm512_storeu_si512((*tile.add(q * MR + i)).as_mut_ptr() as *mut _, *v);
-        }
-    }
+unsafe fn kernel<const R: usize, const P: usize>(c: &TileCall<u8, i8, i32>) {
+    use crate::kernels::packed::avx512::{load_acc, store_acc};
+    // SAFETY: the caller vouches for the call's extents (`TileCall`).
+    let mut acc = load_acc::<R, P, i32>(c.acc, MR);
+    dots(&mut acc, c.kc, c.a, c.lda, c.b, c.bstride);
+    store_acc(&acc, c.acc, MR);
 }
 
 /// `acc += a · b` over depth `k` (`k / 4` groups): R rows of `a` at stride `lda`, P panels of

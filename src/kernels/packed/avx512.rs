@@ -157,6 +157,42 @@ pub(crate) unsafe fn store_float_tile<const R: usize, const P: usize>(
     }
 }
 
+/// A tile call's accumulators (`P` panels × `mr` rows of 16 lanes, f32 or i32) into registers,
+/// as their bits.
+///
+/// # Safety
+/// Called from code compiled with AVX-512 F; `acc` must hold `P × mr` rows, `R ≤ mr`.
+#[inline(always)]
+pub(crate) unsafe fn load_acc<const R: usize, const P: usize, C>(
+    acc: *mut [C; NR],
+    mr: usize,
+) -> [[__m512i; P]; R] {
+    let mut v = [[_mm512_setzero_si512(); P]; R];
+    for (i, row) in v.iter_mut().enumerate() {
+        for (q, r) in row.iter_mut().enumerate() {
+            *r = _mm512_loadu_si512(acc.add(q * mr + i) as *const _);
+        }
+    }
+    v
+}
+
+/// The registers back into the accumulators [`load_acc`] read.
+///
+/// # Safety
+/// As [`load_acc`].
+#[inline(always)]
+pub(crate) unsafe fn store_acc<const R: usize, const P: usize, C>(
+    v: &[[__m512i; P]; R],
+    acc: *mut [C; NR],
+    mr: usize,
+) {
+    for (i, row) in v.iter().enumerate() {
+        for (q, r) in row.iter().enumerate() {
+            _mm512_storeu_si512(acc.add(q * mr + i) as *mut _, *r);
+        }
+    }
+}
+
 /// The tail of every AVX-512 epilogue for one row of one panel: `v [+ y]`, the activation, and
 /// the masked store — the order of the portable epilogue.
 ///
