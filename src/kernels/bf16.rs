@@ -242,15 +242,7 @@ impl Bf16Kernel {
     /// The fastest entry this CPU runs that passes its self-check; decided once per process.
     pub fn detect() -> &'static Bf16Kernel {
         static BEST: std::sync::OnceLock<&'static Bf16Kernel> = std::sync::OnceLock::new();
-        BEST.get_or_init(|| {
-            best(
-                BF16_KERNELS,
-                "bf16",
-                |k| k.name,
-                Self::supported,
-                Self::self_check,
-            )
-        })
+        BEST.get_or_init(|| best(BF16_KERNELS, "bf16", Self::supported, Self::self_check))
     }
 
     pub fn available() -> Vec<&'static Bf16Kernel> {
@@ -312,13 +304,8 @@ pub fn matmul_with(
 // `matmul_with`); the driver passes rows of x (kp values each) and panels of w that exist, and
 // columns of y that its task owns.
 impl PanelGemm for Bound<'_, Bf16Acts, Bf16Weights, Bf16Kernel> {
-    type Acc = f32;
-    const NAME: &'static str = "bf16";
-    const MIN_WORK: usize = 64 * 1024;
     // The block of activations (`mc × kp` bf16 values) stays in L2.
-    const L2_ELEMS: usize = 64 * 1024;
-
-    panel_gemm_shared!();
+    panel_gemm_shared!(f32, "bf16", min_work 64 * 1024, l2 64 * 1024);
 
     unsafe fn fused(&self, t: &FusedTile, y: *mut f32) {
         #[cfg(target_arch = "x86_64")]

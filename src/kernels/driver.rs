@@ -124,6 +124,14 @@ impl<A, B, C> TileCall<A, B, C> {
         (c.rows, c.np, c.kc, c.a, c.lda, c.b, c.bstride, c.acc)
     }
 
+    /// `(a, lda)` and `(b, bstride)` in bytes, `elem` bytes per value.
+    pub(crate) fn a_bytes(&self, elem: usize) -> (*const u8, usize) {
+        (self.a as *const u8, elem * self.lda)
+    }
+    pub(crate) fn b_bytes(&self, elem: usize) -> (*const u8, usize) {
+        (self.b as *const u8, elem * self.bstride)
+    }
+
     /// The same call over bytes, for schedules that count depth and strides in bytes (AMX):
     /// `elem` bytes per value of `a` and `b`.
     pub fn bytes(&self, elem: usize) -> TileCall<u8, u8, u8> {
@@ -155,6 +163,16 @@ pub(crate) struct FusedCall<A, B> {
     pub y: *mut f32,
     pub ldy: usize,
     pub cols_last: usize,
+}
+
+impl<A, B> FusedCall<A, B> {
+    /// As [`TileCall::a_bytes`] and [`TileCall::b_bytes`].
+    pub(crate) fn a_bytes(&self, elem: usize) -> (*const u8, usize) {
+        (self.a as *const u8, elem * self.lda)
+    }
+    pub(crate) fn b_bytes(&self, elem: usize) -> (*const u8, usize) {
+        (self.b as *const u8, elem * self.bstride)
+    }
 }
 
 /// The float epilogue of a fused call: bias (at the call's first column), residual, activation.
@@ -340,11 +358,18 @@ pub(crate) trait PanelGemm: Sync {
     unsafe fn finish(&self, tile: &[[Self::Acc; NR]], r: usize, c0: usize, y: *mut f32);
 }
 
-/// The [`PanelGemm`] methods every bound GEMM shares, for an impl on a struct with fields `x`
+/// The [`PanelGemm`] constants (accumulator lanes, name, the thread split's minimum work, the
+/// activations a row block keeps in L2) and the methods every bound GEMM shares, for an impl on
+/// a struct with fields `x`
 /// (activations: `m`, `kp`, `data`), `w` (weights: `n`, `k`, `kp`, `panels()`, `panel(p)`),
 /// `ep` (`Epilogue`) and `kernel` (an entry: `mr`, `np`, `kc`, `isa`, `tile`, `task`, `fused`).
 macro_rules! panel_gemm_shared {
-    () => {
+    ($acc:ty, $name:literal, min_work $min:expr, l2 $l2:expr) => {
+        type Acc = $acc;
+        const NAME: &'static str = $name;
+        const MIN_WORK: usize = $min;
+        const L2_ELEMS: usize = $l2;
+
         fn dims(&self) -> ((usize, usize, usize), (usize, usize)) {
             ((self.x.m, self.w.n, self.w.k), (self.x.kp, self.w.kp))
         }
@@ -443,15 +468,20 @@ unsafe fn run_panels<G: PanelGemm>(g: &G, y: *mut f32, panels: Range<usize>) {
 
 /// The fastest entry of `table` (fastest first) that `usable` accepts and whose self-check
 /// (`check`) passes, else the last one (the portable entry, which never fails).
-pub(crate) fn best<K>(
+pub(crate) fn best<K: Named>(
     table: &'static [K],
     what: &str,
-    name: impl Fn(&K) -> &'static str,
     usable: impl Fn(&K) -> bool,
     check: impl Fn(&K) -> bool,
 ) -> &'static K {
+    let name = |k: &K| k.name();
     first_passing(table, what, name, usable, check)
         .unwrap_or_else(|| table.last().expect("a portable entry"))
+}
+
+/// A kernel table entry's name (for logs and `samp kernels`).
+pub(crate) trait Named {
+    fn name(&self) -> &'static str;
 }
 
 /// A whole-task path (AMX): its own loop nest over a task's panels and every row; it answers
@@ -459,9 +489,14 @@ pub(crate) fn best<K>(
 pub(crate) type TaskFn<X, W> =
     unsafe fn(&X, &W, *mut f32, super::packed::Epilogue<'_>, Range<usize>, super::Isa) -> bool;
 
-/// `Debug` (the name) and `PartialEq` (by name) for kernel table entries.
+/// `Named`, `Debug` (the name) and `PartialEq` (by name) for kernel table entries.
 macro_rules! entry_by_name {
     ($($t:ty),*) => {$(
+        impl $crate::kernels::driver::Named for $t {
+            fn name(&self) -> &'static str {
+                self.name
+            }
+        }
         impl std::fmt::Debug for $t {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 write!(f, "{}", self.name)

@@ -199,13 +199,7 @@ impl Int8Kernel {
             [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
         BEST[usize::from(bits >= 8)].get_or_init(|| {
             let usable = |k: &Int8Kernel| k.supported() && k.max_bits >= bits;
-            best(
-                INT8_KERNELS,
-                "int8",
-                |k| k.name,
-                usable,
-                |k| k.self_check(bits),
-            )
+            best(INT8_KERNELS, "int8", usable, |k| k.self_check(bits))
         })
     }
 
@@ -269,13 +263,8 @@ pub fn matmul_with(x: &QActs, w: &QWeights, y: &mut [f32], ep: Epilogue<'_>, ker
 // `matmul_with`); the driver passes rows of x (kp bytes each) and panels of w that exist
 // (offsets and scales padded to whole panels), and columns of y that its task owns.
 impl PanelGemm for Bound<'_, QActs, QWeights, Int8Kernel> {
-    type Acc = i32;
-    const NAME: &'static str = "int8";
-    const MIN_WORK: usize = 128 * 1024;
     // The block of activations (`mc × kp` bytes) stays in L2.
-    const L2_ELEMS: usize = 128 * 1024;
-
-    panel_gemm_shared!();
+    panel_gemm_shared!(i32, "int8", min_work 128 * 1024, l2 128 * 1024);
 
     unsafe fn fused(&self, t: &FusedTile, y: *mut f32) {
         #[cfg(target_arch = "x86_64")]

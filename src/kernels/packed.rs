@@ -156,15 +156,7 @@ impl F32Kernel {
     /// logged and skipped. Decided once per process.
     pub fn detect() -> &'static F32Kernel {
         static BEST: std::sync::OnceLock<&'static F32Kernel> = std::sync::OnceLock::new();
-        BEST.get_or_init(|| {
-            best(
-                F32_KERNELS,
-                "f32",
-                |k| k.name,
-                Self::supported,
-                Self::self_check,
-            )
-        })
+        BEST.get_or_init(|| best(F32_KERNELS, "f32", Self::supported, Self::self_check))
     }
 
     /// Every entry this CPU can run (tests compare them).

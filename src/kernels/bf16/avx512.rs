@@ -2,8 +2,10 @@
 //! accumulators; per pair of depth steps 3 weight loads and 8 broadcasts feed 24 `vdpbf16ps`.
 //! Also the AVX-512 row rounding (integer arithmetic, the same as [`super::round`]).
 
-use super::{KG, NR};
+use super::KG;
 use std::arch::x86_64::*;
+
+use crate::kernels::packed::avx512::dots;
 
 use crate::kernels::driver::{FloatEp, FusedCall};
 use crate::kernels::TileCall;
@@ -61,39 +63,22 @@ unsafe fn kernel<const R: usize, const P: usize>(c: &TileCall<u16, u16, f32>) {
     use crate::kernels::packed::avx512::{load_acc, store_acc};
     // SAFETY: the caller vouches for the call's extents (`TileCall`); f32 lanes as bits.
     let mut acc: [[__m512; P]; R] = std::mem::transmute_copy(&load_acc::<R, P, f32>(c.acc, MR));
-    dots(&mut acc, c.kc, c.a, c.lda, c.b, c.bstride);
+    dots::<Bf16Dot, R, P>(&mut acc, c.kc / KG, c.a_bytes(2), c.b_bytes(2));
     store_acc::<R, P, f32>(&std::mem::transmute_copy(&acc), c.acc, MR);
 }
 
-/// `acc += a · b` over depth `k` (`k / 2` pairs): R rows of `a` at stride `lda`, P panels of
-/// `b` at stride `bstride`. The one inner loop of the tile and the fused entries.
-///
-/// # Safety
-/// Called from code compiled with AVX-512 F/BF16; the caller vouches for the extents.
-#[inline(always)]
-unsafe fn dots<const R: usize, const P: usize>(
-    acc: &mut [[__m512; P]; R],
-    k: usize,
-    a: *const u16,
-    lda: usize,
-    b: *const u16,
-    bstride: usize,
-) {
-    for g in 0..k / KG {
-        let mut bv = [_mm512_setzero_si512(); P];
-        for (q, v) in bv.iter_mut().enumerate() {
-            let bq = b.add(q * bstride + g * NR * KG);
-            _mm_prefetch::<_MM_HINT_T0>(bq.wrapping_add(8 * NR * KG) as *const i8);
-            *v = _mm512_loadu_si512(bq as *const _);
-        }
-        for (i, row) in acc.iter_mut().enumerate() {
-            let av = _mm512_set1_epi32((a.add(i * lda + g * KG) as *const i32).read_unaligned());
-            let av: __m512bh = std::mem::transmute(av);
-            for (q, v) in row.iter_mut().enumerate() {
-                let bq: __m512bh = std::mem::transmute(bv[q]);
-                *v = _mm512_dpbf16_ps(*v, av, bq);
-            }
-        }
+/// `vdpbf16ps` / `vpdpbusd` for the shared inner loop.
+struct Bf16Dot;
+
+impl crate::kernels::packed::avx512::Dot4 for Bf16Dot {
+    type Acc = __m512;
+    #[inline(always)]
+    unsafe fn dot(acc: __m512, a: __m512i, b: __m512i) -> __m512 {
+        _mm512_dpbf16_ps(
+            acc,
+            std::mem::transmute::<__m512i, __m512bh>(a),
+            std::mem::transmute::<__m512i, __m512bh>(b),
+        )
     }
 }
 
@@ -106,17 +91,14 @@ unsafe fn dots<const R: usize, const P: usize>(
 /// columns; `c.y` `rows` rows (stride `c.ldy`) of the group's columns.
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma")]
 pub unsafe fn fused(c: &FusedCall<u16, u16>, ep: &FloatEp) {
-    dispatch_tile!(
-        fused_kernel(c, ep),
-        rows c.rows => [1, 2, 3, 4, 5, 6, 7, 8],
-        panels c.np => [1, 2, 3]
-    )
+    let (rows, np) = (c.rows, c.np);
+    dispatch_tile!(fused_kernel(c, ep), rows rows => [1, 2, 3, 4, 5, 6, 7, 8], panels np => [1, 2, 3])
 }
 
 #[inline(always)]
 unsafe fn fused_kernel<const R: usize, const P: usize>(c: &FusedCall<u16, u16>, ep: &FloatEp) {
     let mut acc = [[_mm512_setzero_ps(); P]; R];
     // SAFETY: the caller vouches for the extents (see `fused`).
-    dots(&mut acc, c.k, c.a, c.lda, c.b, c.bstride);
+    dots::<Bf16Dot, R, P>(&mut acc, c.k / KG, c.a_bytes(2), c.b_bytes(2));
     crate::kernels::packed::avx512::store_float_tile(&acc, c, ep);
 }

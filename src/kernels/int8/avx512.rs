@@ -7,6 +7,8 @@ use super::{KG, NR};
 use crate::kernels::packed::avx512::{col_mask, store_row};
 use std::arch::x86_64::*;
 
+use crate::kernels::packed::avx512::dots;
+
 use crate::kernels::driver::FusedCall;
 use crate::kernels::TileCall;
 
@@ -32,37 +34,18 @@ unsafe fn kernel<const R: usize, const P: usize>(c: &TileCall<u8, i8, i32>) {
     use crate::kernels::packed::avx512::{load_acc, store_acc};
     // SAFETY: the caller vouches for the call's extents (`TileCall`).
     let mut acc = load_acc::<R, P, i32>(c.acc, MR);
-    dots(&mut acc, c.kc, c.a, c.lda, c.b, c.bstride);
+    dots::<VnniDot, R, P>(&mut acc, c.kc / KG, c.a_bytes(1), c.b_bytes(1));
     store_acc(&acc, c.acc, MR);
 }
 
-/// `acc += a · b` over depth `k` (`k / 4` groups): R rows of `a` at stride `lda`, P panels of
-/// `b` at stride `bstride`. The one inner loop of the tile and the fused entries.
-///
-/// # Safety
-/// Called from code compiled with AVX-512 F/BW/VNNI; the caller vouches for the extents.
-#[inline(always)]
-unsafe fn dots<const R: usize, const P: usize>(
-    acc: &mut [[__m512i; P]; R],
-    k: usize,
-    a: *const u8,
-    lda: usize,
-    b: *const i8,
-    bstride: usize,
-) {
-    for g in 0..k / KG {
-        let mut bv = [_mm512_setzero_si512(); P];
-        for (q, v) in bv.iter_mut().enumerate() {
-            let bq = b.add(q * bstride + g * NR * KG);
-            _mm_prefetch::<_MM_HINT_T0>(bq.wrapping_add(8 * NR * KG));
-            *v = _mm512_loadu_si512(bq as *const _);
-        }
-        for (i, row) in acc.iter_mut().enumerate() {
-            let av = _mm512_set1_epi32((a.add(i * lda + g * KG) as *const i32).read_unaligned());
-            for (q, v) in row.iter_mut().enumerate() {
-                *v = _mm512_dpbusd_epi32(*v, av, bv[q]);
-            }
-        }
+/// `vdpbf16ps` / `vpdpbusd` for the shared inner loop.
+struct VnniDot;
+
+impl crate::kernels::packed::avx512::Dot4 for VnniDot {
+    type Acc = __m512i;
+    #[inline(always)]
+    unsafe fn dot(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
+        _mm512_dpbusd_epi32(acc, a, b)
     }
 }
 
@@ -133,18 +116,15 @@ pub struct FusedEp {
 /// `c.ldy`) of the group's columns; the pointers in `ep` as [`FusedEp`] describes.
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")]
 pub unsafe fn fused(c: &FusedCall<u8, i8>, ep: &FusedEp) {
-    dispatch_tile!(
-        fused_kernel(c, ep),
-        rows c.rows => [1, 2, 3, 4, 5, 6, 7, 8],
-        panels c.np => [1, 2, 3]
-    )
+    let (rows, np) = (c.rows, c.np);
+    dispatch_tile!(fused_kernel(c, ep), rows rows => [1, 2, 3, 4, 5, 6, 7, 8], panels np => [1, 2, 3])
 }
 
 #[inline(always)]
 unsafe fn fused_kernel<const R: usize, const P: usize>(c: &FusedCall<u8, i8>, ep: &FusedEp) {
     let mut acc = [[_mm512_setzero_si512(); P]; R];
     // SAFETY (whole function): the caller vouches for the extents (see `fused`).
-    dots(&mut acc, c.k, c.a, c.lda, c.b, c.bstride);
+    dots::<VnniDot, R, P>(&mut acc, c.k / KG, c.a_bytes(1), c.b_bytes(1));
     for q in 0..P {
         let mask = col_mask(if q + 1 == P { c.cols_last } else { NR });
         let off = _mm512_loadu_si512(ep.offset.add(q * NR) as *const _);

@@ -18,11 +18,7 @@ const PREFETCH: usize = 8;
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub unsafe fn tile(c: &TileCall<f32, f32, f32>) {
     let (rows, np, kc, a, _, b, bstride, acc) = c.parts();
-    dispatch_tile!(
-        kernel(kc, a, b, bstride, acc),
-        rows rows => [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
-        panels np => [1, 2]
-    )
+    dispatch_tile!(kernel(kc, a, b, bstride, acc), rows rows => [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], panels np => [1, 2])
 }
 
 #[inline(always)]
@@ -105,11 +101,8 @@ pub unsafe fn finish(
 /// the group's columns; `c.y` `rows` rows (stride `c.ldy`) of the group's columns.
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
 pub unsafe fn fused(c: &FusedCall<f32, f32>, ep: &FloatEp) {
-    dispatch_tile!(
-        fused_kernel(c, ep),
-        rows c.rows => [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
-        panels c.np => [1, 2]
-    )
+    let (rows, np) = (c.rows, c.np);
+    dispatch_tile!(fused_kernel(c, ep), rows rows => [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], panels np => [1, 2])
 }
 
 #[inline(always)]
@@ -153,6 +146,45 @@ pub(crate) unsafe fn store_float_tile<const R: usize, const P: usize>(
         for (i, row) in acc.iter().enumerate() {
             let v = _mm512_add_ps(row[q], bias);
             store_row(v, c.y.add(i * c.ldy + q * NR), mask, ep.accumulate, ep.act);
+        }
+    }
+}
+
+/// The dot-product instruction of a 4-byte group (two bf16 or four u8·s8), accumulated into a
+/// zmm of 16 lanes: what distinguishes the bf16 and the INT8 inner loops.
+pub(crate) trait Dot4 {
+    type Acc: Copy;
+    /// # Safety
+    /// Called from code compiled with the instruction's features.
+    unsafe fn dot(acc: Self::Acc, a: __m512i, b: __m512i) -> Self::Acc;
+}
+
+/// `acc += a · b` over `groups` 4-byte groups of depth: R rows of `a` at `lda` bytes apart,
+/// P panels of `b` (64 bytes per group) `bstride` bytes apart. The one inner loop of the bf16
+/// and INT8 tile and fused entries.
+///
+/// # Safety
+/// Called from code compiled with AVX-512 F and `D`'s features; the caller vouches for the
+/// extents.
+#[inline(always)]
+pub(crate) unsafe fn dots<D: Dot4, const R: usize, const P: usize>(
+    acc: &mut [[D::Acc; P]; R],
+    groups: usize,
+    (a, lda): (*const u8, usize),
+    (b, bstride): (*const u8, usize),
+) {
+    for g in 0..groups {
+        let mut bv = [_mm512_setzero_si512(); P];
+        for (q, v) in bv.iter_mut().enumerate() {
+            let bq = b.add(q * bstride + g * 64);
+            _mm_prefetch::<_MM_HINT_T0>(bq.wrapping_add(8 * 64) as *const i8);
+            *v = _mm512_loadu_si512(bq as *const _);
+        }
+        for (i, row) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_epi32((a.add(i * lda + g * 4) as *const i32).read_unaligned());
+            for (q, v) in row.iter_mut().enumerate() {
+                *v = D::dot(*v, av, bv[q]);
+            }
         }
     }
 }
