@@ -181,6 +181,8 @@ type Bf16Task = TaskFn<Bf16Acts, Bf16Weights>;
 type Bf16Fused = unsafe fn(&FusedCall<u16, u16>, &FloatEp);
 
 entry_by_name!(Bf16Kernel);
+#[cfg(test)]
+super::driver::tile_path!(Bf16Kernel);
 
 /// Every BF16 micro-kernel, fastest first.
 pub static BF16_KERNELS: &[Bf16Kernel] = &[

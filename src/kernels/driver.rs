@@ -511,6 +511,29 @@ macro_rules! entry_by_name {
 }
 pub(crate) use entry_by_name;
 
+/// For the tests: `tile_path()`, the entry without its fused path (so that its tile path runs),
+/// if it has one.
+#[cfg(test)]
+macro_rules! tile_path {
+    ($t:ty) => {
+        impl $t {
+            pub(crate) fn tile_path(&self) -> Option<Self> {
+                #[cfg(target_arch = "x86_64")]
+                let fused = self.fused.is_some();
+                #[cfg(not(target_arch = "x86_64"))]
+                let fused = false;
+                fused.then(|| Self {
+                    #[cfg(target_arch = "x86_64")]
+                    fused: None,
+                    ..self.clone()
+                })
+            }
+        }
+    };
+}
+#[cfg(test)]
+pub(crate) use tile_path;
+
 /// The first entry of a table (fastest first) that this CPU supports and that passes its
 /// self-check; an entry that fails is logged and skipped.
 pub(crate) fn first_passing<'a, K>(

@@ -105,6 +105,8 @@ pub struct F32Kernel {
 type F32Fused = unsafe fn(&FusedCall<f32, f32>, &FloatEp);
 
 entry_by_name!(F32Kernel);
+#[cfg(test)]
+super::driver::tile_path!(F32Kernel);
 
 /// Every f32 micro-kernel, fastest first.
 pub static F32_KERNELS: &[F32Kernel] = &[

@@ -59,14 +59,7 @@ fn every_kernel_matches_f64_reference_within_bf16_sum_bounds() {
     // on the tile model.
     let mut kernels: Vec<Bf16Kernel> = Vec::new();
     for k in Bf16Kernel::available() {
-        kernels.push(k.clone());
-        #[cfg(target_arch = "x86_64")]
-        if k.fused.is_some() {
-            kernels.push(Bf16Kernel {
-                fused: None,
-                ..k.clone()
-            });
-        }
+        kernels.extend(std::iter::once(k.clone()).chain(k.tile_path()));
     }
     #[cfg(target_arch = "x86_64")]
     {
