@@ -7,34 +7,13 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{max_abs_diff, model_dir};
+use common::{max_abs_diff, model_dir, start};
 use samp::config::{ModelEntry, ServeConfig};
 use samp::model::{EmbedOptions, LoadOptions, Model};
 use samp::server::proto;
 use samp::server::proto::samp_client::SampClient;
 use samp::tokenize::Input;
 use tonic::Code;
-
-struct Running {
-    addr: SocketAddr,
-    metrics: SocketAddr,
-    http: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Running {
-    async fn client(&self) -> SampClient<tonic::transport::Channel> {
-        SampClient::connect(format!("http://{}", self.addr))
-            .await
-            .unwrap()
-    }
-
-    async fn shutdown(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap().unwrap();
-    }
-}
 
 fn config(models: &[&str]) -> ServeConfig {
     let mut c = ServeConfig {
@@ -55,24 +34,6 @@ fn config(models: &[&str]) -> ServeConfig {
         .collect();
     c.shutdown_grace_seconds = 20;
     c.validate().unwrap()
-}
-
-async fn start(cfg: ServeConfig) -> Running {
-    let prepared = samp::server::prepare(&cfg).await.unwrap();
-    let addr = prepared.grpc.local_addr().unwrap();
-    let maddr = prepared.metrics.local_addr().unwrap();
-    let http = prepared.http.as_ref().unwrap().local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(samp::server::serve(cfg, prepared, async {
-        let _ = rx.await;
-    }));
-    Running {
-        addr,
-        metrics: maddr,
-        http,
-        stop: Some(tx),
-        task,
-    }
 }
 
 fn embed_req(texts: &[&str]) -> proto::EmbedRequest {

@@ -6,13 +6,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
 use samp::config::{ModelEntry, ServeConfig};
 use samp::model::heads::tag::Aggregation;
 use samp::model::{EmbedOptions, LoadOptions, Model};
 use samp::server::proto;
-use samp::server::proto::samp_client::SampClient;
 use samp::tokenize::{Input, Truncation};
 use tonic::Code;
 
@@ -23,14 +20,8 @@ fn fixture(name: &str) -> std::path::PathBuf {
     common::root().join("tests/fixtures").join(name)
 }
 
-struct Running {
-    addr: SocketAddr,
-    http: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-async fn start() -> Running {
+/// The two tiny fixtures served in-process on 127.0.0.1:0.
+async fn start() -> common::Running {
     let mut cfg = ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         metrics_listen: "127.0.0.1:0".parse().unwrap(),
@@ -48,33 +39,7 @@ async fn start() -> Running {
         })
         .collect();
     cfg.shutdown_grace_seconds = 10;
-    let cfg = cfg.validate().unwrap();
-    let prepared = samp::server::prepare(&cfg).await.unwrap();
-    let addr = prepared.grpc.local_addr().unwrap();
-    let http = prepared.http.as_ref().unwrap().local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(samp::server::serve(cfg, prepared, async {
-        let _ = rx.await;
-    }));
-    Running {
-        addr,
-        http,
-        stop: Some(tx),
-        task,
-    }
-}
-
-impl Running {
-    async fn client(&self) -> SampClient<tonic::transport::Channel> {
-        SampClient::connect(format!("http://{}", self.addr))
-            .await
-            .unwrap()
-    }
-
-    async fn shutdown(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap().unwrap();
-    }
+    common::start(cfg.validate().unwrap()).await
 }
 
 fn load(name: &str) -> Model {

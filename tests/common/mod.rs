@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub fn root() -> PathBuf {
@@ -110,5 +111,48 @@ pub fn serve_process<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> ServeProcess {
         grpc,
         metrics,
         http,
+    }
+}
+
+/// The server in-process on 127.0.0.1:0 (every port), stopped by `shutdown`.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub metrics: SocketAddr,
+    pub http: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    pub async fn client(
+        &self,
+    ) -> samp::server::proto::samp_client::SampClient<tonic::transport::Channel> {
+        samp::server::proto::samp_client::SampClient::connect(format!("http://{}", self.addr))
+            .await
+            .unwrap()
+    }
+
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// Prepare and serve `cfg` (its ports 127.0.0.1:0) in-process.
+pub async fn start(cfg: samp::config::ServeConfig) -> Running {
+    let prepared = samp::server::prepare(&cfg).await.unwrap();
+    let addr = prepared.grpc.local_addr().unwrap();
+    let maddr = prepared.metrics.local_addr().unwrap();
+    let http = prepared.http.as_ref().unwrap().local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(samp::server::serve(cfg, prepared, async {
+        let _ = rx.await;
+    }));
+    Running {
+        addr,
+        metrics: maddr,
+        http,
+        stop: Some(tx),
+        task,
     }
 }
