@@ -555,11 +555,6 @@ impl CudaEncoder {
             .unwrap_or("cuda")
             .to_string()
     }
-
-    /// Bytes of weights resident on the device.
-    pub fn weight_bytes(&self) -> usize {
-        self.weight_bytes
-    }
 }
 
 impl Engine for CudaEncoder {
