@@ -1,6 +1,7 @@
 //! `samp kernels`: which GEMM micro-kernel each precision uses on this host, whether every
 //! kernel the CPU supports passes its self-check, each one's rate at the model shapes, and the
-//! peak of the best multiply-add instruction (so rates read as a share of the hardware).
+//! peak of the best multiply-add instruction (so rates read as a share of the hardware); and
+//! oneDNN's matmul per precision where the library loads (`kernels::onednn`).
 
 use std::time::Instant;
 
@@ -8,8 +9,10 @@ use clap::Args;
 
 use crate::kernels::bf16::{Bf16Acts, Bf16Kernel, Bf16Weights, BF16_KERNELS};
 use crate::kernels::int8::{ActScale, Int8Kernel, QActs, QWeights, INT8_KERNELS};
+use crate::kernels::onednn::{self, Kind};
 use crate::kernels::packed::{matmul_with, Epilogue, F32Kernel, PackedWeights, F32_KERNELS};
 use crate::kernels::peak::Probe;
+use crate::kernels::{bf16, int8, packed};
 
 #[derive(Debug, Args)]
 pub struct KernelsArgs {
@@ -64,17 +67,7 @@ fn rate(ops: f64, seconds: f64, mut f: impl FnMut()) -> f64 {
 pub fn run_kernels(a: &KernelsArgs) -> anyhow::Result<()> {
     let m = a.rows;
     let threads = rayon::current_num_threads();
-    let mut peaks = serde_json::Map::new();
-    for p in Probe::ALL.iter().filter(|_| !a.no_peaks) {
-        if let Some(r) = p.measure(a.seconds) {
-            eprintln!(
-                "peak {:<18} {:>8.1} Gop/s ({threads} threads)",
-                p.name(),
-                r / 1e9
-            );
-            peaks.insert(p.name().into(), serde_json::json!(r / 1e9));
-        }
-    }
+    let peaks = peaks(a, threads);
     let f32_detected = F32Kernel::detect();
     let f32_kernels: Vec<&F32Kernel> = if a.detected_only {
         vec![f32_detected]
@@ -99,26 +92,8 @@ pub fn run_kernels(a: &KernelsArgs) -> anyhow::Result<()> {
             "detected": std::ptr::eq(*k, bf16_detected),
         }));
     }
-    let mut int8: Vec<(u32, &Int8Kernel)> = Vec::new();
-    for bits in [8u32, 7] {
-        let det = Int8Kernel::detect(bits);
-        for k in INT8_KERNELS
-            .iter()
-            .filter(|k| k.supported() && k.max_bits >= bits)
-        {
-            if a.detected_only && !std::ptr::eq(k, det) {
-                continue;
-            }
-            kernels.push(serde_json::json!({
-                "precision": "int8", "weight_bits": bits, "kernel": k.name,
-                "self_check": k.self_check(bits), "detected": std::ptr::eq(k, det),
-            }));
-            int8.push((bits, k));
-        }
-    }
-    for k in INT8_KERNELS.iter().filter(|k| !k.supported()) {
-        eprintln!("not on this CPU: {}", k.name);
-    }
+    let int8 = int8_entries(a, &mut kernels);
+    let (library, dnnl) = onednn_entries(&mut kernels);
     let mut rates = Vec::new();
     let wanted = |s: &str| a.shape.as_deref().is_none_or(|w| s.contains(w));
     for (shape, k, n) in SHAPES.into_iter().filter(|(s, _, _)| wanted(s)) {
@@ -170,8 +145,21 @@ pub fn run_kernels(a: &KernelsArgs) -> anyhow::Result<()> {
                 "precision": "int8", "weight_bits": bits, "kernel": kern.name,
                 "includes_quantize": true, "gops": r / 1e9}));
         }
+        for &kind in &dnnl {
+            rates.extend(onednn_rates(
+                kind,
+                &x,
+                &w,
+                (m, k, n),
+                a.seconds,
+                &mut y,
+                shape,
+                &library,
+            )?);
+        }
     }
     let out = serde_json::json!({
+        "onednn": library,
         "threads": threads,
         "rows": m,
         "peaks_gops": peaks,
@@ -180,4 +168,165 @@ pub fn run_kernels(a: &KernelsArgs) -> anyhow::Result<()> {
     });
     println!("{out}");
     Ok(())
+}
+
+fn precision_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::F32 => "float32",
+        Kind::Bf16 => "bfloat16",
+        Kind::Int8 => "int8",
+    }
+}
+
+/// oneDNN's rate on one shape, timed as samp's kernels are (bf16 incl. rounding the input,
+/// INT8 incl. quantizing it), and the implementation it picked.
+fn onednn_rate(
+    kind: Kind,
+    bits: u32,
+    x: &[f32],
+    w: &[f32],
+    (m, k, n): (usize, usize, usize),
+    seconds: f64,
+    y: &mut [f32],
+) -> anyhow::Result<(String, f64)> {
+    let ops = 2.0 * (m * k * n) as f64;
+    let ep = Epilogue::default;
+    let fail = |e: String| anyhow::anyhow!("oneDNN {kind:?} at {m}x{k}x{n}: {e}");
+    Ok(match kind {
+        Kind::F32 => {
+            let g = packed::onednn_gemm(&PackedWeights::from_rows(w, n, k)).map_err(fail)?;
+            let r = rate(ops, seconds, || packed::matmul_onednn(x, m, &g, y, ep()));
+            (g.name().to_string(), r)
+        }
+        Kind::Bf16 => {
+            let g = bf16::onednn_gemm(w, n, k).map_err(fail)?;
+            let mut b = Bf16Acts::new();
+            let r = rate(ops, seconds, || {
+                b.round(x, m, k);
+                bf16::matmul_onednn(&b, &g, y, ep())
+            });
+            (g.name().to_string(), r)
+        }
+        Kind::Int8 => {
+            let qw = QWeights::quantize(w, n, k, bits);
+            let g = int8::onednn_gemm(&qw).map_err(fail)?;
+            let mut q = QActs::new();
+            let r = rate(ops, seconds, || {
+                q.quantize(x, m, k, ActScale::Dynamic);
+                int8::matmul_onednn(&q, &qw, &g, y, ep())
+            });
+            (g.name().to_string(), r)
+        }
+    })
+}
+
+/// oneDNN's entries, where the library loads: each precision's self-check (the layers use it
+/// per shape where it wins the race, `kernels::onednn::prefer`). Returns the library's name and
+/// the precisions that passed.
+fn onednn_entries(kernels: &mut Vec<serde_json::Value>) -> (Option<String>, Vec<Kind>) {
+    let library = onednn::version().map(|v| format!("onednn {v}"));
+    let dnnl: Vec<Kind> = [Kind::F32, Kind::Bf16, Kind::Int8]
+        .into_iter()
+        .filter(|&kind| library.is_some() && onednn::usable(kind))
+        .collect();
+    if let Some(lib) = &library {
+        for kind in [Kind::F32, Kind::Bf16, Kind::Int8] {
+            let precision = precision_name(kind);
+            eprintln!(
+                "{lib}: {precision} {}",
+                if dnnl.contains(&kind) {
+                    "passes its self-check (used per shape where it wins the race: kernels::onednn::prefer)"
+                } else {
+                    "FAILS its self-check: samp's kernels serve"
+                }
+            );
+            kernels.push(serde_json::json!({
+                "precision": precision, "kernel": "onednn", "library": lib,
+                "self_check": dnnl.contains(&kind), "detected": false, "usable": dnnl.contains(&kind),
+            }));
+        }
+    }
+    (library, dnnl)
+}
+
+fn peaks(a: &KernelsArgs, threads: usize) -> serde_json::Map<String, serde_json::Value> {
+    let mut peaks = serde_json::Map::new();
+    for p in Probe::ALL.iter().filter(|_| !a.no_peaks) {
+        if let Some(r) = p.measure(a.seconds) {
+            eprintln!(
+                "peak {:<18} {:>8.1} Gop/s ({threads} threads)",
+                p.name(),
+                r / 1e9
+            );
+            peaks.insert(p.name().into(), serde_json::json!(r / 1e9));
+        }
+    }
+    peaks
+}
+
+/// oneDNN's rows of the table for one precision and shape (INT8: 8- and 7-bit weights).
+#[allow(clippy::too_many_arguments)]
+fn onednn_rates(
+    kind: Kind,
+    x: &[f32],
+    w: &[f32],
+    (m, k, n): (usize, usize, usize),
+    seconds: f64,
+    y: &mut [f32],
+    shape: &str,
+    library: &Option<String>,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut rates = Vec::new();
+    let bits: &[u32] = if kind == Kind::Int8 { &[8, 7] } else { &[0] };
+    for &bits in bits {
+        let (name, r) = onednn_rate(kind, bits, x, w, (m, k, n), seconds, y)?;
+        let precision = precision_name(kind);
+        let note = if bits > 0 {
+            format!(" {bits}-bit, incl. quantizing")
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "{shape:<20} {m}x{k}x{n} onednn {name:<17} {:>8.1} Gop/s ({precision}{note})",
+            r / 1e9
+        );
+        let mut row = serde_json::json!({"shape": shape, "m": m, "k": k, "n": n,
+            "precision": precision, "kernel": format!("onednn:{name}"),
+            "library": library, "gops": r / 1e9});
+        if bits > 0 {
+            row["weight_bits"] = bits.into();
+            row["includes_quantize"] = true.into();
+        }
+        rates.push(row);
+    }
+    Ok(rates)
+}
+
+/// The INT8 kernels to time (each width's detected one, or every supported one), with their
+/// entries in `kernels`.
+fn int8_entries(
+    a: &KernelsArgs,
+    kernels: &mut Vec<serde_json::Value>,
+) -> Vec<(u32, &'static Int8Kernel)> {
+    let mut int8: Vec<(u32, &Int8Kernel)> = Vec::new();
+    for bits in [8u32, 7] {
+        let det = Int8Kernel::detect(bits);
+        for k in INT8_KERNELS
+            .iter()
+            .filter(|k| k.supported() && k.max_bits >= bits)
+        {
+            if a.detected_only && !std::ptr::eq(k, det) {
+                continue;
+            }
+            kernels.push(serde_json::json!({
+                "precision": "int8", "weight_bits": bits, "kernel": k.name,
+                "self_check": k.self_check(bits), "detected": std::ptr::eq(k, det),
+            }));
+            int8.push((bits, k));
+        }
+    }
+    for k in INT8_KERNELS.iter().filter(|k| !k.supported()) {
+        eprintln!("not on this CPU: {}", k.name);
+    }
+    int8
 }

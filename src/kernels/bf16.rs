@@ -21,7 +21,7 @@ use super::driver::{
 #[cfg(target_arch = "x86_64")]
 use super::driver::{FloatEp, FusedCall};
 use super::packed::{finish, Epilogue, NR};
-use super::Isa;
+use super::{onednn, Isa};
 use crate::kernels::TileCall;
 
 /// Depth of one group: a pair of bf16 is one 32-bit lane.
@@ -264,22 +264,92 @@ impl Bf16Kernel {
     }
 
     fn agrees_on(&self, m: usize, n: usize, k: usize) -> bool {
-        let x: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 7919) % 255) as f32 / 127.0 - 1.0)
-            .collect();
-        let w: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 104_729) % 251) as f32 / 125.0 - 1.0)
-            .collect();
-        let w = Bf16Weights::from_rows(&w, n, k);
-        let mut q = Bf16Acts::new();
-        q.round(&x, m, k);
-        let (mut a, mut b) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
-        matmul_with(&q, &w, &mut a, Epilogue::default(), Bf16Kernel::portable());
-        matmul_with(&q, &w, &mut b, Epilogue::default(), self);
-        // Each |product| ≤ 1, so k bounds the sum of magnitudes.
-        let tol = 4.0 * k as f32 * f32::EPSILON;
-        a.iter().zip(&b).all(|(a, b)| (a - b).abs() <= tol)
+        agrees_with_portable(m, n, k, |q, _, w, y| {
+            matmul_with(q, w, y, Epilogue::default(), self);
+            true
+        })
     }
+}
+
+/// Whether `f` (computing `y = x · W` from the rounded input, or the float weights `[n, k]`,
+/// or answering false when it cannot) agrees with the portable kernel on an `m × k × n`
+/// problem, within the f32 rounding of sums of bf16 products.
+fn agrees_with_portable(
+    m: usize,
+    n: usize,
+    k: usize,
+    f: impl Fn(&Bf16Acts, &[f32], &Bf16Weights, &mut [f32]) -> bool,
+) -> bool {
+    let x: Vec<f32> = (0..m * k)
+        .map(|i| ((i * 7919) % 255) as f32 / 127.0 - 1.0)
+        .collect();
+    let wf: Vec<f32> = (0..n * k)
+        .map(|i| ((i * 104_729) % 251) as f32 / 125.0 - 1.0)
+        .collect();
+    let w = Bf16Weights::from_rows(&wf, n, k);
+    let mut q = Bf16Acts::new();
+    q.round(&x, m, k);
+    let (mut a, mut b) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
+    matmul_with(&q, &w, &mut a, Epilogue::default(), Bf16Kernel::portable());
+    // Each |product| ≤ 1, so k bounds the sum of magnitudes.
+    let tol = 4.0 * k as f32 * f32::EPSILON;
+    f(&q, &wf, &w, &mut b) && a.iter().zip(&b).all(|(a, b)| (a - b).abs() <= tol)
+}
+
+/// oneDNN's matmul over float weights `[n, k]` rounded to bf16 as [`Bf16Weights`] rounds them
+/// (see [`onednn`]); the depth is padded as [`Bf16Acts`] pads it.
+pub fn onednn_gemm(w: &[f32], n: usize, k: usize) -> Result<onednn::Gemm, String> {
+    assert_eq!(w.len(), n * k, "weight size");
+    let kp = k.div_ceil(KG) * KG;
+    let mut rows = vec![0u16; n * kp];
+    for (dst, src) in rows.chunks_exact_mut(kp).zip(w.chunks_exact(k.max(1))) {
+        dst.iter_mut().zip(src).for_each(|(d, &v)| *d = round(v));
+    }
+    onednn::Gemm::bf16(&rows, n, kp)
+}
+
+/// As [`matmul`], on oneDNN: `g` was made from the same weights by [`onednn_gemm`].
+pub fn matmul_onednn(x: &Bf16Acts, g: &onednn::Gemm, y: &mut [f32], ep: Epilogue<'_>) {
+    assert_eq!(g.dims().0, x.kp, "bf16 matmul: depth");
+    g.run_float(onednn::bytes_of(&x.data[..x.m * x.kp]), x.m, y, ep)
+}
+
+/// Seconds of samp's bf16 kernel and of oneDNN's at `m × k → n`, rounding the input included
+/// (see [`onednn::prefer`]).
+pub(super) fn onednn_race(k: usize, n: usize, m: usize) -> Result<(f64, f64), String> {
+    let (x, wf) = onednn::race_data(m, k, n);
+    let w = Bf16Weights::from_rows(&wf, n, k);
+    let g = onednn_gemm(&wf, n, k)?;
+    let (mut a, mut b) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
+    let (mut qa, mut qb) = (Bf16Acts::new(), Bf16Acts::new());
+    Ok(onednn::race(
+        || {
+            qa.round(&x, m, k);
+            matmul(&qa, &w, &mut a, Epilogue::default())
+        },
+        || {
+            qb.round(&x, m, k);
+            matmul_onednn(&qb, &g, &mut b, Epilogue::default())
+        },
+    ))
+}
+
+/// The start-up self-check of oneDNN's bf16 matmul, on the problems of the kernels' own.
+pub(super) fn onednn_agrees() -> bool {
+    [(23, 2 * 256 + 77), (49, 320)].into_iter().all(|(m, k)| {
+        agrees_with_portable(m, 5 * NR + 5, k, |q, wf, _, y| {
+            match onednn_gemm(wf, 5 * NR + 5, k) {
+                Ok(g) => {
+                    matmul_onednn(q, &g, y, Epilogue::default());
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!("oneDNN bf16: {e}");
+                    false
+                }
+            }
+        })
+    })
 }
 
 /// `y[m, n] = epilogue(x · W)` with `x` already rounded.

@@ -27,8 +27,8 @@ use super::driver::FusedCall;
 use super::driver::{
     best, entry_by_name, panel_gemm_shared, run, Bound, FusedTile, PanelGemm, TaskFn,
 };
-use super::packed::{finish, Epilogue, NR};
-use super::Isa;
+use super::packed::{finish, AccRows, Epilogue, NR};
+use super::{onednn, Isa};
 
 /// Largest activation magnitude after quantization.
 pub const ACT_MAX: i32 = 127;
@@ -224,20 +224,138 @@ impl Int8Kernel {
     }
 
     fn agrees_on(&self, bits: u32, m: usize, n: usize, k: usize) -> bool {
-        let x: Vec<f32> = (0..m * k)
-            .map(|i| (((i * 7919) % 255) as f32 - 127.0) / 127.0)
-            .collect();
-        let w: Vec<f32> = (0..n * k)
-            .map(|i| (((i * 104_729) % 255) as f32 - 127.0) / 127.0)
-            .collect();
-        let w = QWeights::quantize(&w, n, k, bits);
-        let mut q = QActs::new();
-        q.quantize(&x, m, k, ActScale::Static(1.0 / 127.0));
-        let (mut a, mut b) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
-        matmul_with(&q, &w, &mut a, Epilogue::default(), Int8Kernel::portable());
-        matmul_with(&q, &w, &mut b, Epilogue::default(), self);
-        a == b
+        agrees_with_portable(bits, m, n, k, |q, w, y| {
+            matmul_with(q, w, y, Epilogue::default(), self);
+            true
+        })
     }
+}
+
+/// Whether `f` (computing `y = x · W`, or answering false when it cannot) gives exactly the
+/// portable kernel's outputs on an `m × k × n` problem with extreme values.
+fn agrees_with_portable(
+    bits: u32,
+    m: usize,
+    n: usize,
+    k: usize,
+    f: impl Fn(&QActs, &QWeights, &mut [f32]) -> bool,
+) -> bool {
+    let x: Vec<f32> = (0..m * k)
+        .map(|i| (((i * 7919) % 255) as f32 - 127.0) / 127.0)
+        .collect();
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| (((i * 104_729) % 255) as f32 - 127.0) / 127.0)
+        .collect();
+    let w = QWeights::quantize(&w, n, k, bits);
+    let mut q = QActs::new();
+    q.quantize(&x, m, k, ActScale::Static(1.0 / 127.0));
+    let (mut a, mut b) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
+    matmul_with(&q, &w, &mut a, Epilogue::default(), Int8Kernel::portable());
+    f(&q, &w, &mut b) && a == b
+}
+
+/// oneDNN's matmul over these weights (see [`onednn`]): u8 × s8 → s32 over the padded depth.
+pub fn onednn_gemm(w: &QWeights) -> Result<onednn::Gemm, String> {
+    let (k, kp) = (w.k, w.kp);
+    let mut rows = vec![0i8; w.n * kp];
+    for (dst, src) in rows
+        .chunks_exact_mut(kp)
+        .zip(w.rows().chunks_exact(k.max(1)))
+    {
+        dst[..k].copy_from_slice(src);
+    }
+    onednn::Gemm::int8(&rows, w.n, kp)
+}
+
+/// As [`matmul`], on oneDNN: `g` was made from `w` by [`onednn_gemm`]. oneDNN sums the
+/// products; samp's epilogue dequantizes them, so the outputs are those of samp's kernels.
+pub fn matmul_onednn(x: &QActs, w: &QWeights, g: &onednn::Gemm, y: &mut [f32], ep: Epilogue<'_>) {
+    let (m, n) = (x.m, w.n);
+    assert_eq!(
+        g.dims(),
+        (w.kp, n),
+        "int8 matmul: oneDNN gemm of other weights"
+    );
+    assert_eq!(x.kp, w.kp, "int8 matmul: depth");
+    assert!(y.len() >= m * n, "int8 matmul: output too small");
+    if let Some(b) = ep.bias {
+        assert_eq!(b.len(), n, "int8 matmul: bias length");
+    }
+    let isa = Isa::detect();
+    let yp = y.as_mut_ptr() as usize;
+    g.run::<i32>(&x.data[..m * x.kp], m, |r0, rows, product| {
+        // SAFETY (both): rows r0.. of y exist (asserted above) and this block owns them; the
+        // epilogue's ISA was detected.
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512 {
+            for c0 in (0..n).step_by(NR) {
+                let acc = AccRows {
+                    ptr: product[c0..].as_ptr(),
+                    stride: n,
+                    rows,
+                };
+                unsafe {
+                    avx512::finish(
+                        acc,
+                        &x.scales[r0..],
+                        &w.offset[c0..],
+                        &w.scales_pad[c0..],
+                        ep.bias.map(|b| &b[c0..]),
+                        (yp as *mut f32).add(r0 * n + c0),
+                        n,
+                        NR.min(n - c0),
+                        ep.accumulate,
+                        ep.act,
+                    )
+                }
+            }
+            return;
+        }
+        let mut tile_f = [[0.0f32; NR]; MAX_MR];
+        onednn::tiles(product, rows, n, |tile, r, c0| unsafe {
+            epilogue(tile, x, w, ep, yp as *mut f32, r0 + r, c0, isa, &mut tile_f)
+        })
+    });
+}
+
+/// Seconds of samp's INT8 kernel and of oneDNN's at `m × k → n` (8-bit weights), quantizing the
+/// input included (see [`onednn::prefer`]).
+pub(super) fn onednn_race(k: usize, n: usize, m: usize) -> Result<(f64, f64), String> {
+    let (x, w) = onednn::race_data(m, k, n);
+    let w = QWeights::quantize(&w, n, k, 8);
+    let g = onednn_gemm(&w)?;
+    let (mut a, mut b) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
+    let (mut qa, mut qb) = (QActs::new(), QActs::new());
+    let scale = ActScale::Static(1.0 / 127.0);
+    Ok(onednn::race(
+        || {
+            qa.quantize(&x, m, k, scale);
+            matmul(&qa, &w, &mut a, Epilogue::default())
+        },
+        || {
+            qb.quantize(&x, m, k, scale);
+            matmul_onednn(&qb, &w, &g, &mut b, Epilogue::default())
+        },
+    ))
+}
+
+/// The start-up self-check of oneDNN's INT8 matmul: exact agreement on the kernels' own
+/// problems, with 8-bit weights (sums that would saturate a 16-bit intermediate).
+pub(super) fn onednn_agrees() -> bool {
+    [(2 * MAX_MR + 7, 3 * 203), (3 * MAX_MR + 1, 320)]
+        .into_iter()
+        .all(|(m, k)| {
+            agrees_with_portable(8, m, 5 * NR + 5, k, |q, w, y| match onednn_gemm(w) {
+                Ok(g) => {
+                    matmul_onednn(q, w, &g, y, Epilogue::default());
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!("oneDNN int8: {e}");
+                    false
+                }
+            })
+        })
 }
 
 /// `y[m, n] = epilogue(x · W)` with `x` already quantized.

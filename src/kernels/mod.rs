@@ -27,6 +27,7 @@ mod attention;
 pub mod bf16;
 mod driver;
 pub mod int8;
+pub mod onednn;
 pub mod packed;
 pub mod peak;
 

@@ -15,7 +15,7 @@
 use super::driver::{best, entry_by_name, fused_tiles, row_block, split_panels};
 #[cfg(target_arch = "x86_64")]
 use super::driver::{FloatEp, FusedCall};
-use super::{gelu_erf_impl, gelu_tanh, Isa};
+use super::{gelu_erf_impl, gelu_tanh, onednn, Isa};
 use crate::kernels::Activation;
 use crate::kernels::TileCall;
 
@@ -169,31 +169,135 @@ impl F32Kernel {
     /// Agreement with the portable kernel on a ragged problem (every row count of a tile, a
     /// partial panel group, a depth past one `kc` pass), within f32 rounding of the sums.
     pub fn self_check(&self) -> bool {
-        if !self.supported() {
-            return false;
-        }
-        let (m, n, k) = (2 * MAX_MR + 7, 3 * NR + 5, 300);
-        let x: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 7919) % 255) as f32 / 127.0 - 1.0)
-            .collect();
-        let w: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 104_729) % 127) as f32 / 63.0 - 1.0)
-            .collect();
-        let w = PackedWeights::from_rows(&w, n, k);
-        let (mut a, mut b) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
-        matmul_with(
-            &x,
-            m,
-            &w,
-            &mut a,
-            Epilogue::default(),
-            F32Kernel::portable(),
-        );
-        matmul_with(&x, m, &w, &mut b, Epilogue::default(), self);
-        a.iter()
+        self.supported()
+            && agrees_with_portable(|x, m, w, y| {
+                matmul_with(x, m, w, y, Epilogue::default(), self);
+                true
+            })
+    }
+}
+
+/// Whether `f` (computing `y = x · W`, or answering false when it cannot) agrees with the
+/// portable kernel on a ragged problem, within f32 rounding.
+fn agrees_with_portable(f: impl Fn(&[f32], usize, &PackedWeights, &mut [f32]) -> bool) -> bool {
+    let (m, n, k) = (2 * MAX_MR + 7, 3 * NR + 5, 300);
+    let x: Vec<f32> = (0..m * k)
+        .map(|i| ((i * 7919) % 255) as f32 / 127.0 - 1.0)
+        .collect();
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| ((i * 104_729) % 127) as f32 / 63.0 - 1.0)
+        .collect();
+    let w = PackedWeights::from_rows(&w, n, k);
+    let (mut a, mut b) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
+    let portable = F32Kernel::portable();
+    matmul_with(&x, m, &w, &mut a, Epilogue::default(), portable);
+    f(&x, m, &w, &mut b)
+        && a.iter()
             .zip(&b)
             .all(|(a, b)| (a - b).abs() <= 1e-4 * (1.0 + a.abs()))
+}
+
+/// oneDNN's matmul over these weights (see [`onednn`]).
+pub fn onednn_gemm(w: &PackedWeights) -> Result<onednn::Gemm, String> {
+    onednn::Gemm::f32(&w.to_rows(), w.n, w.k)
+}
+
+/// As [`matmul`], on oneDNN: `g` was made from the same weights by [`onednn_gemm`].
+pub fn matmul_onednn(x: &[f32], m: usize, g: &onednn::Gemm, y: &mut [f32], ep: Epilogue<'_>) {
+    let (k, _) = g.dims();
+    assert!(x.len() >= m * k, "matmul: input too small");
+    g.run_float(onednn::bytes_of(&x[..m * k]), m, y, ep)
+}
+
+/// Seconds of samp's f32 kernel and of oneDNN's at `m × k → n` (see [`onednn::prefer`]).
+pub(super) fn onednn_race(k: usize, n: usize, m: usize) -> Result<(f64, f64), String> {
+    let (x, w) = onednn::race_data(m, k, n);
+    let w = PackedWeights::from_rows(&w, n, k);
+    let g = onednn_gemm(&w)?;
+    let (mut a, mut b) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
+    Ok(onednn::race(
+        || matmul(&x, m, &w, &mut a, Epilogue::default()),
+        || matmul_onednn(&x, m, &g, &mut b, Epilogue::default()),
+    ))
+}
+
+/// The start-up self-check of oneDNN's f32 matmul.
+pub(super) fn onednn_agrees() -> bool {
+    agrees_with_portable(|x, m, w, y| match onednn_gemm(w) {
+        Ok(g) => {
+            matmul_onednn(x, m, &g, y, Epilogue::default());
+            true
+        }
+        Err(e) => {
+            tracing::warn!("oneDNN f32: {e}");
+            false
+        }
+    })
+}
+
+/// Rows of accumulators for an epilogue: row `i` at `ptr + i * stride` (a micro-tile's
+/// `[[T; NR]]`, or a block of a row-major product).
+#[derive(Clone, Copy)]
+pub(crate) struct AccRows<T> {
+    pub ptr: *const T,
+    pub stride: usize,
+    pub rows: usize,
+}
+
+impl<T> AccRows<T> {
+    pub fn tile(tile: &[[T; NR]]) -> Self {
+        AccRows {
+            ptr: tile.as_ptr().cast(),
+            stride: NR,
+            rows: tile.len(),
+        }
     }
+
+    /// # Safety
+    /// `i < rows`, and the rows lie in one allocation.
+    pub unsafe fn row(self, i: usize) -> *const T {
+        self.ptr.add(i * self.stride)
+    }
+}
+
+/// `y = epilogue(product)` for a row-major block of `rows × n` products (oneDNN's), `y` at the
+/// block's first row (stride `n`): in place on AVX-512, through micro-tile copies elsewhere.
+///
+/// # Safety
+/// `y` must address `rows × n` writable floats that are this caller's; `isa` one this CPU runs.
+pub(super) unsafe fn finish_block(
+    product: &[f32],
+    rows: usize,
+    n: usize,
+    y: *mut f32,
+    ep: Epilogue<'_>,
+    isa: Isa,
+) {
+    assert!(product.len() >= rows * n);
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        for c0 in (0..n).step_by(NR) {
+            let acc = AccRows {
+                ptr: product[c0..].as_ptr(),
+                stride: n,
+                rows,
+            };
+            let bias = ep.bias.map(|b| &b[c0..]);
+            avx512::finish(
+                acc,
+                bias,
+                y.add(c0),
+                n,
+                NR.min(n - c0),
+                ep.accumulate,
+                ep.act,
+            );
+        }
+        return;
+    }
+    onednn::tiles(product, rows, n, |tile, r, c0| {
+        finish(y.add(r * n + c0), n, tile, NR.min(n - c0), ep, c0, isa)
+    })
 }
 
 /// What happens to each output after the product.
@@ -357,7 +461,7 @@ pub(super) unsafe fn finish(
         // SAFETY (both): the ISA was detected at run time; the caller vouches for `y`.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => avx512::finish(
-            tile,
+            AccRows::tile(tile),
             ep.bias.map(|b| &b[c0..]),
             y,
             ldy,

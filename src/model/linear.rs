@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use crate::error::Result;
 use crate::kernels::bf16::{self, Bf16Acts, Bf16Weights};
 use crate::kernels::int8::{self, ActScale, QActs, QWeights};
+use crate::kernels::onednn::{self, Kind};
 use crate::kernels::packed::{self, Epilogue, PackedWeights};
 use crate::kernels::Activation;
 use crate::model::weights::Weights;
@@ -27,6 +28,9 @@ pub struct Linear {
     /// The bf16 weights, made on first use; `bf16` says whether this layer runs on them.
     bweights: OnceLock<Arc<Bf16Weights>>,
     bf16: bool,
+    /// oneDNN's matmul per precision ([`onednn::Kind`]), made on first use where the library
+    /// loaded and passed its self-check; `None` where it could not be made.
+    onednn: Box<[OnceLock<Option<onednn::Gemm>>; 3]>,
     observer: Mutex<Option<Observer>>,
 }
 
@@ -60,6 +64,7 @@ impl Linear {
             int8: None,
             bweights: OnceLock::new(),
             bf16: false,
+            onednn: Default::default(),
             observer: Mutex::new(None),
         })
     }
@@ -96,6 +101,7 @@ impl Linear {
         }
         self.weight_bits = q.bits;
         self.qweights = OnceLock::from(Arc::new(q));
+        self.onednn[Kind::Int8.index()] = OnceLock::new();
         Ok(())
     }
 
@@ -105,6 +111,7 @@ impl Linear {
         if self.weight_bits != bits {
             self.weight_bits = bits;
             self.qweights = OnceLock::new();
+            self.onednn[Kind::Int8.index()] = OnceLock::new();
         }
     }
 
@@ -196,18 +203,44 @@ impl Linear {
                 let q = self.qweights();
                 QACTS.with_borrow_mut(|qa| {
                     qa.quantize(x, rows, self.inputs(), scale);
-                    int8::matmul(qa, &q, out, ep);
+                    match self.onednn(Kind::Int8, rows) {
+                        Some(g) => int8::matmul_onednn(qa, &q, g, out, ep),
+                        None => int8::matmul(qa, &q, out, ep),
+                    }
                 });
             }
-            None if self.bf16 => {
-                let w = self.bweights();
-                BACTS.with_borrow_mut(|b| {
-                    b.round(x, rows, self.inputs());
-                    bf16::matmul(b, &w, out, ep);
-                });
-            }
-            None => packed::matmul(x, rows, &self.weights, out, ep),
+            None if self.bf16 => BACTS.with_borrow_mut(|b| {
+                b.round(x, rows, self.inputs());
+                match self.onednn(Kind::Bf16, rows) {
+                    Some(g) => bf16::matmul_onednn(b, g, out, ep),
+                    None => bf16::matmul(b, &self.bweights(), out, ep),
+                }
+            }),
+            None => match self.onednn(Kind::F32, rows) {
+                Some(g) => packed::matmul_onednn(x, rows, g, out, ep),
+                None => packed::matmul(x, rows, &self.weights, out, ep),
+            },
         }
+    }
+
+    /// oneDNN's matmul for this precision, where it runs and beat samp's kernel at this shape
+    /// (see [`onednn::prefer`]).
+    fn onednn(&self, kind: Kind, rows: usize) -> Option<&onednn::Gemm> {
+        if !onednn::prefer(kind, self.inputs(), self.outputs(), rows) {
+            return None;
+        }
+        self.onednn[kind.index()]
+            .get_or_init(|| {
+                let (n, k) = (self.outputs(), self.inputs());
+                let made = match kind {
+                    Kind::F32 => packed::onednn_gemm(&self.weights),
+                    Kind::Bf16 => bf16::onednn_gemm(&self.weights.to_rows(), n, k),
+                    Kind::Int8 => int8::onednn_gemm(&self.qweights()),
+                };
+                made.map_err(|e| tracing::warn!("[{n}, {k}] stays on samp's kernels: {e}"))
+                    .ok()
+            })
+            .as_ref()
     }
 
     /// `x · Wᵀ + b` for a single vector (heads).

@@ -3,7 +3,7 @@
 //! loads and 8 broadcasts feed 24 `vpdpbusd` (the 6 × 16 tile it replaces needed 7 loads per 6).
 //! `vpdpbusd` does not saturate, so any 8-bit weights are exact.
 
-use super::{KG, NR};
+use super::{AccRows, KG, NR};
 use crate::kernels::packed::avx512::{col_mask, store_row};
 use std::arch::x86_64::*;
 
@@ -56,11 +56,12 @@ impl crate::kernels::packed::avx512::Dot4 for VnniDot {
 ///
 /// # Safety
 /// The CPU must support AVX-512 F/BW/DQ/VL; `offset`, `ws` (and `bias`, when given) must hold
-/// 16 values; `y` must address `acc.len()` rows of `cols` (≤ 16) writable floats at stride `ldy`.
+/// 16 values; `acc` its rows' first `cols` values; `y` `acc.rows` rows of `cols` (≤ 16) writable
+/// floats at stride `ldy`.
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn finish(
-    acc: &[[i32; NR]],
+    acc: AccRows<i32>,
     sa: &[f32],
     offset: &[i32],
     ws: &[f32],
@@ -71,7 +72,7 @@ pub unsafe fn finish(
     accumulate: bool,
     act: Option<crate::kernels::Activation>,
 ) {
-    assert!(offset.len() >= NR && ws.len() >= NR && sa.len() >= acc.len());
+    assert!(offset.len() >= NR && ws.len() >= NR && sa.len() >= acc.rows);
     let mask = col_mask(cols);
     let off = _mm512_loadu_si512(offset.as_ptr() as *const _);
     let w = _mm512_loadu_ps(ws.as_ptr());
@@ -82,11 +83,11 @@ pub unsafe fn finish(
         }
         None => _mm512_setzero_ps(),
     };
-    for (i, row) in acc.iter().enumerate() {
-        // SAFETY: the caller vouches for row i of y (cols floats, masked).
+    for (i, &s) in sa[..acc.rows].iter().enumerate() {
+        // SAFETY: the caller vouches for row i of acc and of y (cols values, masked).
         let yp = y.add(i * ldy);
-        let q = _mm512_add_epi32(_mm512_loadu_si512(row.as_ptr() as *const _), off);
-        let scale = _mm512_mul_ps(_mm512_set1_ps(sa[i]), w);
+        let q = _mm512_add_epi32(_mm512_maskz_loadu_epi32(mask, acc.row(i)), off);
+        let scale = _mm512_mul_ps(_mm512_set1_ps(s), w);
         let v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(q), scale), b);
         store_row(v, yp, mask, accumulate, act);
     }

@@ -3,7 +3,7 @@
 
 #[cfg(target_arch = "x86_64")]
 use super::avx512;
-use super::{finish, Epilogue, Isa, QActs, QWeights, MAX_MR, NR};
+use super::{finish, AccRows, Epilogue, Isa, QActs, QWeights, MAX_MR, NR};
 
 /// The dequantizing epilogue of one accumulator tile: rows `r..r + tile.len()`, the panel at
 /// column `c0`, written to `y` (`m × w.n`).
@@ -32,7 +32,7 @@ pub(super) unsafe fn epilogue(
     if isa == Isa::Avx512 {
         // SAFETY: AVX-512 was detected (the kernel's ISA); the caller vouches for y.
         avx512::finish(
-            tile,
+            AccRows::tile(tile),
             sa,
             offset,
             ws,

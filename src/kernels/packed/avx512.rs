@@ -1,7 +1,7 @@
 //! The AVX-512 f32 micro-kernel: 12 rows × two adjacent 16-column panels, one zmm accumulator
 //! per row and panel (24 of the 32 registers), two weight loads and 12 broadcasts per 24 FMAs.
 
-use super::NR;
+use super::{AccRows, NR};
 use crate::kernels::driver::{FloatEp, FusedCall};
 use crate::kernels::TileCall;
 use std::arch::x86_64::*;
@@ -63,11 +63,12 @@ unsafe fn kernel<const R: usize, const P: usize>(
 /// epilogue (so without GELU the results are the same floats).
 ///
 /// # Safety
-/// The CPU must support AVX-512 F/BW/DQ/VL; `bias`, when given, must hold `cols` values; `y`
-/// must address `tile.len()` rows of `cols` (≤ 16) writable floats at stride `ldy`.
+/// The CPU must support AVX-512 F/BW/DQ/VL; `acc` must address its rows' first `cols` values,
+/// `bias`, when given, `cols` values; `y` `acc.rows` rows of `cols` (≤ 16) writable floats at
+/// stride `ldy`.
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
 pub unsafe fn finish(
-    tile: &[[f32; NR]],
+    acc: AccRows<f32>,
     bias: Option<&[f32]>,
     y: *mut f32,
     ldy: usize,
@@ -83,9 +84,9 @@ pub unsafe fn finish(
         }
         None => _mm512_setzero_ps(),
     };
-    for (i, row) in tile.iter().enumerate() {
-        // SAFETY: the caller vouches for row i of y (cols floats, masked).
-        let v = _mm512_add_ps(_mm512_loadu_ps(row.as_ptr()), b);
+    for i in 0..acc.rows {
+        // SAFETY: the caller vouches for row i of acc and of y (cols values, masked).
+        let v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, acc.row(i)), b);
         store_row(v, y.add(i * ldy), mask, accumulate, act);
     }
 }

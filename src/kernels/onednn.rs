@@ -1,0 +1,845 @@
+//! oneDNN's matmul, loaded at run time: the GEMM of the precisions where it measured faster than
+//! samp's own kernels (BENCHMARKS.md, "library evaluation"). samp's kernels stay the fallback on
+//! every host: without the library, with a version other than 3.x, or when a precision's
+//! start-up self-check fails, nothing changes.
+//!
+//! Which GEMMs it serves: per precision and shape, the faster of oneDNN and samp's own kernel,
+//! raced on this host at first use ([`prefer`]).
+//!
+//! Where the library comes from: `SAMP_ONEDNN` names `libdnnl.so.3` (or is `0` / `off` to
+//! leave it out, `1` / `on` for the default search, `always` to skip the race); otherwise the system's loader path, then `onednn/lib/` beside a parent of
+//! the executable (`target/onednn`, where `scripts/fetch_onednn.sh` puts PyPI's build).
+//!
+//! How it runs: one primitive per layer and precision, with the number of rows left to run
+//! time, and the weights reordered once into the layout it picks. samp keeps the threading:
+//! rows are cut into blocks spread over the rayon pool, and each block is one sequential
+//! oneDNN call (its OpenMP team is held at one thread) into a per-thread buffer that samp's own
+//! epilogue (dequantizing, bias, residual, activation) then writes out while it is in cache.
+//! INT8 therefore computes the same integers as samp's kernels (u8 activations `q + 128`,
+//! s8 weights, s32 sums; the compensation is samp's) and gives bit-identical outputs.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::ffi::{c_char, c_void, CStr};
+use std::sync::{Mutex, OnceLock};
+
+use rayon::prelude::*;
+
+use super::aligned::{Aligned, Plain};
+use super::packed::{finish_block, Epilogue, NR};
+use super::Isa;
+
+/// Every oneDNN object (engine, stream, memory descriptor, memory, attributes, primitive
+/// descriptor, primitive) is an opaque pointer.
+type Handle = *mut c_void;
+type Status = i32;
+
+// Values from oneDNN 3.x's headers (dnnl_types.h, dnnl_common_types.h).
+const SUCCESS: Status = 0;
+const DT_BF16: i32 = 2;
+const DT_F32: i32 = 3;
+const DT_S32: i32 = 4;
+const DT_S8: i32 = 5;
+const DT_U8: i32 = 6;
+const TAG_ANY: i32 = 1;
+const TAG_AB: i32 = 3;
+const ENGINE_CPU: i32 = 1;
+const STREAM_IN_ORDER: u32 = 1;
+const SCRATCHPAD_USER: i32 = 1;
+const QUERY_IMPL_INFO: i32 = 8;
+const QUERY_WEIGHTS_MD: i32 = 131;
+const QUERY_SCRATCHPAD_MD: i32 = 136;
+const ARG_SRC: i32 = 1;
+const ARG_DST: i32 = 17;
+const ARG_WEIGHTS: i32 = 33;
+const ARG_SCRATCHPAD: i32 = 80;
+const RUNTIME_DIM: i64 = i64::MIN;
+const RUNTIME_SEQ: u32 = 1;
+const RUNTIME_OMP: u32 = 2;
+/// `DNNL_MEMORY_ALLOCATE`: the library allocates the buffer.
+const ALLOCATE: *mut c_void = usize::MAX as *mut c_void;
+
+#[repr(C)]
+struct ExecArg {
+    arg: i32,
+    memory: Handle,
+}
+
+#[repr(C)]
+struct Version {
+    major: i32,
+    minor: i32,
+    patch: i32,
+    hash: *const c_char,
+    cpu_runtime: u32,
+    gpu_runtime: u32,
+}
+
+/// The loaded library: the C functions samp calls and one CPU engine.
+struct Api {
+    _lib: libloading::Library,
+    engine: Handle,
+    version: String,
+    omp_set_num_threads: Option<unsafe extern "C" fn(i32)>,
+    md_with_tag: unsafe extern "C" fn(*mut Handle, i32, *const i64, i32, i32) -> Status,
+    md_with_strides: unsafe extern "C" fn(*mut Handle, i32, *const i64, i32, *const i64) -> Status,
+    md_destroy: unsafe extern "C" fn(Handle) -> Status,
+    md_size: unsafe extern "C" fn(Handle) -> usize,
+    memory_create: unsafe extern "C" fn(*mut Handle, Handle, Handle, *mut c_void) -> Status,
+    memory_destroy: unsafe extern "C" fn(Handle) -> Status,
+    attr_create: unsafe extern "C" fn(*mut Handle) -> Status,
+    attr_destroy: unsafe extern "C" fn(Handle) -> Status,
+    attr_scratchpad_mode: unsafe extern "C" fn(Handle, i32) -> Status,
+    matmul_pd:
+        unsafe extern "C" fn(*mut Handle, Handle, Handle, Handle, Handle, Handle, Handle) -> Status,
+    reorder_pd: unsafe extern "C" fn(*mut Handle, Handle, Handle, Handle, Handle, Handle) -> Status,
+    pd_query_md: unsafe extern "C" fn(Handle, i32, i32) -> Handle,
+    pd_query: unsafe extern "C" fn(Handle, i32, i32, *mut c_void) -> Status,
+    pd_destroy: unsafe extern "C" fn(Handle) -> Status,
+    primitive_create: unsafe extern "C" fn(*mut Handle, Handle) -> Status,
+    primitive_destroy: unsafe extern "C" fn(Handle) -> Status,
+    execute: unsafe extern "C" fn(Handle, Handle, i32, *const ExecArg) -> Status,
+    stream_create: unsafe extern "C" fn(*mut Handle, Handle, u32) -> Status,
+    stream_wait: unsafe extern "C" fn(Handle) -> Status,
+}
+
+// SAFETY: oneDNN's engine may be used from any thread; the function pointers are plain code.
+unsafe impl Send for Api {}
+unsafe impl Sync for Api {}
+
+fn check(status: Status, what: &str) -> Result<(), String> {
+    if status == SUCCESS {
+        Ok(())
+    } else {
+        Err(format!("oneDNN {what} failed (status {status})"))
+    }
+}
+
+/// The library, loaded on first use; `None` (logged once) where it is absent or unusable.
+fn api() -> Option<&'static Api> {
+    static API: OnceLock<Option<Api>> = OnceLock::new();
+    API.get_or_init(|| match load() {
+        Ok(Some(api)) => {
+            tracing::info!(version = %api.version, "oneDNN loaded");
+            Some(api)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::info!("oneDNN not used: {e}");
+            None
+        }
+    })
+    .as_ref()
+}
+
+/// Where to look for the library, in order; empty when `SAMP_ONEDNN` switches it off.
+fn candidates() -> Vec<std::path::PathBuf> {
+    const NAME: &str = "libdnnl.so.3";
+    match std::env::var("SAMP_ONEDNN") {
+        Ok(v) if matches!(v.as_str(), "0" | "off" | "false" | "no") => return vec![],
+        Ok(v) if !v.is_empty() && !matches!(v.as_str(), "1" | "on" | "true" | "yes" | "always") => {
+            return vec![v.into()]
+        }
+        _ => {}
+    }
+    let mut paths = vec![std::path::PathBuf::from(NAME)];
+    if let Ok(exe) = std::env::current_exe() {
+        for dir in exe.ancestors().skip(1).take(4) {
+            paths.push(dir.join("onednn/lib").join(NAME));
+        }
+    }
+    paths
+}
+
+fn load() -> Result<Option<Api>, String> {
+    let paths = candidates();
+    if paths.is_empty() {
+        return Ok(None);
+    }
+    let mut errors = Vec::new();
+    for path in &paths {
+        // SAFETY: loading oneDNN runs its (and OpenMP's) initialisers, which only set up
+        // their own state.
+        match unsafe { libloading::Library::new(path) } {
+            Ok(lib) => return bind(lib).map(Some),
+            Err(e) => errors.push(format!("{}: {e}", path.display())),
+        }
+    }
+    if std::env::var_os("SAMP_ONEDNN").is_some() {
+        Err(errors.join("; "))
+    } else {
+        // Not installed: the usual case, not worth more than a debug line.
+        tracing::debug!("oneDNN not found ({})", errors.join("; "));
+        Ok(None)
+    }
+}
+
+fn bind(lib: libloading::Library) -> Result<Api, String> {
+    macro_rules! sym {
+        ($name:literal) => {
+            // SAFETY: the symbol's type is the C declaration in oneDNN 3.x's dnnl.h, and the
+            // version is checked below before any of them is called.
+            *unsafe { lib.get(concat!($name, "\0").as_bytes()) }
+                .map_err(|e| format!("{}: {e}", $name))?
+        };
+    }
+    let version: unsafe extern "C" fn() -> *const Version = sym!("dnnl_version");
+    // SAFETY: dnnl_version returns a pointer to a static struct.
+    let v = unsafe { &*version() };
+    if v.major != 3 {
+        return Err(format!(
+            "oneDNN {}.{} found, samp binds 3.x",
+            v.major, v.minor
+        ));
+    }
+    let omp_set_num_threads = match v.cpu_runtime {
+        RUNTIME_SEQ => None,
+        RUNTIME_OMP => Some(sym!("omp_set_num_threads")),
+        r => {
+            return Err(format!(
+                "oneDNN's CPU runtime {r} is not OpenMP or sequential"
+            ))
+        }
+    };
+    let hash = if v.hash.is_null() {
+        String::new()
+    } else {
+        // SAFETY: a version's hash is a NUL-terminated static string.
+        unsafe { CStr::from_ptr(v.hash) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    let create: unsafe extern "C" fn(*mut Handle, i32, usize) -> Status =
+        sym!("dnnl_engine_create");
+    let mut api = Api {
+        engine: std::ptr::null_mut(),
+        version: format!("{}.{}.{} ({hash})", v.major, v.minor, v.patch),
+        omp_set_num_threads,
+        md_with_tag: sym!("dnnl_memory_desc_create_with_tag"),
+        md_with_strides: sym!("dnnl_memory_desc_create_with_strides"),
+        md_destroy: sym!("dnnl_memory_desc_destroy"),
+        md_size: sym!("dnnl_memory_desc_get_size"),
+        memory_create: sym!("dnnl_memory_create"),
+        memory_destroy: sym!("dnnl_memory_destroy"),
+        attr_create: sym!("dnnl_primitive_attr_create"),
+        attr_destroy: sym!("dnnl_primitive_attr_destroy"),
+        attr_scratchpad_mode: sym!("dnnl_primitive_attr_set_scratchpad_mode"),
+        matmul_pd: sym!("dnnl_matmul_primitive_desc_create"),
+        reorder_pd: sym!("dnnl_reorder_primitive_desc_create"),
+        pd_query_md: sym!("dnnl_primitive_desc_query_md"),
+        pd_query: sym!("dnnl_primitive_desc_query"),
+        pd_destroy: sym!("dnnl_primitive_desc_destroy"),
+        primitive_create: sym!("dnnl_primitive_create"),
+        primitive_destroy: sym!("dnnl_primitive_destroy"),
+        execute: sym!("dnnl_primitive_execute"),
+        stream_create: sym!("dnnl_stream_create"),
+        stream_wait: sym!("dnnl_stream_wait"),
+        _lib: lib,
+    };
+    // SAFETY: writes one engine handle.
+    check(
+        unsafe { create(&mut api.engine, ENGINE_CPU, 0) },
+        "engine_create",
+    )?;
+    Ok(api)
+}
+
+/// The precisions oneDNN runs for samp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// f32 × f32 → f32.
+    F32,
+    /// bf16 × bf16 → f32 (activations rounded by samp, as its own bf16 kernels take them).
+    Bf16,
+    /// u8 (`q + 128`) × s8 → s32, dequantized by samp's epilogue.
+    Int8,
+}
+
+impl Kind {
+    /// (source, weights, destination) data types, and bytes per source/weight element.
+    fn types(self) -> (i32, i32, i32, usize) {
+        match self {
+            Kind::F32 => (DT_F32, DT_F32, DT_F32, 4),
+            Kind::Bf16 => (DT_BF16, DT_BF16, DT_F32, 2),
+            Kind::Int8 => (DT_U8, DT_S8, DT_S32, 1),
+        }
+    }
+
+    /// 0, 1, 2 in declaration order (for per-precision tables).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Whether samp runs this precision on oneDNN: the library loaded and the precision's
+/// start-up self-check against samp's portable kernel passed (decided once per process; a
+/// failure is logged and samp's own kernels serve).
+pub fn usable(kind: Kind) -> bool {
+    static USABLE: [OnceLock<bool>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    *USABLE[kind.index()].get_or_init(|| {
+        if api().is_none() {
+            return false;
+        }
+        let ok = match kind {
+            Kind::F32 => super::packed::onednn_agrees(),
+            Kind::Bf16 => super::bf16::onednn_agrees(),
+            Kind::Int8 => super::int8::onednn_agrees(),
+        };
+        if ok {
+            tracing::debug!(?kind, "oneDNN matmul passed its self-check");
+        } else {
+            tracing::error!(
+                ?kind,
+                "oneDNN matmul disagrees with samp's portable kernel; not using it"
+            );
+        }
+        ok
+    })
+}
+
+/// Whether a layer of this precision and shape (`k → n`, `rows` rows) runs on oneDNN: only where
+/// it is usable and measured faster than samp's own kernel on this host. The race runs once per
+/// (precision, shape, row bucket) on synthetic data of the bucket's rows, alternating the two
+/// (best of three each), so a shape where samp's kernel wins keeps it. `SAMP_ONEDNN=always`
+/// skips the race (oneDNN wherever usable).
+pub fn prefer(kind: Kind, k: usize, n: usize, rows: usize) -> bool {
+    if rows * k * n < MIN_MACS || !usable(kind) {
+        return false;
+    }
+    if std::env::var("SAMP_ONEDNN").is_ok_and(|v| v == "always") {
+        return true;
+    }
+    static CHOICES: Mutex<BTreeMap<(usize, usize, usize, usize), bool>> =
+        Mutex::new(BTreeMap::new());
+    let m = rows.next_power_of_two().clamp(64, 2048);
+    let key = (kind.index(), k, n, m);
+    let mut choices = CHOICES.lock().unwrap_or_else(|e| e.into_inner());
+    *choices.entry(key).or_insert_with(|| {
+        let raced = match kind {
+            Kind::F32 => super::packed::onednn_race(k, n, m),
+            Kind::Bf16 => super::bf16::onednn_race(k, n, m),
+            Kind::Int8 => super::int8::onednn_race(k, n, m),
+        };
+        match raced {
+            Ok((own, dnnl)) => {
+                tracing::debug!(
+                    ?kind,
+                    k,
+                    n,
+                    rows = m,
+                    own_ms = own * 1e3,
+                    onednn_ms = dnnl * 1e3,
+                    "GEMM race: {}",
+                    if dnnl < own { "oneDNN" } else { "samp" }
+                );
+                dnnl < own
+            }
+            Err(e) => {
+                tracing::warn!(?kind, k, n, "oneDNN not used for this shape: {e}");
+                false
+            }
+        }
+    })
+}
+
+/// Best-of-three seconds of `own` and of `dnnl`, taking turns (each run once first, untimed).
+pub(super) fn race(mut own: impl FnMut(), mut dnnl: impl FnMut()) -> (f64, f64) {
+    own();
+    dnnl();
+    let (mut a, mut b) = (f64::INFINITY, f64::INFINITY);
+    let time = |f: &mut dyn FnMut()| {
+        let t = std::time::Instant::now();
+        f();
+        t.elapsed().as_secs_f64()
+    };
+    for _ in 0..3 {
+        a = a.min(time(&mut own));
+        b = b.min(time(&mut dnnl));
+    }
+    (a, b)
+}
+
+/// Synthetic operands for a race: `m × k` activations and `n × k` weights in [-1, 1].
+pub(super) fn race_data(m: usize, k: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
+    let fill = |len: usize, seed: usize| -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i * 7919 + seed) % 2001) as f32 / 1000.0 - 1.0)
+            .collect()
+    };
+    (fill(m * k, 1), fill(n * k, 104_729))
+}
+
+/// The loaded library's version, if any.
+pub fn version() -> Option<&'static str> {
+    api().map(|a| a.version.as_str())
+}
+
+/// Smallest GEMM (multiply-adds) sent to oneDNN: below it the call's fixed costs outweigh the
+/// gain, and samp's kernels serve (the classifier heads' single rows).
+pub const MIN_MACS: usize = 64 * 1024;
+
+/// One layer's weights in oneDNN's layout and the matmul primitive over them, for any number
+/// of rows.
+pub struct Gemm {
+    kind: Kind,
+    /// Depth as oneDNN sees it (samp's padded depth for bf16 and INT8).
+    k: usize,
+    n: usize,
+    pd: Handle,
+    primitive: Handle,
+    weights: Handle,
+    /// The scratchpad's descriptor (owned by `pd`) and size; samp supplies one per thread.
+    scratch_md: Handle,
+    scratch_bytes: usize,
+    name: String,
+}
+
+// SAFETY: a primitive may run on several threads at once when each call has its own memory
+// objects, stream and scratchpad, which `execute` gives it; the weights are only read.
+unsafe impl Send for Gemm {}
+unsafe impl Sync for Gemm {}
+
+impl std::fmt::Debug for Gemm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "oneDNN {:?} [{}, {}] {}",
+            self.kind, self.n, self.k, self.name
+        )
+    }
+}
+
+/// A plain row-major `rows × cols` descriptor (`rows` may be [`RUNTIME_DIM`]).
+fn plain_md(api: &Api, rows: i64, cols: usize, dt: i32) -> Result<Handle, String> {
+    let mut md = std::ptr::null_mut();
+    let dims = [rows, cols as i64];
+    // SAFETY: two dims; writes one handle.
+    check(
+        unsafe { (api.md_with_tag)(&mut md, 2, dims.as_ptr(), dt, TAG_AB) },
+        "memory_desc_create",
+    )?;
+    Ok(md)
+}
+
+/// The matmul's primitive descriptor: rows left to run time, plain row-major source and
+/// destination, weights in the layout the library picks, scratchpad supplied by samp.
+fn matmul_pd(api: &Api, kind: Kind, k: usize, n: usize) -> Result<Handle, String> {
+    let (src_dt, wei_dt, dst_dt, _) = kind.types();
+    let mut own = Owned::new(api);
+    let src = own.md(plain_md(api, RUNTIME_DIM, k, src_dt))?;
+    let dst = own.md(plain_md(api, RUNTIME_DIM, n, dst_dt))?;
+    let mut any = std::ptr::null_mut();
+    // SAFETY: two dims; writes one handle.
+    check(
+        unsafe { (api.md_with_tag)(&mut any, 2, [k as i64, n as i64].as_ptr(), wei_dt, TAG_ANY) },
+        "memory_desc_create",
+    )?;
+    own.mds.push(any);
+    let mut attr = std::ptr::null_mut();
+    // SAFETY: writes one handle, destroyed below.
+    check(unsafe { (api.attr_create)(&mut attr) }, "attr_create")?;
+    let mut pd = std::ptr::null_mut();
+    // SAFETY: valid descriptors and attributes; no bias. The library copies what it keeps.
+    let made = unsafe {
+        check(
+            (api.attr_scratchpad_mode)(attr, SCRATCHPAD_USER),
+            "scratchpad mode",
+        )
+        .and_then(|()| {
+            let no_bias = std::ptr::null_mut();
+            check(
+                (api.matmul_pd)(&mut pd, api.engine, src, any, no_bias, dst, attr),
+                "matmul_primitive_desc_create",
+            )
+        })
+    };
+    // SAFETY: created above, used by nothing else.
+    unsafe { (api.attr_destroy)(attr) };
+    made.map(|()| pd)
+}
+
+/// Reorders weights `w` (element (k, n) at `n * k + k`: strides (1, k), of type `dt`) into
+/// `to`, memory of descriptor `wmd`.
+fn reorder_weights(
+    api: &Api,
+    w: &[u8],
+    (k, n, dt): (usize, usize, i32),
+    to: Handle,
+    wmd: Handle,
+) -> Result<(), String> {
+    let mut own = Owned::new(api);
+    let mut user = std::ptr::null_mut();
+    let (dims, strides) = ([k as i64, n as i64], [1, k as i64]);
+    // SAFETY: two dims and two strides; writes one handle.
+    check(
+        unsafe { (api.md_with_strides)(&mut user, 2, dims.as_ptr(), dt, strides.as_ptr()) },
+        "memory_desc_create",
+    )?;
+    own.mds.push(user);
+    let from = own.memory(user, w.as_ptr() as *mut c_void)?;
+    let mut rpd = std::ptr::null_mut();
+    let (engine, default_attr) = (api.engine, std::ptr::null_mut());
+    // SAFETY: valid descriptors, one engine.
+    check(
+        unsafe { (api.reorder_pd)(&mut rpd, user, engine, wmd, engine, default_attr) },
+        "reorder_primitive_desc_create",
+    )?;
+    own.pds.push(rpd);
+    let mut reorder = std::ptr::null_mut();
+    // SAFETY: writes one handle.
+    check(
+        unsafe { (api.primitive_create)(&mut reorder, rpd) },
+        "primitive_create",
+    )?;
+    own.primitives.push(reorder);
+    let args = [
+        ExecArg {
+            arg: ARG_SRC,
+            memory: from,
+        },
+        ExecArg {
+            arg: ARG_DST,
+            memory: to,
+        },
+    ];
+    // SAFETY: the reorder reads `w` (alive here) and writes `to`.
+    with_stream(|stream| unsafe {
+        check((api.execute)(reorder, stream, 2, args.as_ptr()), "reorder")?;
+        check((api.stream_wait)(stream), "stream_wait")
+    })
+}
+
+/// Destroys the handles it holds when dropped, so that every early return cleans up.
+struct Owned<'a> {
+    api: &'a Api,
+    mds: Vec<Handle>,
+    memories: Vec<Handle>,
+    pds: Vec<Handle>,
+    primitives: Vec<Handle>,
+}
+
+impl<'a> Owned<'a> {
+    fn new(api: &'a Api) -> Self {
+        Owned {
+            api,
+            mds: vec![],
+            memories: vec![],
+            pds: vec![],
+            primitives: vec![],
+        }
+    }
+    fn md(&mut self, md: Result<Handle, String>) -> Result<Handle, String> {
+        let md = md?;
+        self.mds.push(md);
+        Ok(md)
+    }
+    fn memory(&mut self, md: Handle, ptr: *mut c_void) -> Result<Handle, String> {
+        let mut m = std::ptr::null_mut();
+        // SAFETY: `ptr` is ALLOCATE or a buffer the caller keeps alive for the memory's use.
+        check(
+            unsafe { (self.api.memory_create)(&mut m, md, self.api.engine, ptr) },
+            "memory_create",
+        )?;
+        self.memories.push(m);
+        Ok(m)
+    }
+}
+
+impl Drop for Owned<'_> {
+    fn drop(&mut self) {
+        let a = self.api;
+        // SAFETY: each handle was created by this library and is destroyed once.
+        unsafe {
+            self.primitives
+                .iter()
+                .for_each(|&p| _ = (a.primitive_destroy)(p));
+            self.pds.iter().for_each(|&p| _ = (a.pd_destroy)(p));
+            self.memories
+                .iter()
+                .for_each(|&m| _ = (a.memory_destroy)(m));
+            self.mds.iter().for_each(|&m| _ = (a.md_destroy)(m));
+        }
+    }
+}
+
+impl Gemm {
+    /// A matmul over weights given in PyTorch layout: `n` rows of `k` elements of the kind's
+    /// weight type (f32, bf16 bit patterns, or i8), `elem` bytes each.
+    fn new(kind: Kind, w: &[u8], n: usize, k: usize) -> Result<Gemm, String> {
+        let api = api().ok_or("oneDNN is not loaded")?;
+        assert_eq!(w.len(), n * k * kind.types().3, "oneDNN weights size");
+        let mut gemm = Gemm {
+            kind,
+            k,
+            n,
+            pd: matmul_pd(api, kind, k, n)?,
+            primitive: std::ptr::null_mut(),
+            weights: std::ptr::null_mut(),
+            scratch_md: std::ptr::null_mut(),
+            scratch_bytes: 0,
+            name: String::new(),
+        };
+        // From here `gemm`'s Drop owns what it holds.
+        let pd = gemm.pd;
+        let mut info: *const c_char = std::ptr::null();
+        // SAFETY: the implementation name query writes a pointer to a string owned by pd.
+        if unsafe { (api.pd_query)(pd, QUERY_IMPL_INFO, 0, (&raw mut info).cast()) } == SUCCESS
+            && !info.is_null()
+        {
+            // SAFETY: NUL-terminated, alive as long as pd.
+            gemm.name = unsafe { CStr::from_ptr(info) }
+                .to_string_lossy()
+                .into_owned();
+        }
+        // SAFETY: queries of a valid primitive descriptor; the descriptors stay owned by pd.
+        let wmd = unsafe { (api.pd_query_md)(pd, QUERY_WEIGHTS_MD, 0) };
+        gemm.scratch_md = unsafe { (api.pd_query_md)(pd, QUERY_SCRATCHPAD_MD, 0) };
+        if !gemm.scratch_md.is_null() {
+            // SAFETY: a valid descriptor.
+            gemm.scratch_bytes = unsafe { (api.md_size)(gemm.scratch_md) };
+        }
+        // SAFETY: writes one handle.
+        check(
+            unsafe { (api.primitive_create)(&mut gemm.primitive, pd) },
+            "primitive_create",
+        )?;
+        // SAFETY: writes one handle; the library allocates the buffer.
+        check(
+            unsafe { (api.memory_create)(&mut gemm.weights, wmd, api.engine, ALLOCATE) },
+            "memory_create",
+        )?;
+        reorder_weights(api, w, (k, n, kind.types().1), gemm.weights, wmd)?;
+        Ok(gemm)
+    }
+
+    /// f32 weights in PyTorch layout `[n, k]`.
+    pub fn f32(w: &[f32], n: usize, k: usize) -> Result<Gemm, String> {
+        Self::new(Kind::F32, bytes_of(w), n, k)
+    }
+
+    /// bf16 weights (bit patterns) in PyTorch layout `[n, kp]`, `kp` samp's padded depth.
+    pub fn bf16(w: &[u16], n: usize, kp: usize) -> Result<Gemm, String> {
+        Self::new(Kind::Bf16, bytes_of(w), n, kp)
+    }
+
+    /// INT8 weights in PyTorch layout `[n, kp]`, `kp` samp's padded depth (zeros past `k`).
+    pub fn int8(w: &[i8], n: usize, kp: usize) -> Result<Gemm, String> {
+        Self::new(Kind::Int8, bytes_of(w), n, kp)
+    }
+
+    /// The implementation oneDNN picked (e.g. `brg:avx512_core_amx`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `rows` rows of the source (`k` elements each, row-major at `src`) times the weights,
+    /// into `dst` (`rows × n` of the destination type), on the calling thread.
+    ///
+    /// # Safety
+    /// `src` and `dst` must address that many readable and writable elements.
+    unsafe fn execute(&self, src: *const u8, rows: usize, dst: *mut u8) {
+        let api = api().expect("a Gemm exists only with the library loaded");
+        let (src_dt, _, dst_dt, _) = self.kind.types();
+        let run = || -> Result<(), String> {
+            let mut own = Owned::new(api);
+            let smd = own.md(plain_md(api, rows as i64, self.k, src_dt))?;
+            let dmd = own.md(plain_md(api, rows as i64, self.n, dst_dt))?;
+            let s = own.memory(smd, src as *mut c_void)?;
+            let d = own.memory(dmd, dst.cast())?;
+            SCRATCH.with_borrow_mut(|scratch| {
+                let mut args = vec![
+                    ExecArg {
+                        arg: ARG_SRC,
+                        memory: s,
+                    },
+                    ExecArg {
+                        arg: ARG_WEIGHTS,
+                        memory: self.weights,
+                    },
+                    ExecArg {
+                        arg: ARG_DST,
+                        memory: d,
+                    },
+                ];
+                if self.scratch_bytes > 0 {
+                    scratch.set_len(self.scratch_bytes);
+                    let m = own.memory(self.scratch_md, scratch.as_mut_ptr().cast())?;
+                    args.push(ExecArg {
+                        arg: ARG_SCRATCHPAD,
+                        memory: m,
+                    });
+                }
+                with_stream(|stream| {
+                    // SAFETY: every memory object addresses a live buffer of its descriptor's
+                    // size (the caller vouches for src and dst).
+                    check(
+                        unsafe {
+                            (api.execute)(self.primitive, stream, args.len() as i32, args.as_ptr())
+                        },
+                        "matmul",
+                    )?;
+                    // SAFETY: a valid stream.
+                    check(unsafe { (api.stream_wait)(stream) }, "stream_wait")
+                })
+            })
+        };
+        // The primitive was created and self-checked over these shapes, samp supplies every
+        // buffer (the scratchpad too), so the library allocates nothing here: a failure is a
+        // broken library, not an input samp could refuse.
+        if let Err(e) = run() {
+            panic!("{e} ({self:?}, {rows} rows)");
+        }
+    }
+
+    /// `y = epilogue(x · W)` for `m` rows of `x` (`row_bytes` each, from `src`), cut into
+    /// blocks over the rayon pool: each block's product lands in a per-thread buffer of
+    /// `T` (4 bytes: f32 or i32), and `finish(first_row, rows, product)` writes it out.
+    pub(super) fn run<T: Plain>(
+        &self,
+        src: &[u8],
+        m: usize,
+        finish: impl Fn(usize, usize, &[T]) + Sync,
+    ) {
+        assert_eq!(
+            std::mem::size_of::<T>(),
+            4,
+            "oneDNN destination is f32 or s32"
+        );
+        if m == 0 {
+            return;
+        }
+        let row_bytes = self.k * self.kind.types().3;
+        assert!(
+            src.len() >= m * row_bytes,
+            "oneDNN matmul: source too small"
+        );
+        let block = block_rows(m, rayon::current_num_threads());
+        let body = |r0: usize| {
+            let rows = block.min(m - r0);
+            PRODUCT.with_borrow_mut(|buf| {
+                buf.set_len(rows * self.n * 4);
+                // SAFETY: the rows exist in src (asserted above); buf holds rows × n values.
+                unsafe { self.execute(src[r0 * row_bytes..].as_ptr(), rows, buf.as_mut_ptr()) };
+                // SAFETY: the buffer is 64-byte aligned and holds rows × n 4-byte values,
+                // written by the matmul; T accepts any bit pattern.
+                let product =
+                    unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<T>(), rows * self.n) };
+                finish(r0, rows, product);
+            })
+        };
+        if block >= m {
+            body(0);
+        } else {
+            (0..m).into_par_iter().step_by(block).for_each(body);
+        }
+    }
+}
+
+impl Gemm {
+    /// `y[m, n] = epilogue(x · W)` for an f32 product (the f32 and bf16 kinds): samp's float
+    /// epilogue (bias, residual, activation) on each block.
+    pub(super) fn run_float(&self, src: &[u8], m: usize, y: &mut [f32], ep: Epilogue<'_>) {
+        let n = self.n;
+        assert!(y.len() >= m * n, "oneDNN matmul: output too small");
+        if let Some(b) = ep.bias {
+            assert_eq!(b.len(), n, "oneDNN matmul: bias length");
+        }
+        let isa = Isa::detect();
+        let y = y.as_mut_ptr() as usize;
+        self.run::<f32>(src, m, |r0, rows, product| {
+            // SAFETY: rows r0.. of y exist (asserted above); blocks own disjoint rows.
+            unsafe { finish_block(product, rows, n, (y as *mut f32).add(r0 * n), ep, isa) }
+        });
+    }
+
+    /// Depth and width as oneDNN sees them.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+}
+
+impl Drop for Gemm {
+    fn drop(&mut self) {
+        let Some(api) = api() else { return };
+        // SAFETY: created in `new`, destroyed once; the scratchpad descriptor is owned by pd.
+        unsafe {
+            if !self.weights.is_null() {
+                (api.memory_destroy)(self.weights);
+            }
+            if !self.primitive.is_null() {
+                (api.primitive_destroy)(self.primitive);
+            }
+            (api.pd_destroy)(self.pd);
+        }
+    }
+}
+
+/// Rows per block: 128 (where oneDNN's AMX and AVX-512 kernels ran fastest, one thread each,
+/// at the MiniLM shapes), fewer so that every thread gets a block, a multiple of 16 (a tile).
+fn block_rows(m: usize, threads: usize) -> usize {
+    const MAX: usize = 128;
+    const MIN: usize = 16;
+    let blocks = m.div_ceil(MAX).max(threads.min(m.div_ceil(MIN))).max(1);
+    m.div_ceil(blocks).next_multiple_of(MIN).max(MIN)
+}
+
+pub(super) fn bytes_of<T: Plain>(v: &[T]) -> &[u8] {
+    // SAFETY: any initialised slice of plain numbers is readable as bytes.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
+}
+
+thread_local! {
+    /// This thread's stream (oneDNN streams are not shared between threads).
+    static STREAM: Cell<Handle> = const { Cell::new(std::ptr::null_mut()) };
+    /// This thread's scratchpad and product block, reused across calls.
+    static SCRATCH: RefCell<Aligned<u8>> = RefCell::new(Aligned::default());
+    static PRODUCT: RefCell<Aligned<u8>> = RefCell::new(Aligned::default());
+}
+
+/// Runs `f` with this thread's stream, made on first use; the thread's OpenMP team is set to
+/// one thread then, since samp spreads the blocks itself.
+fn with_stream<R>(f: impl FnOnce(Handle) -> Result<R, String>) -> Result<R, String> {
+    let api = api().ok_or("oneDNN is not loaded")?;
+    let mut stream = STREAM.get();
+    if stream.is_null() {
+        if let Some(set) = api.omp_set_num_threads {
+            // SAFETY: sets this thread's OpenMP ICV.
+            unsafe { set(1) };
+        }
+        // SAFETY: writes one handle; the stream lives as long as the thread.
+        check(
+            unsafe { (api.stream_create)(&mut stream, api.engine, STREAM_IN_ORDER) },
+            "stream_create",
+        )?;
+        STREAM.set(stream);
+    }
+    f(stream)
+}
+
+/// Walks a row-major `rows × n` product block as the `[[T; NR]]` tiles samp's epilogues take:
+/// up to 16 rows of one panel of `NR` columns (zero past `n`), calling `f(tile, first_row,
+/// first_col)`.
+pub(super) fn tiles<T: Copy + Default>(
+    product: &[T],
+    rows: usize,
+    n: usize,
+    mut f: impl FnMut(&[[T; NR]], usize, usize),
+) {
+    const TILE_ROWS: usize = 16;
+    let mut tile = [[T::default(); NR]; TILE_ROWS];
+    for r in (0..rows).step_by(TILE_ROWS) {
+        let h = TILE_ROWS.min(rows - r);
+        for c0 in (0..n).step_by(NR) {
+            let cols = NR.min(n - c0);
+            for (i, t) in tile[..h].iter_mut().enumerate() {
+                let row = &product[(r + i) * n + c0..][..cols];
+                t[..cols].copy_from_slice(row);
+                t[cols..].fill(T::default());
+            }
+            f(&tile[..h], r, c0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,200 @@
+//! oneDNN's path against samp's own kernels. The library is optional: without it these tests
+//! check only what needs no library, unless `SAMP_REQUIRE_ONEDNN=1` (CI sets it, after
+//! `scripts/fetch_onednn.sh`), which turns a missing library into a failure.
+
+use super::*;
+use crate::kernels::bf16::{self, Bf16Acts, Bf16Weights};
+use crate::kernels::int8::{self, ActScale, QActs, QWeights};
+use crate::kernels::packed::{self, PackedWeights};
+use crate::kernels::Activation;
+
+fn library() -> bool {
+    let loaded = api().is_some();
+    if !loaded && std::env::var("SAMP_REQUIRE_ONEDNN").is_ok_and(|v| v == "1") {
+        panic!("SAMP_REQUIRE_ONEDNN=1 but oneDNN did not load (scripts/fetch_onednn.sh)");
+    }
+    loaded
+}
+
+fn data(len: usize, seed: usize, scale: f32) -> Vec<f32> {
+    (0..len)
+        .map(|i| (((i * 7919 + seed * 104_729) % 2001) as f32 / 1000.0 - 1.0) * scale)
+        .collect()
+}
+
+/// (rows, depth): one row, a ragged block, several blocks with a ragged last one; a depth that
+/// is not a multiple of 4 (samp pads it).
+const PROBLEMS: [(usize, usize); 4] = [(1, 64), (17, 130), (100, 384), (300, 203)];
+const N: usize = 5 * NR + 3;
+
+/// The epilogues a layer uses: none, bias + GELU (FFN up), bias + residual (the others), ReLU.
+fn epilogues(bias: &[f32]) -> Vec<Epilogue<'_>> {
+    vec![
+        Epilogue::default(),
+        Epilogue {
+            bias: Some(bias),
+            accumulate: false,
+            act: Some(Activation::Gelu),
+        },
+        Epilogue {
+            bias: Some(bias),
+            accumulate: true,
+            act: None,
+        },
+        Epilogue {
+            bias: Some(bias),
+            accumulate: false,
+            act: Some(Activation::Relu),
+        },
+    ]
+}
+
+#[test]
+fn blocks_cover_every_row_in_tiles() {
+    for threads in [1, 2, 8] {
+        for m in [1, 15, 16, 17, 100, 128, 129, 255, 256, 1000, 4096] {
+            let b = block_rows(m, threads);
+            assert!(
+                b.is_multiple_of(16) && (16..=128).contains(&b),
+                "m {m} -> {b}"
+            );
+            // Every thread gets a block while there are 32 rows for each (rounding blocks to
+            // whole tiles may leave fewer blocks than 16-row ones would give).
+            assert!(m.div_ceil(b) >= threads.min(m / 32), "m {m} -> {b}");
+        }
+    }
+    assert_eq!(block_rows(1024, 2), 128);
+    assert_eq!(block_rows(100, 2), 64);
+}
+
+#[test]
+fn tiles_visit_every_value_once() {
+    let (rows, n) = (37, 2 * NR + 5);
+    let product: Vec<i32> = (0..rows * n).map(|i| i as i32 + 1).collect();
+    let mut seen = vec![0; rows * n];
+    tiles(&product, rows, n, |tile, r, c0| {
+        for (i, t) in tile.iter().enumerate() {
+            for (j, &v) in t.iter().enumerate() {
+                if c0 + j < n {
+                    assert_eq!(v, product[(r + i) * n + c0 + j]);
+                    seen[(r + i) * n + c0 + j] += 1;
+                } else {
+                    assert_eq!(v, 0, "past n is zero");
+                }
+            }
+        }
+    });
+    assert!(seen.iter().all(|&s| s == 1));
+}
+
+#[test]
+fn every_precision_passes_its_self_check_where_the_library_loads() {
+    if !library() {
+        return;
+    }
+    for kind in [Kind::F32, Kind::Bf16, Kind::Int8] {
+        assert!(usable(kind), "{kind:?}");
+    }
+}
+
+#[test]
+fn int8_on_onednn_is_bit_identical_to_samps_kernel_with_every_epilogue() {
+    if !library() {
+        return;
+    }
+    let bias = data(N, 9, 0.5);
+    for bits in [7, 8] {
+        for (m, k) in PROBLEMS {
+            let x = data(m * k, 1, 3.0);
+            let w = QWeights::quantize(&data(N * k, 2, 0.2), N, k, bits);
+            let g = int8::onednn_gemm(&w).expect("gemm");
+            for scale in [ActScale::Static(3.0 / 127.0), ActScale::Dynamic] {
+                let mut q = QActs::new();
+                q.quantize(&x, m, k, scale);
+                for ep in epilogues(&bias) {
+                    let start = data(m * N, 5, 1.0);
+                    let (mut a, mut b) = (start.clone(), start);
+                    int8::matmul(&q, &w, &mut a, ep);
+                    int8::matmul_onednn(&q, &w, &g, &mut b, ep);
+                    assert!(
+                        a == b,
+                        "{bits}-bit {m}x{k} {scale:?} act {:?} acc {}",
+                        ep.act,
+                        ep.accumulate
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn float_kinds_on_onednn_match_samps_kernels_within_rounding() {
+    if !library() {
+        return;
+    }
+    let bias = data(N, 9, 0.5);
+    for (m, k) in PROBLEMS {
+        let x = data(m * k, 1, 1.0);
+        let wf = data(N * k, 2, 1.0);
+        let pw = PackedWeights::from_rows(&wf, N, k);
+        let (gf, gb) = (
+            packed::onednn_gemm(&pw).expect("f32"),
+            bf16::onednn_gemm(&wf, N, k).expect("bf16"),
+        );
+        let bw = Bf16Weights::from_rows(&wf, N, k);
+        let mut xb = Bf16Acts::new();
+        xb.round(&x, m, k);
+        for ep in epilogues(&bias) {
+            let start = data(m * N, 5, 1.0);
+            let (mut a, mut b) = (start.clone(), start.clone());
+            packed::matmul(&x, m, &pw, &mut a, ep);
+            packed::matmul_onednn(&x, m, &gf, &mut b, ep);
+            // |x|, |w| ≤ 1: k bounds each sum of magnitudes; GELU and the bias keep the scale.
+            let tol = 8.0 * k as f32 * f32::EPSILON;
+            let worst = a
+                .iter()
+                .zip(&b)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(
+                worst <= tol,
+                "f32 {m}x{k} act {:?}: {worst} > {tol}",
+                ep.act
+            );
+            let (mut a, mut b) = (start.clone(), start);
+            bf16::matmul(&xb, &bw, &mut a, ep);
+            bf16::matmul_onednn(&xb, &gb, &mut b, ep);
+            let worst = a
+                .iter()
+                .zip(&b)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(
+                worst <= tol,
+                "bf16 {m}x{k} act {:?}: {worst} > {tol}",
+                ep.act
+            );
+        }
+    }
+}
+
+#[test]
+fn zero_rows_write_nothing() {
+    if !library() {
+        return;
+    }
+    let w = QWeights::quantize(&data(N * 64, 2, 0.2), N, 64, 8);
+    let g = int8::onednn_gemm(&w).expect("gemm");
+    let mut q = QActs::new();
+    q.quantize(&[], 0, 64, ActScale::Dynamic);
+    let mut y: Vec<f32> = vec![];
+    int8::matmul_onednn(&q, &w, &g, &mut y, Epilogue::default());
+}
+
+#[test]
+fn the_race_is_skipped_for_small_products() {
+    // Below MIN_MACS nothing is timed and samp's kernels serve, library or not.
+    assert!(!prefer(Kind::Int8, 64, 64, 1));
+    assert!(!prefer(Kind::F32, 384, 1, 10));
+}
