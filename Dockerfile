@@ -6,8 +6,9 @@
 #   docker build --build-arg BAKE_MODELS=1 -t samp:baked .        # models fetched into the image
 #   docker run --rm -p 50051:50051 -p 8080:8080 -p 9090:9090 -v "$PWD/models:/models:ro" samp:latest
 #
-# The binary targets the baseline x86-64 (no target-cpu=native): the AVX2, AVX-VNNI and AVX-512
-# VNNI kernels are chosen at run time from what the CPU has. CPU only: the CUDA backend does
+# The binary targets the baseline x86-64 (no target-cpu=native): the AVX2, AVX-VNNI, AVX-512
+# and AMX kernels are chosen at run time from what the CPU has, and oneDNN (fetched from PyPI,
+# loaded at run time) serves the GEMM shapes where it measures faster on the host. CPU only: the CUDA backend does
 # not exist yet, so there is no CUDA build target (see the GPU issue).
 
 ARG RUST_VERSION=1.95
@@ -39,11 +40,16 @@ COPY assets assets
 COPY plans plans
 RUN mkdir -p models data \
     && if [ "$BAKE_MODELS" = "1" ]; then scripts/fetch_models.sh && rm -rf models/.packages; fi
+# oneDNN (PyPI), loaded at run time for the GEMM shapes where it beats samp's own kernels.
+RUN scripts/fetch_onednn.sh /src/onednn
 
 # --- runtime: small, non-root
 FROM debian:${DEBIAN}-slim AS runtime
-RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin samp
+RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin samp \
+    && apt-get update && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
 COPY --from=build /usr/local/bin/samp /usr/local/bin/samp
+COPY --from=models /src/onednn/lib/libdnnl.so.3 /opt/onednn/lib/libdnnl.so.3
 COPY --from=models --chown=10001:10001 /src/models /models
 USER 10001
 # gRPC, the HTTP/JSON door (TEI and OpenAI routes), and Prometheus metrics at /metrics.
@@ -52,6 +58,7 @@ ENV SAMP_LISTEN=0.0.0.0:50051 \
     SAMP_HTTP_LISTEN=0.0.0.0:8080 \
     SAMP_METRICS_LISTEN=0.0.0.0:9090 \
     SAMP_MODELS_DIR=/models \
+    SAMP_ONEDNN=/opt/onednn/lib/libdnnl.so.3 \
     SAMP_LOG_FORMAT=json
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["samp", "client", "--addr", "http://127.0.0.1:50051", "--timeout-ms", "2000", "health"]

@@ -29,6 +29,7 @@ helps = {cmd: helptext(*cmd.split()) for cmd in ["", "serve", "client", "client 
 flags = {f for h in helps.values() for f in re.findall(r"(--[a-z][a-z0-9-]*)", h)}
 envs = {e for h in helps.values() for e in re.findall(r"\[env: (SAMP_[A-Z_]+)=", h)}
 envs.add("SAMP_LOG")  # the log filter (tracing EnvFilter), documented in README
+envs.add("SAMP_ONEDNN")  # where libdnnl.so.3 is (kernels/onednn.rs), documented in README
 subcommands = {"serve", "client", "health", "embed", "classify", "tag", "models", "quantize", "eval", "bench"}
 
 # Everything deploy/ and the Dockerfile name.

@@ -32,3 +32,5 @@ for d in plans/*/; do
   fi
 done
 python3 scripts/make_eval_data.py
+# oneDNN from PyPI, which samp loads at run time for the GEMMs where it is faster (kernels/onednn.rs).
+scripts/fetch_onednn.sh

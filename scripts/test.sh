@@ -12,6 +12,8 @@ fi
 .venv-nvrtc/bin/pip install -q --disable-pip-version-check -r scripts/requirements-nvrtc.txt
 SAMP_CUDA_LIB_DIR="$(.venv-nvrtc/bin/python -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "lib"))')"
 export SAMP_CUDA_LIB_DIR SAMP_REQUIRE_NVRTC=1
+# oneDNN (fetched by fetch_models.sh into target/onednn): its kernel tests must run, not skip.
+export SAMP_REQUIRE_ONEDNN=1
 cargo test --release --all-targets --locked
 cargo build --release --locked
 if [ ! -x .venv-test/bin/python ]; then

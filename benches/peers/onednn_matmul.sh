@@ -4,8 +4,8 @@
 #
 #   benches/peers/onednn_matmul.sh [ROUNDS] [SECONDS]      # default 2 rounds of 0.5 s per rate
 #
-# Fetches oneDNN from PyPI (onednn-cpu-gomp 2023.2.0 = oneDNN 3.2 with GNU OpenMP; the newer
-# PyPI builds need Intel's SYCL/TBB runtimes) into target/onednn, builds
+# Fetches oneDNN from PyPI (scripts/fetch_onednn.sh, plus the headers of onednn-devel-cpu-gomp)
+# into target/onednn, builds
 # benches/peers/onednn_matmul.c with gcc, and prints a markdown table: per shape and precision
 # the best round of each. samp's INT8 rate includes quantizing the f32 input; oneDNN's s8 x s8
 # does not (it is handed s8 activations), so the INT8 columns favour oneDNN.
@@ -15,17 +15,16 @@ rounds="${1:-2}"
 seconds="${2:-0.5}"
 threads="${SAMP_BENCH_THREADS:-2}"
 dir=target/onednn
-mkdir -p "$dir"
-if [ ! -f "$dir/lib/libdnnl.so.3" ]; then
+scripts/fetch_onednn.sh "$dir"
+if [ ! -f "$dir/include/oneapi/dnnl/dnnl.h" ]; then
   python3 -m pip download -q --disable-pip-version-check --no-deps -d "$dir/wheels" \
-    onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==2023.2.0
-  for w in "$dir"/wheels/*.whl; do python3 -m zipfile -e "$w" "$dir/x"; done
-  mkdir -p "$dir/lib" "$dir/include"
-  cp -a "$dir"/x/onednn_cpu_gomp-*.data/data/lib/libdnnl.so* "$dir/lib/"
+    onednn-devel-cpu-gomp==2023.2.0
+  python3 -m zipfile -e "$dir"/wheels/onednn_devel_cpu_gomp-*.whl "$dir/x"
+  mkdir -p "$dir/include"
   cp -a "$dir"/x/onednn_devel_cpu_gomp-*.data/data/include/. "$dir/include/"
 fi
 gcc -O2 -o "$dir/onednn_matmul" benches/peers/onednn_matmul.c -I"$dir/include" -L"$dir/lib" \
-  -ldnnl -Wl,-rpath,"$PWD/$dir/lib"
+  -l:libdnnl.so.3 -Wl,-rpath,"$PWD/$dir/lib"
 [ -x target/release/samp ] || cargo build --release
 : > "$dir/onednn.jsonl"
 : > "$dir/samp.jsonl"
@@ -51,6 +50,8 @@ for doc in open(f"{d}/samp.jsonl"):
     j = json.loads(doc)
     for r in j["rates"]:
         if r["precision"] == "int8" and r.get("weight_bits") != 8:
+            continue
+        if "library" in r:  # samp's own kernels only (not its oneDNN path)
             continue
         key = (r["shape"], r["precision"], "samp")
         best[key] = max(best.get(key, 0), r["gops"])
