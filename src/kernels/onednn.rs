@@ -774,13 +774,18 @@ impl Drop for Gemm {
     }
 }
 
-/// Rows per block: 128 (where oneDNN's AMX and AVX-512 kernels ran fastest, one thread each,
-/// at the MiniLM shapes), fewer so that every thread gets a block, a multiple of 16 (a tile).
+/// Rows per block: up to 128 (where oneDNN's AMX and AVX-512 kernels ran fastest, one thread
+/// each, at the MiniLM shapes), split evenly into a multiple of the threads' count of blocks (so
+/// that the pool ends together) while each keeps at least a 16-row tile.
 fn block_rows(m: usize, threads: usize) -> usize {
     const MAX: usize = 128;
-    const MIN: usize = 16;
-    let blocks = m.div_ceil(MAX).max(threads.min(m.div_ceil(MIN))).max(1);
-    m.div_ceil(blocks).next_multiple_of(MIN).max(MIN)
+    const TILE: usize = 16;
+    let blocks = m
+        .div_ceil(MAX)
+        .next_multiple_of(threads.max(1))
+        .min(m.div_ceil(TILE))
+        .max(1);
+    m.div_ceil(blocks).max(1)
 }
 
 pub(super) fn bytes_of<T: Plain>(v: &[T]) -> &[u8] {

@@ -50,21 +50,25 @@ fn epilogues(bias: &[f32]) -> Vec<Epilogue<'_>> {
 }
 
 #[test]
-fn blocks_cover_every_row_in_tiles() {
+fn blocks_are_at_most_128_rows_and_shared_evenly() {
     for threads in [1, 2, 8] {
-        for m in [1, 15, 16, 17, 100, 128, 129, 255, 256, 1000, 4096] {
+        for m in [1, 15, 16, 17, 100, 128, 129, 255, 256, 843, 1000, 4096] {
             let b = block_rows(m, threads);
-            assert!(
-                b.is_multiple_of(16) && (16..=128).contains(&b),
-                "m {m} -> {b}"
-            );
-            // Every thread gets a block while there are 32 rows for each (rounding blocks to
-            // whole tiles may leave fewer blocks than 16-row ones would give).
-            assert!(m.div_ceil(b) >= threads.min(m / 32), "m {m} -> {b}");
+            let blocks = m.div_ceil(b);
+            assert!((1..=128).contains(&b), "m {m} -> {b}");
+            // A multiple of the threads while every block keeps a tile's worth of rows.
+            if m >= 16 * threads && m > 128 {
+                assert!(
+                    blocks.is_multiple_of(threads),
+                    "m {m} threads {threads} -> {b}"
+                );
+            }
         }
     }
     assert_eq!(block_rows(1024, 2), 128);
-    assert_eq!(block_rows(100, 2), 64);
+    assert_eq!(block_rows(843, 2), 106); // 8 blocks, not 7 of 128
+    assert_eq!(block_rows(100, 2), 50); // 2 blocks of 50, not 64 + 36
+    assert_eq!(block_rows(5, 2), 5);
 }
 
 #[test]
