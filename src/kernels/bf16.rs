@@ -314,26 +314,6 @@ pub fn matmul_onednn(x: &Bf16Acts, g: &onednn::Gemm, y: &mut [f32], ep: Epilogue
     g.run_float(onednn::bytes_of(&x.data[..x.m * x.kp]), x.m, y, ep)
 }
 
-/// Seconds of samp's bf16 kernel and of oneDNN's at `m × k → n`, rounding the input included
-/// (see [`onednn::prefer`]).
-pub(super) fn onednn_race(k: usize, n: usize, m: usize) -> Result<(f64, f64), String> {
-    let (x, wf) = onednn::race_data(m, k, n);
-    let w = Bf16Weights::from_rows(&wf, n, k);
-    let g = onednn_gemm(&wf, n, k)?;
-    let (mut a, mut b) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
-    let (mut qa, mut qb) = (Bf16Acts::new(), Bf16Acts::new());
-    Ok(onednn::race(
-        || {
-            qa.round(&x, m, k);
-            matmul(&qa, &w, &mut a, Epilogue::default())
-        },
-        || {
-            qb.round(&x, m, k);
-            matmul_onednn(&qb, &g, &mut b, Epilogue::default())
-        },
-    ))
-}
-
 /// The start-up self-check of oneDNN's bf16 matmul, on the problems of the kernels' own.
 pub(super) fn onednn_agrees() -> bool {
     [(23, 2 * 256 + 77), (49, 320)].into_iter().all(|(m, k)| {

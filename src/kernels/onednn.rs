@@ -3,12 +3,13 @@
 //! every host: without the library, with a version other than 3.x, or when a precision's
 //! start-up self-check fails, nothing changes.
 //!
-//! Which GEMMs it serves: per precision and shape, the faster of oneDNN and samp's own kernel,
-//! raced on this host at first use ([`prefer`]).
+//! Which GEMMs it serves ([`prefer`]): f32 and bf16 wherever it passes its checks (fixed, so
+//! float outputs are reproducible); INT8 per shape where it wins a race against samp's kernel
+//! on this host at first use.
 //!
 //! Where the library comes from: `SAMP_ONEDNN` names `libdnnl.so.3` (or is `0` / `off` to
-//! leave it out, `1` / `on` for the default search, `always` to skip the race); otherwise the system's loader path, then `onednn/lib/` beside a parent of
-//! the executable (`target/onednn`, where `scripts/fetch_onednn.sh` puts PyPI's build).
+//! leave it out, `1` / `on` for the default search, `always` to skip the INT8 race); otherwise
+//! the system's loader path, then `onednn/lib/` beside a parent of the executable (`target/onednn`, where `scripts/fetch_onednn.sh` puts PyPI's build).
 //!
 //! How it runs: one primitive per layer and precision, with the number of rows left to run
 //! time, and the weights reordered once into the layout it picks. samp keeps the threading:
@@ -297,30 +298,27 @@ pub fn usable(kind: Kind) -> bool {
     })
 }
 
-/// Whether a layer of this precision and shape (`k → n`, `rows` rows) runs on oneDNN: only where
-/// it is usable and measured faster than samp's own kernel on this host. The race runs once per
-/// (precision, shape, row bucket) on synthetic data of the bucket's rows, alternating the two
-/// (best of three each), so a shape where samp's kernel wins keeps it. `SAMP_ONEDNN=always`
-/// skips the race (oneDNN wherever usable).
+/// Whether a layer of this precision and shape (`k → n`, `rows` rows) runs on oneDNN, where it
+/// is usable. f32 and bf16: always (measured faster end to end, BENCHMARKS.md), decided without
+/// timing, so that a process's float outputs do not depend on a race it ran (they differ from
+/// samp's kernels' in the last bits). INT8, whose outputs are bit-identical on both paths: only
+/// where oneDNN wins a race against samp's kernel, run once per (shape, row bucket) on synthetic
+/// data of the bucket's rows, alternating the two (best of three each), so a shape where samp's
+/// kernel wins keeps it. `SAMP_ONEDNN=always` skips the race.
 pub fn prefer(kind: Kind, k: usize, n: usize, rows: usize) -> bool {
     if rows * k * n < MIN_MACS || !usable(kind) {
         return false;
     }
-    if std::env::var("SAMP_ONEDNN").is_ok_and(|v| v == "always") {
+    if kind != Kind::Int8 || std::env::var("SAMP_ONEDNN").is_ok_and(|v| v == "always") {
         return true;
     }
-    static CHOICES: Mutex<BTreeMap<(usize, usize, usize, usize), bool>> =
-        Mutex::new(BTreeMap::new());
+    static CHOICES: Mutex<BTreeMap<(usize, usize, usize), bool>> = Mutex::new(BTreeMap::new());
     let m = rows.next_power_of_two().clamp(64, 2048);
-    let key = (kind.index(), k, n, m);
+    let key = (k, n, m);
     let mut choices = CHOICES.lock().unwrap_or_else(|e| e.into_inner());
-    *choices.entry(key).or_insert_with(|| {
-        let raced = match kind {
-            Kind::F32 => super::packed::onednn_race(k, n, m),
-            Kind::Bf16 => super::bf16::onednn_race(k, n, m),
-            Kind::Int8 => super::int8::onednn_race(k, n, m),
-        };
-        match raced {
+    *choices
+        .entry(key)
+        .or_insert_with(|| match super::int8::onednn_race(k, n, m) {
             Ok((own, dnnl)) => {
                 tracing::debug!(
                     ?kind,
@@ -335,11 +333,10 @@ pub fn prefer(kind: Kind, k: usize, n: usize, rows: usize) -> bool {
                 dnnl < own
             }
             Err(e) => {
-                tracing::warn!(?kind, k, n, "oneDNN not used for this shape: {e}");
+                tracing::warn!(k, n, "oneDNN INT8 not used for this shape: {e}");
                 false
             }
-        }
-    })
+        })
 }
 
 /// Best-of-three seconds of `own` and of `dnnl`, taking turns (each run once first, untimed).

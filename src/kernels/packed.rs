@@ -209,18 +209,6 @@ pub fn matmul_onednn(x: &[f32], m: usize, g: &onednn::Gemm, y: &mut [f32], ep: E
     g.run_float(onednn::bytes_of(&x[..m * k]), m, y, ep)
 }
 
-/// Seconds of samp's f32 kernel and of oneDNN's at `m × k → n` (see [`onednn::prefer`]).
-pub(super) fn onednn_race(k: usize, n: usize, m: usize) -> Result<(f64, f64), String> {
-    let (x, w) = onednn::race_data(m, k, n);
-    let w = PackedWeights::from_rows(&w, n, k);
-    let g = onednn_gemm(&w)?;
-    let (mut a, mut b) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
-    Ok(onednn::race(
-        || matmul(&x, m, &w, &mut a, Epilogue::default()),
-        || matmul_onednn(&x, m, &g, &mut b, Epilogue::default()),
-    ))
-}
-
 /// The start-up self-check of oneDNN's f32 matmul.
 pub(super) fn onednn_agrees() -> bool {
     agrees_with_portable(|x, m, w, y| match onednn_gemm(w) {
