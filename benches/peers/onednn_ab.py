@@ -4,8 +4,8 @@
     python3 benches/peers/onednn_ab.py [--rounds 3] [--seconds 2] [--plans float32,bf16,samp]
                                        [--model models/all-MiniLM-L6-v2] [--texts FILE]
 
-Each cell runs `samp bench` (batch 32) twice per round, SAMP_ONEDNN=0 then on (the order flips
-every round), at natural lengths and at a fixed 128 tokens (`--tokens 128`, encoder only); the
+Each cell runs `samp bench` (batch 32) twice per round, SAMP_ONEDNN=0 then on (`always` for the
+bf16 plan, whose layers use oneDNN only when asked; the order flips every round), at natural lengths and at a fixed 128 tokens (`--tokens 128`, encoder only); the
 best round of each counts (the host is shared and noisy). `bf16` is the model's SAMP plan with
 every GEMM set to bfloat16; `samp` is the committed plan (plans/<model>/samp-plan.json) or, for
 a model without one, every GEMM INT8 with dynamic activation scales. Prints a markdown table:
@@ -76,10 +76,12 @@ def main():
             for kind in a.plans.split(","):
                 plan = plan_file(a.model, kind, tmp, layers)
                 for tokens in (None, 128):
-                    order = ("0", "on") if r % 2 == 0 else ("on", "0")
+                    # bf16 layers use oneDNN only when asked (kernels::onednn::prefer).
+                    with_lib = "always" if kind == "bf16" else "on"
+                    order = ("0", with_lib) if r % 2 == 0 else (with_lib, "0")
                     for onednn in order:
                         v = bench(a.model, plan, texts, a.seconds, onednn, tokens)
-                        key = (kind, tokens, onednn)
+                        key = (kind, tokens, "0" if onednn == "0" else "on")
                         best[key] = max(best.get(key, 0), v)
                         print(f"round {r + 1}: {kind:8} {'natural' if tokens is None else tokens:>7} "
                               f"onednn={onednn:3} {v:9.0f} tokens/s", file=sys.stderr)

@@ -3,12 +3,12 @@
 //! every host: without the library, with a version other than 3.x, or when a precision's
 //! start-up self-check fails, nothing changes.
 //!
-//! Which GEMMs it serves ([`prefer`]): f32 and bf16 wherever it passes its checks (fixed, so
-//! float outputs are reproducible); INT8 per shape where it wins a race against samp's kernel
-//! on this host at first use.
+//! Which GEMMs it serves ([`prefer`]): f32 wherever it passes its checks (fixed, so float
+//! outputs are reproducible); INT8 per shape where it wins a race against samp's kernel on this
+//! host at first use; bf16 only when asked (`SAMP_ONEDNN=always`).
 //!
 //! Where the library comes from: `SAMP_ONEDNN` names `libdnnl.so.3` (or is `0` / `off` to
-//! leave it out, `1` / `on` for the default search, `always` to skip the INT8 race); otherwise
+//! leave it out, `1` / `on` for the default search, `always` to use it for bf16 too and skip the INT8 race); otherwise
 //! the system's loader path, then `onednn/lib/` beside a parent of the executable (`target/onednn`, where `scripts/fetch_onednn.sh` puts PyPI's build).
 //!
 //! How it runs: one primitive per layer and precision, with the number of rows left to run
@@ -299,18 +299,23 @@ pub fn usable(kind: Kind) -> bool {
 }
 
 /// Whether a layer of this precision and shape (`k → n`, `rows` rows) runs on oneDNN, where it
-/// is usable. f32 and bf16: always (measured faster end to end, BENCHMARKS.md), decided without
-/// timing, so that a process's float outputs do not depend on a race it ran (they differ from
-/// samp's kernels' in the last bits). INT8, whose outputs are bit-identical on both paths: only
-/// where oneDNN wins a race against samp's kernel, run once per (shape, row bucket) on synthetic
-/// data of the bucket's rows, alternating the two (best of three each), so a shape where samp's
-/// kernel wins keeps it. `SAMP_ONEDNN=always` skips the race.
+/// is usable. f32: always (faster end to end in most paired rounds, BENCHMARKS.md), decided
+/// without timing, so that a process's float outputs never depend on a race it ran (they differ
+/// from samp's kernels' in the last bits). bf16: only with `SAMP_ONEDNN=always` (no end-to-end
+/// difference resolved on this VM's noise). INT8, whose outputs are bit-identical on both
+/// paths: where oneDNN wins a race against samp's kernel, run once per (shape, row bucket) on
+/// synthetic data of the bucket's rows, alternating the two (best of three each), so a shape
+/// where samp's kernel wins keeps it; `SAMP_ONEDNN=always` skips the race.
 pub fn prefer(kind: Kind, k: usize, n: usize, rows: usize) -> bool {
     if rows * k * n < MIN_MACS || !usable(kind) {
         return false;
     }
-    if kind != Kind::Int8 || std::env::var("SAMP_ONEDNN").is_ok_and(|v| v == "always") {
-        return true;
+    let always = std::env::var("SAMP_ONEDNN").is_ok_and(|v| v == "always");
+    match kind {
+        Kind::F32 => return true,
+        Kind::Bf16 => return always,
+        Kind::Int8 if always => return true,
+        Kind::Int8 => {}
     }
     static CHOICES: Mutex<BTreeMap<(usize, usize, usize), bool>> = Mutex::new(BTreeMap::new());
     let m = rows.next_power_of_two().clamp(64, 2048);
