@@ -235,7 +235,13 @@ fn onednn_entries(kernels: &mut Vec<serde_json::Value>) -> (Option<String>, Vec<
             eprintln!(
                 "{lib}: {precision} {}",
                 if dnnl.contains(&kind) {
-                    "passes its self-check (used per shape where it wins the race: kernels::onednn::prefer)"
+                    match kind {
+                        Kind::F32 => "passes its self-check (the f32 layers use it)",
+                        Kind::Bf16 => "passes its self-check (used with SAMP_ONEDNN=always)",
+                        Kind::Int8 => {
+                            "passes its self-check (used per shape where it wins the race)"
+                        }
+                    }
                 } else {
                     "FAILS its self-check: samp's kernels serve"
                 }
