@@ -132,6 +132,13 @@ fn int8_on_onednn_is_bit_identical_to_samps_kernel_with_every_epilogue() {
     }
 }
 
+fn worst_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
+}
+
 #[test]
 fn float_kinds_on_onednn_match_samps_kernels_within_rounding() {
     if !library() {
@@ -156,11 +163,7 @@ fn float_kinds_on_onednn_match_samps_kernels_within_rounding() {
             packed::matmul_onednn(&x, m, &gf, &mut b, ep);
             // |x|, |w| ≤ 1: k bounds each sum of magnitudes; GELU and the bias keep the scale.
             let tol = 8.0 * k as f32 * f32::EPSILON;
-            let worst = a
-                .iter()
-                .zip(&b)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f32::max);
+            let worst = worst_diff(&a, &b);
             assert!(
                 worst <= tol,
                 "f32 {m}x{k} act {:?}: {worst} > {tol}",
@@ -169,11 +172,7 @@ fn float_kinds_on_onednn_match_samps_kernels_within_rounding() {
             let (mut a, mut b) = (start.clone(), start);
             bf16::matmul(&xb, &bw, &mut a, ep);
             bf16::matmul_onednn(&xb, &gb, &mut b, ep);
-            let worst = a
-                .iter()
-                .zip(&b)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f32::max);
+            let worst = worst_diff(&a, &b);
             assert!(
                 worst <= tol,
                 "bf16 {m}x{k} act {:?}: {worst} > {tol}",
