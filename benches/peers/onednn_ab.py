@@ -3,6 +3,10 @@
 
     python3 benches/peers/onednn_ab.py [--rounds 3] [--seconds 2] [--plans float32,bf16,samp]
                                        [--model models/all-MiniLM-L6-v2] [--texts FILE]
+                                       [--baseline OTHER_SAMP_BINARY]
+
+With `--baseline`, the two sides are instead that binary (another commit's build) and this
+checkout's target/release/samp, both with the library as they find it by default.
 
 Each cell runs `samp bench` (batch 32) twice per round, SAMP_ONEDNN=0 then on (`always` for the
 bf16 plan, whose layers use oneDNN only when asked; the order flips every round), at natural lengths and at a fixed 128 tokens (`--tokens 128`, encoder only); the
@@ -44,8 +48,8 @@ def plan_file(model: Path, kind: str, tmp: Path, layers: int) -> str:
     return str(f)
 
 
-def bench(model, plan, texts, seconds, onednn, tokens=None):
-    cmd = [str(SAMP), "bench", "--model", str(model), "--plan", plan, "--input", str(texts),
+def bench(model, plan, texts, seconds, onednn, tokens=None, binary=SAMP):
+    cmd = [str(binary), "bench", "--model", str(model), "--plan", plan, "--input", str(texts),
            "--seconds", str(seconds), "--batch", "32"]
     if tokens:
         cmd += ["--tokens", str(tokens)]
@@ -61,6 +65,7 @@ def main():
     ap.add_argument("--plans", default="float32,bf16,samp")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--baseline", type=Path, help="compare this samp binary with target/release/samp")
     a = ap.parse_args()
     if not SAMP.exists():
         sys.exit("build samp first: cargo build --release")
@@ -72,6 +77,7 @@ def main():
         texts.write_text("".join(json.dumps({"text": json.loads(l)["text"]}) + "\n"
                                  for l in src.read_text().splitlines()[:256]))
         best = {}
+        side = lambda o: ("baseline" if o == "0" else "this") if a.baseline else f"onednn={o:3}"
         for r in range(a.rounds):
             for kind in a.plans.split(","):
                 plan = plan_file(a.model, kind, tmp, layers)
@@ -80,12 +86,18 @@ def main():
                     with_lib = "always" if kind == "bf16" else "on"
                     order = ("0", with_lib) if r % 2 == 0 else (with_lib, "0")
                     for onednn in order:
-                        v = bench(a.model, plan, texts, a.seconds, onednn, tokens)
+                        if a.baseline:
+                            # "0" names the baseline binary's side; both use the library.
+                            binary = a.baseline if onednn == "0" else SAMP
+                            v = bench(a.model, plan, texts, a.seconds, with_lib, tokens, binary)
+                        else:
+                            v = bench(a.model, plan, texts, a.seconds, onednn, tokens)
                         key = (kind, tokens, "0" if onednn == "0" else "on")
                         best[key] = max(best.get(key, 0), v)
                         print(f"round {r + 1}: {kind:8} {'natural' if tokens is None else tokens:>7} "
-                              f"onednn={onednn:3} {v:9.0f} tokens/s", file=sys.stderr)
-    print(f"| {a.model.name}: plan | lengths | samp kernels (tokens/s) | with oneDNN | ratio |")
+                              f"{side(onednn)} {v:9.0f} tokens/s", file=sys.stderr)
+    sides = (f"{a.baseline.name} (tokens/s)", "this build") if a.baseline else ("samp kernels (tokens/s)", "with oneDNN")
+    print(f"| {a.model.name}: plan | lengths | {sides[0]} | {sides[1]} | ratio |")
     print("|---|---|---:|---:|---:|")
     for kind in a.plans.split(","):
         for tokens in (None, 128):

@@ -181,6 +181,7 @@ pub(crate) struct FloatEp {
     pub bias: Option<*const f32>,
     pub accumulate: bool,
     pub act: Option<crate::kernels::Activation>,
+    pub to_int8: Option<super::packed::ToInt8>,
 }
 
 impl FloatEp {
@@ -190,6 +191,7 @@ impl FloatEp {
             bias: ep.bias.map(|b| b[c0..].as_ptr()),
             accumulate: ep.accumulate,
             act: ep.act,
+            to_int8: ep.to_int8,
         }
     }
 }

@@ -46,6 +46,7 @@ pub fn weight_max(bits: u32) -> i32 {
 pub const WEIGHT_BITS: [u32; 2] = [7, 8];
 
 use crate::kernels::TileCall;
+pub(crate) use acts::quantize_into;
 #[cfg(test)]
 use acts::quantize_row;
 #[cfg(all(test, target_arch = "x86_64"))]
@@ -306,6 +307,7 @@ pub fn matmul_onednn(x: &QActs, w: &QWeights, g: &onednn::Gemm, y: &mut [f32], e
                         NR.min(n - c0),
                         ep.accumulate,
                         ep.act,
+                        ep.to_int8,
                     )
                 }
             }
@@ -395,6 +397,7 @@ impl PanelGemm for Bound<'_, QActs, QWeights, Int8Kernel> {
                 sa: x.scales[t.r..].as_ptr(),
                 accumulate: ep.accumulate,
                 act: ep.act,
+                to_int8: ep.to_int8,
             };
             fused(
                 &t.call(x.data.as_ptr(), w.kp, w.panel(t.p).as_ptr(), y, w.n),

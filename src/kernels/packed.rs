@@ -270,16 +270,7 @@ pub(super) unsafe fn finish_block(
                 stride: n,
                 rows,
             };
-            let bias = ep.bias.map(|b| &b[c0..]);
-            avx512::finish(
-                acc,
-                bias,
-                y.add(c0),
-                n,
-                NR.min(n - c0),
-                ep.accumulate,
-                ep.act,
-            );
+            avx512::finish(acc, &FloatEp::at(&ep, c0), y.add(c0), n, NR.min(n - c0));
         }
         return;
     }
@@ -295,6 +286,47 @@ pub struct Epilogue<'a> {
     /// Add onto what the output already holds (a residual connection).
     pub accumulate: bool,
     pub act: Option<Activation>,
+    /// Write each output as the next INT8 layer's input byte instead of as a float.
+    pub to_int8: Option<ToInt8>,
+}
+
+/// Outputs quantized for the next layer in the epilogue, instead of written as floats and
+/// quantized in a pass of their own: the output at `y[i]` becomes byte `q[i]`, that is
+/// `round(v / scale)` clamped to ±[`ACT_MAX`](super::int8::ACT_MAX), plus 128 — the operations
+/// of [`QActs::quantize`](super::int8::QActs::quantize) in its order, so the bytes are the same.
+/// `y` still addresses the outputs (every kernel's pointer arithmetic is unchanged) but is not
+/// written. Made by [`QActs::fused_output`](super::int8::QActs::fused_output).
+#[derive(Clone, Copy, Debug)]
+pub struct ToInt8 {
+    /// `y`'s first float.
+    y0: *const f32,
+    /// `q`'s first byte: as many bytes as `y` has floats.
+    q: *mut u8,
+    /// 1 / the scale.
+    pub(crate) inv: f32,
+}
+
+// SAFETY: the threads of one GEMM write disjoint outputs, so disjoint bytes of `q`; `q` outlives
+// the GEMM (the borrow `fused_output` took).
+unsafe impl Send for ToInt8 {}
+unsafe impl Sync for ToInt8 {}
+
+impl ToInt8 {
+    /// # Safety
+    /// `q` must hold `len` writable bytes where `y0` holds `len` floats, for as long as the
+    /// value is used.
+    pub(crate) unsafe fn new(y0: *const f32, q: *mut u8, inv: f32) -> Self {
+        ToInt8 { y0, q, inv }
+    }
+
+    /// The byte of the output at `yp`.
+    ///
+    /// # Safety
+    /// `yp` must point into the `y` this was made for.
+    #[inline(always)]
+    pub(crate) unsafe fn byte(&self, yp: *const f32) -> *mut u8 {
+        self.q.offset(yp.offset_from(self.y0))
+    }
 }
 
 /// `y[m, n] = epilogue(x[m, k] · W)`, `x` and `y` row-major. Splits output panels over the
@@ -448,15 +480,7 @@ pub(super) unsafe fn finish(
     match isa {
         // SAFETY (both): the ISA was detected at run time; the caller vouches for `y`.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => avx512::finish(
-            AccRows::tile(tile),
-            ep.bias.map(|b| &b[c0..]),
-            y,
-            ldy,
-            cols,
-            ep.accumulate,
-            ep.act,
-        ),
+        Isa::Avx512 => avx512::finish(AccRows::tile(tile), &FloatEp::at(&ep, c0), y, ldy, cols),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => finish_avx2(y, ldy, tile, cols, ep, c0),
         _ => finish_impl::<false>(y, ldy, tile, cols, ep, c0),
@@ -528,7 +552,13 @@ unsafe fn finish_impl<const FMA: bool>(
                 }
             }
         }
-        out.copy_from_slice(&v[..cols]);
+        match ep.to_int8 {
+            None => out.copy_from_slice(&v[..cols]),
+            Some(t) => {
+                let q = std::slice::from_raw_parts_mut(t.byte(out.as_ptr()), cols);
+                crate::kernels::int8::quantize_into(&v[..cols], q, t.inv);
+            }
+        }
     }
 }
 

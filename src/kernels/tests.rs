@@ -1,6 +1,59 @@
 //! Tests of the element-wise kernels and the strided GEMM of this module.
 
 use super::*;
+use crate::kernels::int8::{ActScale, QActs};
+use crate::kernels::packed::Epilogue;
+
+/// One GEMM's outputs quantized in its epilogue ([`Epilogue::to_int8`]) against its float
+/// outputs quantized afterwards ([`QActs::quantize`]), for `run(y, ep)` computing `m × n`
+/// outputs: the same bytes and scales, and not one float written — with and without GELU (the
+/// FFN up projection's epilogue), at a scale that clips the largest outputs. Each precision's
+/// tests call it for each of its paths.
+pub(crate) fn check_fused_quantization(
+    what: &str,
+    m: usize,
+    n: usize,
+    bias: &[f32],
+    run: impl Fn(&mut [f32], Epilogue<'_>),
+) {
+    for act in [None, Some(Activation::Gelu)] {
+        let ep = Epilogue {
+            bias: Some(bias),
+            act,
+            ..Default::default()
+        };
+        let mut y = vec![0.0f32; m * n];
+        run(&mut y, ep);
+        let scale = abs_max(&y) / int8::ACT_MAX as f32 * 0.75;
+        let mut want = QActs::new();
+        want.quantize(&y, m, n, ActScale::Static(scale));
+        let mut got = QActs::new();
+        let mut unwritten = vec![-7.0f32; m * n];
+        let to = got.fused_output(&mut unwritten, m, n, scale);
+        let to = to.expect("n is a multiple of 4");
+        let fused = Epilogue {
+            to_int8: Some(to),
+            ..ep
+        };
+        run(&mut unwritten, fused);
+        assert!(
+            unwritten.iter().all(|&v| v == -7.0),
+            "{what} {m}x{n}: floats were written"
+        );
+        assert_eq!(got.shape(), want.shape());
+        let ((gb, gs), (wb, ws)) = (got.parts(), want.parts());
+        let bad = gb.iter().zip(wb).filter(|(a, b)| a != b).count();
+        assert_eq!(bad, 0, "{what} {m}x{n} act {act:?}: {bad} bytes differ");
+        assert_eq!(gs, ws, "{what}: scales");
+    }
+}
+
+#[test]
+fn fused_quantization_declines_rows_that_would_need_padding() {
+    let mut y = vec![0.0f32; 3 * 10];
+    assert!(QActs::new().fused_output(&mut y, 3, 10, 0.1).is_none());
+    assert!(QActs::new().fused_output(&mut y, 3, 8, 0.1).is_some());
+}
 
 /// erf from its Taylor/continued expansions in f64, as the independent reference.
 fn erf_f64(x: f64) -> f64 {

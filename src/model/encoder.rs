@@ -5,6 +5,7 @@
 
 use crate::error::{Result, SampError};
 use crate::kernels;
+use crate::kernels::int8::QActs;
 use crate::model::config::{Arch, ModelConfig};
 use crate::model::linear::Linear;
 use crate::model::weights::Weights;
@@ -302,10 +303,21 @@ impl Layer {
             mark("layernorm 1");
 
             let up = sized(&mut s.up, t * f);
-            self.up.forward(x1, t, up, false, Some(cfg.activation));
-            mark("ffn-up gemm + gelu");
-
-            self.down.forward(up, t, x1, true, None);
+            let act = Some(cfg.activation);
+            match self.down.fused_input_scale() {
+                // The down projection's INT8 input is made in the up projection's epilogue.
+                Some(scale) => {
+                    let q = &mut s.up_int8;
+                    self.up.forward_quantized(x1, t, up, act, scale, q);
+                    mark("ffn-up gemm + gelu");
+                    self.down.forward_int8(q, t, x1, true, None);
+                }
+                None => {
+                    self.up.forward(x1, t, up, false, act);
+                    mark("ffn-up gemm + gelu");
+                    self.down.forward(up, t, x1, true, None);
+                }
+            }
             mark("ffn-down gemm + residual");
             kernels::layer_norm(x1, None, &self.ln2.gamma, &self.ln2.beta, eps);
             // The layer's output becomes x; x's old buffer is the next layer's x1.
@@ -324,6 +336,8 @@ struct Scratch {
     ctx: Vec<f32>,
     x1: Vec<f32>,
     up: Vec<f32>,
+    /// `up` as the down projection's INT8 input, where it is made in the up projection.
+    up_int8: QActs,
 }
 
 thread_local! {

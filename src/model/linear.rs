@@ -56,8 +56,14 @@ impl Linear {
             rows.extend(w.get(&format!("{name}.weight"), &[outputs, inputs])?);
             bias.extend(w.get(&format!("{name}.bias"), &[outputs])?);
         }
-        Ok(Linear {
-            weights: PackedWeights::from_rows(&rows, outputs * names.len(), inputs),
+        Ok(Self::from_rows(&rows, bias, outputs * names.len(), inputs))
+    }
+
+    /// A layer from its weights in PyTorch layout (`[outputs, inputs]`) and bias.
+    pub fn from_rows(rows: &[f32], bias: Vec<f32>, outputs: usize, inputs: usize) -> Self {
+        assert_eq!(bias.len(), outputs, "Linear: bias length");
+        Linear {
+            weights: PackedWeights::from_rows(rows, outputs, inputs),
             bias,
             qweights: OnceLock::new(),
             weight_bits: crate::quant::plan::preferred_weight_bits(),
@@ -66,7 +72,7 @@ impl Linear {
             bf16: false,
             onednn: Default::default(),
             observer: Mutex::new(None),
-        })
+        }
     }
 
     /// The float weights in PyTorch layout `[out, in]` (unpacked; for another device).
@@ -187,11 +193,86 @@ impl Linear {
         residual: bool,
         act: Option<Activation>,
     ) {
-        let ep = Epilogue {
+        self.run(x, rows, out, self.epilogue(residual, act));
+    }
+
+    /// As [`forward`](Self::forward) without a residual, the outputs going to a next layer that
+    /// runs in INT8 with a static input `scale` ([`fused_input_scale`](Self::fused_input_scale)):
+    /// they are quantized into `q` in the GEMM's epilogue, and `out` (`rows × outputs`) is not
+    /// written. The bytes are those that quantizing `out` would give; where the epilogue cannot
+    /// make them (rows that would need padding) it does just that.
+    pub fn forward_quantized(
+        &self,
+        x: &[f32],
+        rows: usize,
+        out: &mut [f32],
+        act: Option<Activation>,
+        scale: f32,
+        q: &mut QActs,
+    ) {
+        let n = self.outputs();
+        match q.fused_output(out, rows, n, scale) {
+            Some(to) => self.run(
+                x,
+                rows,
+                out,
+                Epilogue {
+                    to_int8: Some(to),
+                    ..self.epilogue(false, act)
+                },
+            ),
+            None => {
+                self.forward(x, rows, out, false, act);
+                q.quantize(out, rows, n, ActScale::Static(scale));
+            }
+        }
+    }
+
+    /// The static scale of this layer's input where the previous layer may quantize its
+    /// outputs for it ([`forward_quantized`](Self::forward_quantized)), then
+    /// [`forward_int8`](Self::forward_int8) runs it: INT8 with a static scale and no observer
+    /// recording its float inputs.
+    pub fn fused_input_scale(&self) -> Option<f32> {
+        match self.int8 {
+            Some(ActScale::Static(s)) if !self.observing() => Some(s),
+            _ => None,
+        }
+    }
+
+    /// As [`forward`](Self::forward), from the input already quantized for this layer (by
+    /// [`forward_quantized`](Self::forward_quantized) with this layer's scale).
+    pub fn forward_int8(
+        &self,
+        x: &QActs,
+        rows: usize,
+        out: &mut [f32],
+        residual: bool,
+        act: Option<Activation>,
+    ) {
+        assert!(
+            self.int8.is_some() && x.shape() == (rows, self.inputs().next_multiple_of(4)),
+            "forward_int8: the input was not quantized for this layer"
+        );
+        self.int8_matmul(x, out, self.epilogue(residual, act));
+    }
+
+    fn epilogue(&self, residual: bool, act: Option<Activation>) -> Epilogue<'_> {
+        Epilogue {
             bias: Some(&self.bias),
             accumulate: residual,
             act,
-        };
+            to_int8: None,
+        }
+    }
+
+    fn observing(&self) -> bool {
+        self.observer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    fn run(&self, x: &[f32], rows: usize, out: &mut [f32], ep: Epilogue<'_>) {
         {
             let mut o = self.observer.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(o) = o.as_mut() {
@@ -199,16 +280,10 @@ impl Linear {
             }
         }
         match self.int8 {
-            Some(scale) => {
-                let q = self.qweights();
-                QACTS.with_borrow_mut(|qa| {
-                    qa.quantize(x, rows, self.inputs(), scale);
-                    match self.onednn(Kind::Int8, rows) {
-                        Some(g) => int8::matmul_onednn(qa, &q, g, out, ep),
-                        None => int8::matmul(qa, &q, out, ep),
-                    }
-                });
-            }
+            Some(scale) => QACTS.with_borrow_mut(|qa| {
+                qa.quantize(x, rows, self.inputs(), scale);
+                self.int8_matmul(qa, out, ep)
+            }),
             None if self.bf16 => BACTS.with_borrow_mut(|b| {
                 b.round(x, rows, self.inputs());
                 match self.onednn(Kind::Bf16, rows) {
@@ -220,6 +295,14 @@ impl Linear {
                 Some(g) => packed::matmul_onednn(x, rows, g, out, ep),
                 None => packed::matmul(x, rows, &self.weights, out, ep),
             },
+        }
+    }
+
+    fn int8_matmul(&self, x: &QActs, out: &mut [f32], ep: Epilogue<'_>) {
+        let q = self.qweights();
+        match self.onednn(Kind::Int8, x.shape().0) {
+            Some(g) => int8::matmul_onednn(x, &q, g, out, ep),
+            None => int8::matmul(x, &q, out, ep),
         }
     }
 
@@ -248,5 +331,60 @@ impl Linear {
         let mut out = vec![0.0; self.outputs()];
         self.forward(x, 1, &mut out, false, None);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(outputs: usize, inputs: usize, seed: usize) -> Linear {
+        let w: Vec<f32> = (0..outputs * inputs)
+            .map(|i| (((i * 7919 + seed) % 2001) as f32 / 1000.0 - 1.0) * 0.1)
+            .collect();
+        let b = (0..outputs).map(|j| (j % 7) as f32 * 0.1 - 0.3).collect();
+        Linear::from_rows(&w, b, outputs, inputs)
+    }
+
+    /// The FFN pair as the encoder runs it: up (GELU) then down (residual), the down input
+    /// quantized in up's epilogue or afterwards — the same outputs, bit for bit, whatever
+    /// up's precision; `f` not a multiple of 4 takes the fallback.
+    #[test]
+    fn quantizing_the_next_input_in_the_epilogue_changes_no_output() {
+        let (t, h) = (45, 24);
+        for f in [96, 90] {
+            for up_precision in ["f32", "bf16", "int8"] {
+                let mut up = layer(f, h, 1);
+                let mut down = layer(h, f, 2);
+                match up_precision {
+                    "bf16" => up.set_bf16(true),
+                    "int8" => up.set_int8(Some(ActScale::Static(0.02))),
+                    _ => {}
+                }
+                down.set_int8(Some(ActScale::Static(0.05)));
+                let x: Vec<f32> = (0..t * h).map(|i| (i as f32 * 0.37).sin()).collect();
+                let residual: Vec<f32> = (0..t * h).map(|i| (i as f32 * 0.11).cos()).collect();
+                let act = Some(Activation::Gelu);
+
+                let mut mid = vec![0.0f32; t * f];
+                up.forward(&x, t, &mut mid, false, act);
+                let mut want = residual.clone();
+                down.forward(&mid, t, &mut want, true, None);
+
+                let scale = down.fused_input_scale().expect("static INT8");
+                let mut q = QActs::new();
+                let mut unused = vec![0.0f32; t * f];
+                up.forward_quantized(&x, t, &mut unused, act, scale, &mut q);
+                let mut got = residual.clone();
+                down.forward_int8(&q, t, &mut got, true, None);
+                assert_eq!(got, want, "up in {up_precision}, f = {f}");
+                down.observe(true);
+                assert_eq!(
+                    down.fused_input_scale(),
+                    None,
+                    "observed inputs stay floats"
+                );
+            }
+        }
     }
 }

@@ -91,6 +91,7 @@ fn every_kernel_matches_f64_reference_within_bf16_sum_bounds() {
                 bias: Some(&bias),
                 accumulate: true,
                 act: None,
+                ..Default::default()
             };
             matmul_with(&q, &pw, &mut y, ep, kernel);
             for i in 0..m {
@@ -115,5 +116,31 @@ fn every_kernel_matches_f64_reference_within_bf16_sum_bounds() {
     }
     for k in BF16_KERNELS.iter().filter(|k| !k.supported()) {
         eprintln!("SKIPPED: {k:?} not testable here (CPU lacks the feature)");
+    }
+}
+
+#[test]
+fn every_kernel_quantizes_in_its_epilogue_as_afterwards() {
+    let (m, n, k) = (37, 5 * NR + 4, 70);
+    let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.13).cos()).collect();
+    let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.07).sin() * 0.1).collect();
+    let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.01).collect();
+    let pw = Bf16Weights::from_rows(&w, n, k);
+    let mut q = Bf16Acts::new();
+    q.round(&x, m, k);
+    let mut kernels: Vec<Bf16Kernel> = Vec::new();
+    for k in Bf16Kernel::available() {
+        kernels.extend(std::iter::once(k.clone()).chain(k.tile_path()));
+    }
+    #[cfg(target_arch = "x86_64")]
+    kernels.push(amx_emulated());
+    for kernel in &kernels {
+        crate::kernels::tests::check_fused_quantization(
+            &format!("{kernel:?}"),
+            m,
+            n,
+            &bias,
+            |y, ep| matmul_with(&q, &pw, y, ep, kernel),
+        );
     }
 }

@@ -5,6 +5,7 @@ use rayon::prelude::*;
 
 use super::{ACT_MAX, KG};
 use crate::kernels::aligned::Aligned;
+use crate::kernels::packed::ToInt8;
 use crate::kernels::Isa;
 
 /// How activations are scaled.
@@ -35,6 +36,17 @@ impl QActs {
         }
     }
 
+    /// Rows, and bytes per row (the depth padded to a multiple of 4).
+    pub fn shape(&self) -> (usize, usize) {
+        (self.m, self.kp)
+    }
+
+    /// The bytes (`m` rows of `kp`) and the row scales.
+    #[cfg(test)]
+    pub(crate) fn parts(&self) -> (&[u8], &[f32]) {
+        (&self.data[..self.m * self.kp], &self.scales)
+    }
+
     /// Quantize `x` (`m × k`, row-major) into `self`, reusing its buffers.
     pub fn quantize(&mut self, x: &[f32], m: usize, k: usize, scale: ActScale) {
         assert!(x.len() >= m * k, "quantize: input too small");
@@ -46,22 +58,12 @@ impl QActs {
         self.data.set_len(m * kp);
         self.scales.clear();
         self.scales.resize(m, 1.0);
-        let isa = Isa::detect();
         let body = |(row, (dst, s)): (&[f32], (&mut [u8], &mut f32))| {
-            let sc = match scale {
+            *s = usable(match scale {
                 ActScale::Static(s) => s,
                 ActScale::Dynamic => crate::kernels::abs_max(row) / ACT_MAX as f32,
-            };
-            *s = if sc > 0.0 && sc.is_finite() { sc } else { 1.0 };
-            let dst = &mut dst[..k];
-            match isa {
-                // SAFETY (both): the ISA was detected at run time.
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { quantize_row_avx512(row, dst, 1.0 / *s) },
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { quantize_row_avx2(row, dst, 1.0 / *s) },
-                _ => quantize_row(row, dst, 1.0 / *s),
-            }
+            });
+            quantize_into(row, &mut dst[..k], 1.0 / *s);
         };
         if k == 0 {
             return;
@@ -79,6 +81,56 @@ impl QActs {
                 .zip(self.data.chunks_exact_mut(kp).zip(self.scales.iter_mut()))
                 .for_each(body);
         }
+    }
+
+    /// Get `self` ready to receive `m × n` outputs of a GEMM as this layer's input with a
+    /// static `scale`, quantized in that GEMM's epilogue ([`Epilogue::to_int8`](crate::kernels::packed::Epilogue::to_int8)) instead of by
+    /// [`quantize`](Self::quantize) afterwards; `y` is the GEMM's `m × n` float output, which
+    /// then only addresses the outputs. `None` where the rows would need padding (`n` not a
+    /// multiple of 4): quantize afterwards there.
+    pub fn fused_output(
+        &mut self,
+        y: &mut [f32],
+        m: usize,
+        n: usize,
+        scale: f32,
+    ) -> Option<ToInt8> {
+        assert!(y.len() >= m * n, "fused_output: output too small");
+        if !n.is_multiple_of(KG) {
+            return None;
+        }
+        self.m = m;
+        self.kp = n;
+        self.data.set_len(m * n);
+        let scale = usable(scale);
+        self.scales.clear();
+        self.scales.resize(m, scale);
+        // SAFETY: data holds m × n bytes where y holds (at least) m × n floats, and the
+        // ToInt8 is used by the GEMM that follows, while `self` is borrowed by its caller.
+        Some(unsafe { ToInt8::new(y.as_ptr(), self.data.as_mut_ptr(), 1.0 / scale) })
+    }
+}
+
+/// A scale that can be divided by: non-positive and non-finite scales (an all-zero row, a
+/// broken calibration) become 1.
+fn usable(scale: f32) -> f32 {
+    if scale > 0.0 && scale.is_finite() {
+        scale
+    } else {
+        1.0
+    }
+}
+
+/// `q = quantize(x / scale)` (`inv` = 1 / scale) with this CPU's quantizer: the bytes every
+/// path must produce for these floats.
+pub(crate) fn quantize_into(x: &[f32], q: &mut [u8], inv: f32) {
+    match Isa::detect() {
+        // SAFETY (both): the ISA was detected at run time.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { quantize_row_avx512(x, q, inv) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { quantize_row_avx2(x, q, inv) },
+        _ => quantize_row(x, q, inv),
     }
 }
 

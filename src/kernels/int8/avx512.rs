@@ -5,6 +5,7 @@
 
 use super::{AccRows, KG, NR};
 use crate::kernels::packed::avx512::{col_mask, store_row};
+use crate::kernels::packed::ToInt8;
 use std::arch::x86_64::*;
 
 use crate::kernels::packed::avx512::dots;
@@ -71,6 +72,7 @@ pub unsafe fn finish(
     cols: usize,
     accumulate: bool,
     act: Option<crate::kernels::Activation>,
+    to_int8: Option<ToInt8>,
 ) {
     assert!(offset.len() >= NR && ws.len() >= NR && sa.len() >= acc.rows);
     let mask = col_mask(cols);
@@ -89,7 +91,7 @@ pub unsafe fn finish(
         let q = _mm512_add_epi32(_mm512_maskz_loadu_epi32(mask, acc.row(i)), off);
         let scale = _mm512_mul_ps(_mm512_set1_ps(s), w);
         let v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(q), scale), b);
-        store_row(v, yp, mask, accumulate, act);
+        store_row(v, yp, mask, accumulate, act, to_int8);
     }
 }
 
@@ -106,6 +108,7 @@ pub struct FusedEp {
     pub sa: *const f32,
     pub accumulate: bool,
     pub act: Option<crate::kernels::Activation>,
+    pub to_int8: Option<ToInt8>,
 }
 
 /// The whole depth and the epilogue in one call: accumulators start at zero and never leave the
@@ -139,7 +142,7 @@ unsafe fn fused_kernel<const R: usize, const P: usize>(c: &FusedCall<u8, i8>, ep
             let qv = _mm512_add_epi32(row[q], off);
             let scale = _mm512_mul_ps(_mm512_set1_ps(*ep.sa.add(i)), w);
             let v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(qv), scale), bias);
-            store_row(v, yp, mask, ep.accumulate, ep.act);
+            store_row(v, yp, mask, ep.accumulate, ep.act, ep.to_int8);
         }
     }
 }

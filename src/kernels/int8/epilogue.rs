@@ -42,6 +42,7 @@ pub(super) unsafe fn epilogue(
             cols,
             ep.accumulate,
             ep.act,
+            ep.to_int8,
         );
         return;
     }

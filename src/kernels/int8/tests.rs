@@ -103,6 +103,7 @@ fn every_kernel_matches_f64_reference_on_ragged_shapes() {
                     bias: Some(&bias),
                     accumulate: true,
                     act: None,
+                    ..Default::default()
                 };
                 matmul_with(&q, &w, &mut y, ep, kernel);
                 for i in 0..m * n {
@@ -146,6 +147,7 @@ fn saturation_edges(bits: u32) {
             bias: None,
             accumulate: false,
             act: Some(Activation::Relu),
+            ..Default::default()
         };
         matmul_with(&q, &w, &mut y, ep, kernel);
         for i in 0..m * n {
@@ -242,6 +244,7 @@ fn amx_schedules_on_the_tile_model_match_the_portable_kernel() {
                     bias: Some(&bias),
                     accumulate: true,
                     act: Some(Activation::Gelu),
+                    ..Default::default()
                 };
                 let y0 = data(m * n, 4, 1.0);
                 let (mut a, mut b) = (y0.clone(), y0);
@@ -303,4 +306,24 @@ fn vector_quantizers_match_the_scalar_one() {
         eprintln!("SKIPPED: AVX-512 quantizer not testable here");
     }
     assert_eq!((want[7], want[8]), (130, 124));
+}
+
+#[test]
+fn every_kernel_quantizes_in_its_epilogue_as_afterwards() {
+    for bits in WEIGHT_BITS {
+        // A partial last panel; AMX blocks of 32 rows and whole 64-byte steps; a ragged depth.
+        for (m, n, k) in [(37, 5 * NR + 4, 130), (70, 112, 384)] {
+            let x = data(m * k, 1, 3.0);
+            let w = QWeights::quantize(&data(n * k, 2, 0.2), n, k, bits);
+            let bias = data(n, 3, 1.0);
+            let mut q = QActs::new();
+            q.quantize(&x, m, k, ActScale::Dynamic);
+            for kernel in &variants(bits) {
+                let what = format!("{kernel:?} {bits}-bit");
+                crate::kernels::tests::check_fused_quantization(&what, m, n, &bias, |y, ep| {
+                    matmul_with(&q, &w, y, ep, kernel)
+                });
+            }
+        }
+    }
 }

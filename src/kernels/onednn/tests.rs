@@ -35,16 +35,19 @@ fn epilogues(bias: &[f32]) -> Vec<Epilogue<'_>> {
             bias: Some(bias),
             accumulate: false,
             act: Some(Activation::Gelu),
+            ..Default::default()
         },
         Epilogue {
             bias: Some(bias),
             accumulate: true,
             act: None,
+            ..Default::default()
         },
         Epilogue {
             bias: Some(bias),
             accumulate: false,
             act: Some(Activation::Relu),
+            ..Default::default()
         },
     ]
 }
@@ -200,4 +203,35 @@ fn the_race_is_skipped_for_small_products() {
     // Below MIN_MACS nothing is timed and samp's kernels serve, library or not.
     assert!(!prefer(Kind::Int8, 64, 64, 1));
     assert!(!prefer(Kind::F32, 384, 1, 10));
+}
+
+#[test]
+fn every_precision_on_onednn_quantizes_in_its_epilogue_as_afterwards() {
+    if !library() {
+        return;
+    }
+    use crate::kernels::tests::check_fused_quantization as check;
+    let n = 5 * NR + 4;
+    let bias = data(n, 9, 0.5);
+    for (m, k) in PROBLEMS {
+        let x = data(m * k, 1, 1.0);
+        let wf = data(n * k, 2, 1.0);
+        let w = QWeights::quantize(&wf, n, k, 8);
+        let g = int8::onednn_gemm(&w).expect("int8");
+        let mut q = QActs::new();
+        q.quantize(&x, m, k, ActScale::Dynamic);
+        check("oneDNN int8", m, n, &bias, |y, ep| {
+            int8::matmul_onednn(&q, &w, &g, y, ep)
+        });
+        let g = packed::onednn_gemm(&PackedWeights::from_rows(&wf, n, k)).expect("f32");
+        check("oneDNN f32", m, n, &bias, |y, ep| {
+            packed::matmul_onednn(&x, m, &g, y, ep)
+        });
+        let g = bf16::onednn_gemm(&wf, n, k).expect("bf16");
+        let mut xb = Bf16Acts::new();
+        xb.round(&x, m, k);
+        check("oneDNN bf16", m, n, &bias, |y, ep| {
+            bf16::matmul_onednn(&xb, &g, y, ep)
+        });
+    }
 }

@@ -1,7 +1,7 @@
 //! The AVX-512 f32 micro-kernel: 12 rows × two adjacent 16-column panels, one zmm accumulator
 //! per row and panel (24 of the 32 registers), two weight loads and 12 broadcasts per 24 FMAs.
 
-use super::{AccRows, NR};
+use super::{AccRows, ToInt8, NR};
 use crate::kernels::driver::{FloatEp, FusedCall};
 use crate::kernels::TileCall;
 use std::arch::x86_64::*;
@@ -64,30 +64,19 @@ unsafe fn kernel<const R: usize, const P: usize>(
 ///
 /// # Safety
 /// The CPU must support AVX-512 F/BW/DQ/VL; `acc` must address its rows' first `cols` values,
-/// `bias`, when given, `cols` values; `y` `acc.rows` rows of `cols` (≤ 16) writable floats at
-/// stride `ldy`.
+/// `ep.bias`, when given, `cols` values; `y` `acc.rows` rows of `cols` (≤ 16) writable floats
+/// at stride `ldy`.
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-pub unsafe fn finish(
-    acc: AccRows<f32>,
-    bias: Option<&[f32]>,
-    y: *mut f32,
-    ldy: usize,
-    cols: usize,
-    accumulate: bool,
-    act: Option<crate::kernels::Activation>,
-) {
+pub unsafe fn finish(acc: AccRows<f32>, ep: &FloatEp, y: *mut f32, ldy: usize, cols: usize) {
     let mask = col_mask(cols);
-    let b = match bias {
-        Some(b) => {
-            assert!(b.len() >= cols);
-            _mm512_maskz_loadu_ps(mask, b.as_ptr())
-        }
+    let b = match ep.bias {
+        Some(bp) => _mm512_maskz_loadu_ps(mask, bp),
         None => _mm512_setzero_ps(),
     };
     for i in 0..acc.rows {
         // SAFETY: the caller vouches for row i of acc and of y (cols values, masked).
         let v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, acc.row(i)), b);
-        store_row(v, y.add(i * ldy), mask, accumulate, act);
+        store_row(v, y.add(i * ldy), mask, ep.accumulate, ep.act, ep.to_int8);
     }
 }
 
@@ -146,7 +135,8 @@ pub(crate) unsafe fn store_float_tile<const R: usize, const P: usize>(
         };
         for (i, row) in acc.iter().enumerate() {
             let v = _mm512_add_ps(row[q], bias);
-            store_row(v, c.y.add(i * c.ldy + q * NR), mask, ep.accumulate, ep.act);
+            let yp = c.y.add(i * c.ldy + q * NR);
+            store_row(v, yp, mask, ep.accumulate, ep.act, ep.to_int8);
         }
     }
 }
@@ -227,10 +217,12 @@ pub(crate) unsafe fn store_acc<const R: usize, const P: usize, C>(
 }
 
 /// The tail of every AVX-512 epilogue for one row of one panel: `v [+ y]`, the activation, and
-/// the masked store — the order of the portable epilogue.
+/// the masked store — the order of the portable epilogue — of the floats, or of their bytes
+/// for the next INT8 layer (`to_int8`: the operations of `quantize_row_avx512`, in its order).
 ///
 /// # Safety
-/// Called from code compiled with AVX-512 F/BW/DQ/VL; `yp` must address the `mask`ed floats.
+/// Called from code compiled with AVX-512 F/BW/DQ/VL; `yp` must address the `mask`ed floats
+/// (and `to_int8`, when given, be made for the `y` that holds them).
 #[inline(always)]
 pub(crate) unsafe fn store_row(
     mut v: __m512,
@@ -238,6 +230,7 @@ pub(crate) unsafe fn store_row(
     mask: __mmask16,
     accumulate: bool,
     act: Option<crate::kernels::Activation>,
+    to_int8: Option<ToInt8>,
 ) {
     use crate::kernels::Activation;
     use crate::kernels::{gelu_erf_impl, gelu_tanh};
@@ -258,7 +251,17 @@ pub(crate) unsafe fn store_row(
             v = _mm512_loadu_ps(t.as_ptr());
         }
     }
-    _mm512_mask_storeu_ps(yp, mask, v);
+    match to_int8 {
+        None => _mm512_mask_storeu_ps(yp, mask, v),
+        Some(t) => {
+            let max = crate::kernels::int8::ACT_MAX as f32;
+            let v = _mm512_mul_ps(v, _mm512_set1_ps(t.inv));
+            let v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-max)), _mm512_set1_ps(max));
+            let bytes = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(v));
+            let bytes = _mm_xor_si128(bytes, _mm_set1_epi8(-128));
+            _mm_mask_storeu_epi8(t.byte(yp) as *mut i8, mask, bytes);
+        }
+    }
 }
 
 /// The column mask of a panel with `cols` (≤ 16) valid columns.

@@ -43,6 +43,7 @@ fn every_kernel_matches_f64_reference_on_ragged_shapes() {
                 bias: Some(&bias),
                 accumulate: true,
                 act: None,
+                ..Default::default()
             };
             matmul_with(&x, m, &packed, &mut y, ep, kernel);
             for i in 0..m * n {
@@ -57,6 +58,7 @@ fn every_kernel_matches_f64_reference_on_ragged_shapes() {
                 bias: None,
                 accumulate: false,
                 act: Some(Activation::Gelu),
+                ..Default::default()
             };
             matmul_with(&x, m, &packed, &mut g, ep, kernel);
             for i in 0..m * n {
@@ -106,5 +108,25 @@ fn large_matmul_splits_over_threads_without_overlap() {
     let want = naive(&x, &w, m, n, k);
     for i in 0..m * n {
         assert!((y[i] as f64 - want[i]).abs() < 1e-3);
+    }
+}
+
+#[test]
+fn every_kernel_quantizes_in_its_epilogue_as_afterwards() {
+    let (m, n, k) = (37, 5 * NR + 4, 70);
+    let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.13).cos()).collect();
+    let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.07).sin() * 0.1).collect();
+    let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.01).collect();
+    let packed = PackedWeights::from_rows(&w, n, k);
+    for k in F32Kernel::available() {
+        for kernel in std::iter::once(k.clone()).chain(k.tile_path()) {
+            crate::kernels::tests::check_fused_quantization(
+                &format!("{kernel:?}"),
+                m,
+                n,
+                &bias,
+                |y, ep| matmul_with(&x, m, &packed, y, ep, &kernel),
+            );
+        }
     }
 }
