@@ -18,7 +18,11 @@ use crate::model::weights::Weights;
 use crate::quant::observer::Observer;
 
 pub struct Linear {
-    weights: PackedWeights,
+    /// samp's packed float weights; `None` where oneDNN's f32 matmul holds the only float copy
+    /// (see [`Linear::from_rows`]).
+    weights: Option<PackedWeights>,
+    inputs: usize,
+    outputs: usize,
     pub bias: Vec<f32>,
     qweights: OnceLock<Arc<QWeights>>,
     /// Width of the INT8 weights made from the float ones (the plan's `weight_bits`).
@@ -60,24 +64,59 @@ impl Linear {
     }
 
     /// A layer from its weights in PyTorch layout (`[outputs, inputs]`) and bias.
+    ///
+    /// Where every float product of the layer will run on oneDNN (the library loaded and the
+    /// layer is large enough: [`onednn::prefer`] for one row), oneDNN's matmul is made now and
+    /// its reordered weights are the only float copy kept — checked to give back `rows`
+    /// exactly, which is how the INT8 and bf16 weights are made from them later. Elsewhere
+    /// samp packs them for its own kernels.
     pub fn from_rows(rows: &[f32], bias: Vec<f32>, outputs: usize, inputs: usize) -> Self {
         assert_eq!(bias.len(), outputs, "Linear: bias length");
+        let onednn: Box<[OnceLock<Option<onednn::Gemm>>; 3]> = Default::default();
+        let only_onednn = onednn::prefer(Kind::F32, inputs, outputs, 1)
+            .then(|| onednn_only(rows, outputs, inputs))
+            .flatten();
+        let weights = match only_onednn {
+            Some(g) => {
+                _ = onednn[Kind::F32.index()].set(Some(g));
+                None
+            }
+            None => Some(PackedWeights::from_rows(rows, outputs, inputs)),
+        };
         Linear {
-            weights: PackedWeights::from_rows(rows, outputs, inputs),
+            weights,
+            inputs,
+            outputs,
             bias,
             qweights: OnceLock::new(),
             weight_bits: crate::quant::plan::preferred_weight_bits(),
             int8: None,
             bweights: OnceLock::new(),
             bf16: false,
-            onednn: Default::default(),
+            onednn,
             observer: Mutex::new(None),
         }
     }
 
-    /// The float weights in PyTorch layout `[out, in]` (unpacked; for another device).
+    /// The float weights in PyTorch layout `[out, in]` (unpacked; for another device, and to
+    /// make the INT8 and bf16 weights).
     pub fn float_rows(&self) -> Vec<f32> {
-        self.weights.to_rows()
+        match &self.weights {
+            Some(w) => w.to_rows(),
+            // Checked at construction to give back the rows exactly.
+            None => self
+                .only_onednn()
+                .f32_rows()
+                .unwrap_or_else(|e| panic!("oneDNN gave back its weights before: {e}")),
+        }
+    }
+
+    /// oneDNN's f32 matmul of a layer whose only float copy it holds.
+    fn only_onednn(&self) -> &onednn::Gemm {
+        self.onednn[Kind::F32.index()]
+            .get()
+            .and_then(Option::as_ref)
+            .expect("a layer without packed weights has oneDNN's matmul")
     }
 
     /// The INT8 weights (quantized from the float ones on first use).
@@ -85,9 +124,9 @@ impl Linear {
         self.qweights
             .get_or_init(|| {
                 Arc::new(QWeights::quantize(
-                    &self.weights.to_rows(),
-                    self.weights.n,
-                    self.weights.k,
+                    &self.float_rows(),
+                    self.outputs,
+                    self.inputs,
                     self.weight_bits,
                 ))
             })
@@ -154,9 +193,9 @@ impl Linear {
         self.bweights
             .get_or_init(|| {
                 Arc::new(Bf16Weights::from_rows(
-                    &self.weights.to_rows(),
-                    self.weights.n,
-                    self.weights.k,
+                    &self.float_rows(),
+                    self.outputs,
+                    self.inputs,
                 ))
             })
             .clone()
@@ -177,11 +216,11 @@ impl Linear {
     }
 
     pub fn inputs(&self) -> usize {
-        self.weights.k
+        self.inputs
     }
 
     pub fn outputs(&self) -> usize {
-        self.weights.n
+        self.outputs
     }
 
     /// `out = act(x · Wᵀ + b [+ out])` for `rows` rows; `residual` adds onto what `out` holds.
@@ -291,9 +330,12 @@ impl Linear {
                     None => bf16::matmul(b, &self.bweights(), out, ep),
                 }
             }),
-            None => match self.onednn(Kind::F32, rows) {
-                Some(g) => packed::matmul_onednn(x, rows, g, out, ep),
-                None => packed::matmul(x, rows, &self.weights, out, ep),
+            None => match &self.weights {
+                None => packed::matmul_onednn(x, rows, self.only_onednn(), out, ep),
+                Some(w) => match self.onednn(Kind::F32, rows) {
+                    Some(g) => packed::matmul_onednn(x, rows, g, out, ep),
+                    None => packed::matmul(x, rows, w, out, ep),
+                },
             },
         }
     }
@@ -316,8 +358,8 @@ impl Linear {
             .get_or_init(|| {
                 let (n, k) = (self.outputs(), self.inputs());
                 let made = match kind {
-                    Kind::F32 => packed::onednn_gemm(&self.weights),
-                    Kind::Bf16 => bf16::onednn_gemm(&self.weights.to_rows(), n, k),
+                    Kind::F32 => onednn::Gemm::f32(&self.float_rows(), n, k),
+                    Kind::Bf16 => bf16::onednn_gemm(&self.float_rows(), n, k),
                     Kind::Int8 => int8::onednn_gemm(&self.qweights()),
                 };
                 made.map_err(|e| tracing::warn!("[{n}, {k}] stays on samp's kernels: {e}"))
@@ -334,16 +376,65 @@ impl Linear {
     }
 }
 
+/// oneDNN's f32 matmul over `rows` (`[n, k]`), where it gives them back exactly (so it can
+/// be the layer's only float copy); logged and `None` otherwise.
+fn onednn_only(rows: &[f32], n: usize, k: usize) -> Option<onednn::Gemm> {
+    let made = onednn::Gemm::f32(rows, n, k).and_then(|g| match g.f32_rows() {
+        Ok(back) if back == rows => Ok(g),
+        Ok(_) => Err("its weights came back different".into()),
+        Err(e) => Err(e),
+    });
+    made.map_err(|e| tracing::warn!("[{n}, {k}] keeps samp's packed f32 weights: {e}"))
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn layer(outputs: usize, inputs: usize, seed: usize) -> Linear {
-        let w: Vec<f32> = (0..outputs * inputs)
+    fn rows(outputs: usize, inputs: usize, seed: usize) -> Vec<f32> {
+        (0..outputs * inputs)
             .map(|i| (((i * 7919 + seed) % 2001) as f32 / 1000.0 - 1.0) * 0.1)
-            .collect();
+            .collect()
+    }
+
+    fn layer(outputs: usize, inputs: usize, seed: usize) -> Linear {
         let b = (0..outputs).map(|j| (j % 7) as f32 * 0.1 - 0.3).collect();
-        Linear::from_rows(&w, b, outputs, inputs)
+        Linear::from_rows(&rows(outputs, inputs, seed), b, outputs, inputs)
+    }
+
+    /// A layer whose every float product runs on oneDNN keeps only oneDNN's copy of its float
+    /// weights (where the library loaded; `SAMP_REQUIRE_ONEDNN=1` makes the kernel tests fail
+    /// without it): the same rows come back, the same INT8 and bf16 weights are made from them,
+    /// and the outputs are oneDNN's. A layer too small for oneDNN keeps samp's packed weights.
+    #[test]
+    fn where_onednn_runs_every_float_product_its_copy_is_the_only_one() {
+        let (n, k, m) = (300, 256, 5);
+        let w = rows(n, k, 3);
+        let l = layer(n, k, 3);
+        let on = onednn::prefer(Kind::F32, k, n, 1);
+        assert_eq!(l.weights.is_none(), on, "only oneDNN's copy where it runs");
+        assert_eq!(l.float_rows(), w, "the rows come back exactly");
+        let q = QWeights::quantize(&w, n, k, l.weight_bits());
+        assert_eq!(l.qweights().rows(), q.rows());
+        let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let (mut got, mut want) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
+        l.forward(&x, m, &mut got, false, None);
+        let packed = PackedWeights::from_rows(&w, n, k);
+        packed::matmul(&x, m, &packed, &mut want, l.epilogue(false, None));
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        // |x| ≤ 1, |w| ≤ 0.1: k bounds each sum of magnitudes (as the oneDNN tests' bound).
+        assert!(worst <= 8.0 * k as f32 * f32::EPSILON, "{worst}");
+        let small = layer(2, k, 4);
+        assert!(
+            small.weights.is_some(),
+            "a head's single row stays on samp's kernel"
+        );
+        assert_eq!(small.float_rows(), rows(2, k, 4));
     }
 
     /// The FFN pair as the encoder runs it: up (GELU) then down (residual), the down input

@@ -92,14 +92,15 @@ fn matmul_pd(api: &Api, kind: Kind, k: usize, n: usize) -> Result<Handle, String
     made.map(|()| pd)
 }
 
-/// Reorders weights `w` (element (k, n) at `n * k + k`: strides (1, k), of type `dt`) into
-/// `to`, memory of descriptor `wmd`.
+/// Reorders weights in PyTorch layout at `w` (element (k, n) at `n * k + k`: strides (1, k),
+/// of type `dt`) into `to`, memory of descriptor `wmd` — or, `back`, from that memory into `w`.
 fn reorder_weights(
     api: &Api,
-    w: &[u8],
+    w: *mut u8,
     (k, n, dt): (usize, usize, i32),
     to: Handle,
     wmd: Handle,
+    back: bool,
 ) -> Result<(), String> {
     let mut own = Owned::new(api);
     let mut user = std::ptr::null_mut();
@@ -110,12 +111,17 @@ fn reorder_weights(
         "memory_desc_create",
     )?;
     own.mds.push(user);
-    let from = own.memory(user, w.as_ptr() as *mut c_void)?;
+    let plain = own.memory(user, w as *mut c_void)?;
+    let (from, to, src_md, dst_md) = if back {
+        (to, plain, wmd, user)
+    } else {
+        (plain, to, user, wmd)
+    };
     let mut rpd = std::ptr::null_mut();
     let (engine, default_attr) = (api.engine, std::ptr::null_mut());
     // SAFETY: valid descriptors, one engine.
     check(
-        unsafe { (api.reorder_pd)(&mut rpd, user, engine, wmd, engine, default_attr) },
+        unsafe { (api.reorder_pd)(&mut rpd, src_md, engine, dst_md, engine, default_attr) },
         "reorder_primitive_desc_create",
     )?;
     own.pds.push(rpd);
@@ -136,7 +142,8 @@ fn reorder_weights(
             memory: to,
         },
     ];
-    // SAFETY: the reorder reads `w` (alive here) and writes `to`.
+    // SAFETY: the reorder reads `from` and writes `to`, both alive here (the caller vouches
+    // for `w`: `k × n` elements, writable when `back`).
     with_stream(|stream| unsafe {
         check((api.execute)(reorder, stream, 2, args.as_ptr()), "reorder")?;
         check((api.stream_wait)(stream), "stream_wait")
@@ -242,8 +249,23 @@ impl Gemm {
             unsafe { (api.memory_create)(&mut gemm.weights, wmd, api.engine, ALLOCATE) },
             "memory_create",
         )?;
-        reorder_weights(api, w, (k, n, kind.types().1), gemm.weights, wmd)?;
+        let wt = (k, n, kind.types().1);
+        reorder_weights(api, w.as_ptr() as *mut u8, wt, gemm.weights, wmd, false)?;
         Ok(gemm)
+    }
+
+    /// The weights of an f32 matmul back in PyTorch layout `[n, k]`, from oneDNN's layout
+    /// (a reorder: exact).
+    pub fn f32_rows(&self) -> Result<Vec<f32>, String> {
+        assert_eq!(self.kind, Kind::F32, "f32_rows of a {:?} matmul", self.kind);
+        let api = api().ok_or("oneDNN is not loaded")?;
+        let mut rows = vec![0.0f32; self.n * self.k];
+        // SAFETY: a query of a valid primitive descriptor; the descriptor stays owned by pd.
+        let wmd = unsafe { (api.pd_query_md)(self.pd, QUERY_WEIGHTS_MD, 0) };
+        let wt = (self.k, self.n, DT_F32);
+        let out = rows.as_mut_ptr() as *mut u8;
+        reorder_weights(api, out, wt, self.weights, wmd, true)?;
+        Ok(rows)
     }
 
     /// f32 weights in PyTorch layout `[n, k]`.

@@ -235,3 +235,15 @@ fn every_precision_on_onednn_quantizes_in_its_epilogue_as_afterwards() {
         });
     }
 }
+
+#[test]
+fn f32_weights_come_back_from_onednns_layout_exactly() {
+    if !library() {
+        return;
+    }
+    for (n, k) in [(N, 130), (384, 1536)] {
+        let w = data(n * k, 3, 1.0);
+        let g = Gemm::f32(&w, n, k).expect("f32");
+        assert_eq!(g.f32_rows().expect("reorder back"), w, "[{n}, {k}]");
+    }
+}
