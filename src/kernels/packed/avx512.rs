@@ -259,7 +259,12 @@ pub(crate) unsafe fn store_row(
             let v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-max)), _mm512_set1_ps(max));
             let bytes = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(v));
             let bytes = _mm_xor_si128(bytes, _mm_set1_epi8(-128));
-            _mm_mask_storeu_epi8(t.byte(yp) as *mut i8, mask, bytes);
+            let q = t.byte(yp);
+            if mask == 0xffff {
+                _mm_storeu_si128(q as *mut __m128i, bytes);
+            } else {
+                _mm_mask_storeu_epi8(q as *mut i8, mask, bytes);
+            }
         }
     }
 }
