@@ -251,7 +251,7 @@ def criterion(seconds):
 def machine():
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     flags = open("/proc/cpuinfo").read()
-    isa = ", ".join(f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni") if re.search(rf"\b{f}\b", flags))
+    isa = ", ".join(f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16") if re.search(rf"\b{f}\b", flags))
     rev = sh(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT).strip()
     rustc = sh(["rustc", "--version"]).strip()
     return (f"{cpu}, {os.cpu_count()} cores ({isa}); {THREADS} threads per engine. samp {rev} ({rustc}), "
