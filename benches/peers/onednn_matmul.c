@@ -7,7 +7,8 @@
  * epilogue samp's INT8 GEMM has; quantizing the f32 input is NOT included here, while samp's
  * INT8 rate includes it). Weights in the layout oneDNN picks ("any"), reordered once, as samp
  * packs once. Prints one JSON line per (shape, precision): the best rate (Gop/s, 2 x m*n*k per
- * second) of repeated calls over the given seconds. Threads: OMP_NUM_THREADS. */
+ * second) of repeated calls over the given seconds. Threads: OMP_NUM_THREADS. Rows: argv[1]
+ * (fixed in the primitive, or with ONEDNN_RUNTIME_ROWS=1 left to run time). */
 #include <oneapi/dnnl/dnnl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,11 +66,17 @@ static dnnl_memory_t mem(dnnl_engine_t eng, int nd, dnnl_dims_t d, dnnl_data_typ
 
 static void run(dnnl_engine_t eng, dnnl_stream_t st, const char *shape, long M, long N, long K,
                 const char *prec, dnnl_data_type_t dt, double seconds) {
+    /* ONEDNN_RUNTIME_ROWS=1: the primitive is made with the rows left to run time, as samp
+     * makes it (oneDNN then picks other implementations, e.g. gemm:jit for f32). */
+    int rt = getenv("ONEDNN_RUNTIME_ROWS") != NULL;
     dnnl_dims_t sd = {M, K}, wd = {K, N}, dd = {M, N};
-    dnnl_memory_desc_t src_md, wei_any, dst_md;
+    dnnl_dims_t spd = {rt ? DNNL_RUNTIME_DIM_VAL : M, K}, dpd = {rt ? DNNL_RUNTIME_DIM_VAL : M, N};
+    dnnl_memory_desc_t src_md, wei_any, dst_md, src_pd, dst_pd;
     CHECK(dnnl_memory_desc_create_with_tag(&src_md, 2, sd, dt, dnnl_ab));
+    CHECK(dnnl_memory_desc_create_with_tag(&src_pd, 2, spd, dt, dnnl_ab));
     CHECK(dnnl_memory_desc_create_with_tag(&wei_any, 2, wd, dt, dnnl_format_tag_any));
     CHECK(dnnl_memory_desc_create_with_tag(&dst_md, 2, dd, dnnl_f32, dnnl_ab));
+    CHECK(dnnl_memory_desc_create_with_tag(&dst_pd, 2, dpd, dnnl_f32, dnnl_ab));
     dnnl_primitive_attr_t attr;
     CHECK(dnnl_primitive_attr_create(&attr));
     int int8 = dt == dnnl_s8;
@@ -78,7 +85,7 @@ static void run(dnnl_engine_t eng, dnnl_stream_t st, const char *shape, long M, 
         CHECK(dnnl_primitive_attr_set_scales_mask(attr, DNNL_ARG_WEIGHTS, 1 << 1));
     }
     dnnl_primitive_desc_t pd;
-    CHECK(dnnl_matmul_primitive_desc_create(&pd, eng, src_md, wei_any, NULL, dst_md, attr));
+    CHECK(dnnl_matmul_primitive_desc_create(&pd, eng, src_pd, wei_any, NULL, dst_pd, attr));
     const char *impl = NULL;
     CHECK(dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl));
     const_dnnl_memory_desc_t wmd = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
@@ -121,6 +128,11 @@ static void run(dnnl_engine_t eng, dnnl_stream_t st, const char *shape, long M, 
     dnnl_memory_destroy(src);
     dnnl_memory_destroy(wei);
     dnnl_memory_destroy(dst);
+    dnnl_memory_desc_destroy(src_md);
+    dnnl_memory_desc_destroy(src_pd);
+    dnnl_memory_desc_destroy(wei_any);
+    dnnl_memory_desc_destroy(dst_md);
+    dnnl_memory_desc_destroy(dst_pd);
     if (ssc) dnnl_memory_destroy(ssc);
     if (wsc) dnnl_memory_destroy(wsc);
 }
