@@ -20,6 +20,8 @@ pub trait Engine: Send + Sync {
     fn device(&self) -> String;
     /// Memory it holds beyond the model's own (CPU) copy of the weights.
     fn memory(&self) -> Memory;
+    /// Make what its kernels would otherwise make on first use (the warm-up calls it).
+    fn prepare(&self) {}
 }
 
 /// The plan's first GEMM whose precision `engine` does not run, as an error naming it.
@@ -58,6 +60,13 @@ impl Engine for CpuEngine {
         "cpu".into()
     }
 
+    fn prepare(&self) {
+        let m = &self.0;
+        let start = std::time::Instant::now();
+        m.encoder().prepare_kernels(m.max_pass_tokens());
+        tracing::debug!(model = %m.name, ms = start.elapsed().as_millis() as u64, "kernels prepared");
+    }
+
     fn memory(&self) -> Memory {
         Memory::default()
     }
@@ -75,6 +84,7 @@ pub fn warm_up(
     for e in &encoded {
         batch.push(e.ids(), e.encoding.get_type_ids());
     }
+    engine.prepare();
     engine.forward(&batch)?;
     let start = std::time::Instant::now();
     engine.forward(&batch)?;

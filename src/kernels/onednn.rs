@@ -110,7 +110,7 @@ pub fn prefer(kind: Kind, k: usize, n: usize, rows: usize) -> bool {
         Kind::Int8 => {}
     }
     static CHOICES: Mutex<BTreeMap<(usize, usize, usize), bool>> = Mutex::new(BTreeMap::new());
-    let m = rows.next_power_of_two().clamp(64, 2048);
+    let m = row_bucket(rows);
     let key = (k, n, m);
     let mut choices = CHOICES.lock().unwrap_or_else(|e| e.into_inner());
     *choices
@@ -134,6 +134,18 @@ pub fn prefer(kind: Kind, k: usize, n: usize, rows: usize) -> bool {
                 false
             }
         })
+}
+
+/// The rows an INT8 race of [`prefer`] runs for a product of `rows` rows: one race per power
+/// of two from 64 to 2048.
+fn row_bucket(rows: usize) -> usize {
+    rows.next_power_of_two().clamp(64, 2048)
+}
+
+/// Every row bucket ([`prefer`]'s races) that a product of at most `max_rows` rows meets.
+pub fn row_buckets(max_rows: usize) -> impl Iterator<Item = usize> {
+    let top = row_bucket(max_rows.max(1));
+    (6..=11).map(|b| 1usize << b).filter(move |&m| m <= top)
 }
 
 /// Best-of-three seconds of `own` and of `dnnl`, taking turns (each run once first, untimed).

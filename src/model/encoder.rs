@@ -382,6 +382,15 @@ impl Encoder {
         })
     }
 
+    /// Every layer's [`Linear::prepare`] for passes of up to `max_rows` tokens.
+    pub fn prepare_kernels(&self, max_rows: usize) {
+        for layer in &self.layers {
+            for g in Gemm::ALL {
+                layer.linear(g).prepare(max_rows);
+            }
+        }
+    }
+
     pub fn layers(&self) -> &[Layer] {
         &self.layers
     }

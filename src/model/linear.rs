@@ -348,6 +348,17 @@ impl Linear {
         }
     }
 
+    /// Make now what this layer would otherwise make on first use at up to `max_rows` rows —
+    /// its INT8 races against oneDNN ([`onednn::prefer`]) and oneDNN's INT8 matmul where it
+    /// won — so that a server's first requests of each size do not wait for them.
+    pub fn prepare(&self, max_rows: usize) {
+        if self.int8.is_some() {
+            for rows in onednn::row_buckets(max_rows) {
+                _ = self.onednn(Kind::Int8, rows);
+            }
+        }
+    }
+
     /// oneDNN's matmul for this precision, where it runs and beat samp's kernel at this shape
     /// (see [`onednn::prefer`]).
     fn onednn(&self, kind: Kind, rows: usize) -> Option<&onednn::Gemm> {

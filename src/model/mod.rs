@@ -241,6 +241,11 @@ impl Model {
     }
 
     /// The encoder, for per-layer timing and the INT8 weights of a plan.
+    /// The most tokens one encoder pass takes (`max_batch_tokens`).
+    pub fn max_pass_tokens(&self) -> usize {
+        self.passes.max_batch_tokens
+    }
+
     pub fn encoder(&self) -> &Encoder {
         &self.encoder
     }

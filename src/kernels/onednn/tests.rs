@@ -247,3 +247,18 @@ fn f32_weights_come_back_from_onednns_layout_exactly() {
         assert_eq!(g.f32_rows().expect("reorder back"), w, "[{n}, {k}]");
     }
 }
+
+#[test]
+fn every_row_count_races_in_a_bucket_prepared_for_it() {
+    for max_rows in [1, 63, 64, 65, 500, 4096] {
+        let buckets: Vec<usize> = row_buckets(max_rows).collect();
+        for rows in 1..=max_rows {
+            assert!(buckets.contains(&row_bucket(rows)), "{rows} of {max_rows}");
+        }
+    }
+    assert_eq!(
+        row_buckets(4096).collect::<Vec<_>>(),
+        [64, 128, 256, 512, 1024, 2048]
+    );
+    assert_eq!(row_buckets(100).collect::<Vec<_>>(), [64, 128]);
+}
