@@ -4,6 +4,15 @@ use super::*;
 use crate::kernels::int8::{ActScale, QActs};
 use crate::kernels::packed::Epilogue;
 
+/// A float GEMM problem `m × k → n`: activations, weights in PyTorch layout (`[n, k]`) and a
+/// bias, smooth and within ±1 (the float kernels' tests share it).
+pub(crate) fn float_problem(m: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let x = (0..m * k).map(|i| (i as f32 * 0.13).cos()).collect();
+    let w = (0..n * k).map(|i| (i as f32 * 0.07).sin() * 0.1).collect();
+    let bias = (0..n).map(|j| j as f32 * 0.01).collect();
+    (x, w, bias)
+}
+
 /// One GEMM's outputs quantized in its epilogue ([`Epilogue::to_int8`]) against its float
 /// outputs quantized afterwards ([`QActs::quantize`]), for `run(y, ep)` computing `m × n`
 /// outputs: the same bytes and scales, and not one float written — with and without GELU (the

@@ -80,9 +80,7 @@ fn every_kernel_matches_f64_reference_within_bf16_sum_bounds() {
             (30, 100, 600),
             (70, 112, 384),
         ] {
-            let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.13).cos()).collect();
-            let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.07).sin() * 0.1).collect();
-            let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.01).collect();
+            let (x, w, bias) = crate::kernels::tests::float_problem(m, n, k);
             let pw = Bf16Weights::from_rows(&w, n, k);
             let mut q = Bf16Acts::new();
             q.round(&x, m, k);
@@ -122,9 +120,7 @@ fn every_kernel_matches_f64_reference_within_bf16_sum_bounds() {
 #[test]
 fn every_kernel_quantizes_in_its_epilogue_as_afterwards() {
     let (m, n, k) = (37, 5 * NR + 4, 70);
-    let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.13).cos()).collect();
-    let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.07).sin() * 0.1).collect();
-    let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.01).collect();
+    let (x, w, bias) = crate::kernels::tests::float_problem(m, n, k);
     let pw = Bf16Weights::from_rows(&w, n, k);
     let mut q = Bf16Acts::new();
     q.round(&x, m, k);

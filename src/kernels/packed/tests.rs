@@ -114,9 +114,7 @@ fn large_matmul_splits_over_threads_without_overlap() {
 #[test]
 fn every_kernel_quantizes_in_its_epilogue_as_afterwards() {
     let (m, n, k) = (37, 5 * NR + 4, 70);
-    let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.13).cos()).collect();
-    let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.07).sin() * 0.1).collect();
-    let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.01).collect();
+    let (x, w, bias) = crate::kernels::tests::float_problem(m, n, k);
     let packed = PackedWeights::from_rows(&w, n, k);
     for k in F32Kernel::available() {
         for kernel in std::iter::once(k.clone()).chain(k.tile_path()) {
