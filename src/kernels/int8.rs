@@ -27,7 +27,7 @@ use super::driver::FusedCall;
 use super::driver::{
     best, entry_by_name, panel_gemm_shared, run, Bound, FusedTile, PanelGemm, TaskFn,
 };
-use super::packed::{finish, AccRows, Epilogue, NR};
+use super::packed::{finish, AccRows, Epilogue, EPILOGUE_STRIP, NR};
 use super::{onednn, Isa};
 
 /// Largest activation magnitude after quantization.
@@ -289,26 +289,28 @@ pub fn matmul_onednn(x: &QActs, w: &QWeights, g: &onednn::Gemm, y: &mut [f32], e
         // epilogue's ISA was detected.
         #[cfg(target_arch = "x86_64")]
         if isa == Isa::Avx512 {
-            for c0 in (0..n).step_by(NR) {
-                let acc = AccRows {
-                    ptr: product[c0..].as_ptr(),
-                    stride: n,
-                    rows,
-                };
-                unsafe {
-                    avx512::finish(
-                        acc,
-                        &x.scales[r0..],
-                        &w.offset[c0..],
-                        &w.scales_pad[c0..],
-                        ep.bias.map(|b| &b[c0..]),
-                        (yp as *mut f32).add(r0 * n + c0),
-                        n,
-                        NR.min(n - c0),
-                        ep.accumulate,
-                        ep.act,
-                        ep.to_int8,
-                    )
+            for r in (0..rows).step_by(EPILOGUE_STRIP) {
+                for c0 in (0..n).step_by(NR) {
+                    let acc = AccRows {
+                        ptr: product[r * n + c0..].as_ptr(),
+                        stride: n,
+                        rows: EPILOGUE_STRIP.min(rows - r),
+                    };
+                    unsafe {
+                        avx512::finish(
+                            acc,
+                            &x.scales[r0 + r..],
+                            &w.offset[c0..],
+                            &w.scales_pad[c0..],
+                            ep.bias.map(|b| &b[c0..]),
+                            (yp as *mut f32).add((r0 + r) * n + c0),
+                            n,
+                            NR.min(n - c0),
+                            ep.accumulate,
+                            ep.act,
+                            ep.to_int8,
+                        )
+                    }
                 }
             }
             return;

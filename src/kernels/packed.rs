@@ -248,6 +248,12 @@ impl<T> AccRows<T> {
     }
 }
 
+/// Rows per strip when an epilogue walks a row-major block of products (oneDNN's) panel by
+/// panel: a few rows at a time, so that it streams along rows rather than striding down a whole
+/// block's columns (128 rows × 12 KB apart at n = 3,072: a page per access, out of the
+/// prefetchers' reach).
+pub(super) const EPILOGUE_STRIP: usize = 8;
+
 /// `y = epilogue(product)` for a row-major block of `rows × n` products (oneDNN's), `y` at the
 /// block's first row (stride `n`): in place on AVX-512, through micro-tile copies elsewhere.
 ///
@@ -264,13 +270,16 @@ pub(super) unsafe fn finish_block(
     assert!(product.len() >= rows * n);
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 {
-        for c0 in (0..n).step_by(NR) {
-            let acc = AccRows {
-                ptr: product[c0..].as_ptr(),
-                stride: n,
-                rows,
-            };
-            avx512::finish(acc, &FloatEp::at(&ep, c0), y.add(c0), n, NR.min(n - c0));
+        for r in (0..rows).step_by(EPILOGUE_STRIP) {
+            for c0 in (0..n).step_by(NR) {
+                let acc = AccRows {
+                    ptr: product[r * n + c0..].as_ptr(),
+                    stride: n,
+                    rows: EPILOGUE_STRIP.min(rows - r),
+                };
+                let ep = FloatEp::at(&ep, c0);
+                avx512::finish(acc, &ep, y.add(r * n + c0), n, NR.min(n - c0));
+            }
         }
         return;
     }
