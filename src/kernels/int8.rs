@@ -322,6 +322,79 @@ pub fn matmul_onednn(x: &QActs, w: &QWeights, g: &onednn::Gemm, y: &mut [f32], e
     });
 }
 
+/// As [`matmul_onednn`] without a residual, the outputs going to a next INT8 layer with
+/// dynamic (per-row) scales: each block's rows are finished into a buffer of this thread's,
+/// while they are in cache, and quantized from there into `next` (each row's absolute maximum,
+/// then its bytes: what [`QActs::quantize`] with [`ActScale::Dynamic`] gives), instead of
+/// written to an `m × n` float output and read back from memory. A block spans whole rows, so
+/// every row's maximum is known in its block. On AVX-512 only: returns `false` elsewhere (and
+/// for an epilogue that accumulates or already quantizes), having done nothing.
+pub fn matmul_onednn_dynamic(
+    x: &QActs,
+    w: &QWeights,
+    g: &onednn::Gemm,
+    ep: Epilogue<'_>,
+    next: &mut QActs,
+) -> bool {
+    let (m, n) = (x.m, w.n);
+    if Isa::detect() != Isa::Avx512 || ep.accumulate || ep.to_int8.is_some() {
+        return false;
+    }
+    assert_eq!(
+        g.dims(),
+        (w.kp, n),
+        "int8 matmul: oneDNN gemm of other weights"
+    );
+    assert_eq!(x.kp, w.kp, "int8 matmul: depth");
+    if let Some(b) = ep.bias {
+        assert_eq!(b.len(), n, "int8 matmul: bias length");
+    }
+    let sink = next.row_sink(m, n);
+    g.run::<i32>(&x.data[..m * x.kp], m, |r0, rows, product| {
+        FLOATS.with_borrow_mut(|buf| {
+            buf.set_len(rows * n);
+            let y = buf.as_mut_ptr();
+            for r in (0..rows).step_by(EPILOGUE_STRIP) {
+                for c0 in (0..n).step_by(NR) {
+                    let acc = AccRows {
+                        ptr: product[r * n + c0..].as_ptr(),
+                        stride: n,
+                        rows: EPILOGUE_STRIP.min(rows - r),
+                    };
+                    // SAFETY: AVX-512 was detected; buf holds rows × n floats, rows r.. of
+                    // which this strip writes (cols values from c0, masked).
+                    unsafe {
+                        avx512::finish(
+                            acc,
+                            &x.scales[r0 + r..],
+                            &w.offset[c0..],
+                            &w.scales_pad[c0..],
+                            ep.bias.map(|b| &b[c0..]),
+                            y.add(r * n + c0),
+                            n,
+                            NR.min(n - c0),
+                            false,
+                            ep.act,
+                            None,
+                        )
+                    }
+                }
+            }
+            for (i, row) in buf[..rows * n].chunks_exact(n).enumerate() {
+                // SAFETY: rows r0.. are this block's alone.
+                unsafe { sink.put(r0 + i, row) };
+            }
+        })
+    });
+    true
+}
+
+thread_local! {
+    /// A block's float outputs on their way to [`matmul_onednn_dynamic`]'s next layer.
+    static FLOATS: std::cell::RefCell<super::aligned::Aligned<f32>> =
+        std::cell::RefCell::new(Default::default());
+}
+
 /// Seconds of samp's INT8 kernel and of oneDNN's at `m × k → n` (8-bit weights), quantizing the
 /// input included (see [`onednn::prefer`]).
 pub(super) fn onednn_race(k: usize, n: usize, m: usize) -> Result<(f64, f64), String> {

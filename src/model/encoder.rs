@@ -304,7 +304,7 @@ impl Layer {
 
             let up = sized(&mut s.up, t * f);
             let act = Some(cfg.activation);
-            match self.down.fused_input_scale() {
+            match self.down.fused_input() {
                 // The down projection's INT8 input is made in the up projection's epilogue.
                 Some(scale) => {
                     let q = &mut s.up_int8;

@@ -236,46 +236,58 @@ impl Linear {
     }
 
     /// As [`forward`](Self::forward) without a residual, the outputs going to a next layer that
-    /// runs in INT8 with a static input `scale` ([`fused_input_scale`](Self::fused_input_scale)):
-    /// they are quantized into `q` in the GEMM's epilogue, and `out` (`rows × outputs`) is not
-    /// written. The bytes are those that quantizing `out` would give; where the epilogue cannot
-    /// make them (rows that would need padding) it does just that.
+    /// runs in INT8 with input scales `scale` ([`fused_input`](Self::fused_input)): they are
+    /// quantized into `q` by the GEMM, and `out` (`rows × outputs`) is only scratch. The bytes
+    /// and scales are those that quantizing `out` afterwards would give. A static scale is
+    /// applied in the epilogue itself ([`Epilogue::to_int8`]); dynamic (per-row) scales block
+    /// by block where an INT8 layer runs on oneDNN on AVX-512
+    /// ([`int8::matmul_onednn_dynamic`]). Elsewhere (rows that would need padding, other
+    /// kernels, an observed layer) the outputs are written to `out` and quantized from there.
     pub fn forward_quantized(
         &self,
         x: &[f32],
         rows: usize,
         out: &mut [f32],
         act: Option<Activation>,
-        scale: f32,
+        scale: ActScale,
         q: &mut QActs,
     ) {
         let n = self.outputs();
-        match q.fused_output(out, rows, n, scale) {
-            Some(to) => self.run(
-                x,
-                rows,
-                out,
-                Epilogue {
-                    to_int8: Some(to),
-                    ..self.epilogue(false, act)
-                },
-            ),
-            None => {
-                self.forward(x, rows, out, false, act);
-                q.quantize(out, rows, n, ActScale::Static(scale));
+        match scale {
+            ActScale::Static(s) => {
+                if let Some(to) = q.fused_output(out, rows, n, s) {
+                    let ep = Epilogue {
+                        to_int8: Some(to),
+                        ..self.epilogue(false, act)
+                    };
+                    return self.run(x, rows, out, ep);
+                }
+            }
+            ActScale::Dynamic => {
+                if let (Some(own), false) = (self.int8, self.observing()) {
+                    if let Some(g) = self.onednn(Kind::Int8, rows) {
+                        let done = QACTS.with_borrow_mut(|qa| {
+                            qa.quantize(x, rows, self.inputs(), own);
+                            let ep = self.epilogue(false, act);
+                            int8::matmul_onednn_dynamic(qa, &self.qweights(), g, ep, q)
+                        });
+                        if done {
+                            return;
+                        }
+                    }
+                }
             }
         }
+        self.forward(x, rows, out, false, act);
+        q.quantize(out, rows, n, scale);
     }
 
-    /// The static scale of this layer's input where the previous layer may quantize its
-    /// outputs for it ([`forward_quantized`](Self::forward_quantized)), then
-    /// [`forward_int8`](Self::forward_int8) runs it: INT8 with a static scale and no observer
-    /// recording its float inputs.
-    pub fn fused_input_scale(&self) -> Option<f32> {
-        match self.int8 {
-            Some(ActScale::Static(s)) if !self.observing() => Some(s),
-            _ => None,
-        }
+    /// The scales of this layer's input where the previous layer may quantize its outputs for
+    /// it ([`forward_quantized`](Self::forward_quantized)), then
+    /// [`forward_int8`](Self::forward_int8) runs it: INT8, and no observer recording its float
+    /// inputs.
+    pub fn fused_input(&self) -> Option<ActScale> {
+        self.int8.filter(|_| !self.observing())
     }
 
     /// As [`forward`](Self::forward), from the input already quantized for this layer (by
@@ -455,7 +467,13 @@ mod tests {
     fn quantizing_the_next_input_in_the_epilogue_changes_no_output() {
         let (t, h) = (45, 24);
         for f in [96, 90] {
-            for up_precision in ["f32", "bf16", "int8"] {
+            for (up_precision, down_scale) in [
+                ("f32", ActScale::Static(0.05)),
+                ("bf16", ActScale::Static(0.05)),
+                ("int8", ActScale::Static(0.05)),
+                ("f32", ActScale::Dynamic),
+                ("int8", ActScale::Dynamic),
+            ] {
                 let mut up = layer(f, h, 1);
                 let mut down = layer(h, f, 2);
                 match up_precision {
@@ -463,7 +481,7 @@ mod tests {
                     "int8" => up.set_int8(Some(ActScale::Static(0.02))),
                     _ => {}
                 }
-                down.set_int8(Some(ActScale::Static(0.05)));
+                down.set_int8(Some(down_scale));
                 let x: Vec<f32> = (0..t * h).map(|i| (i as f32 * 0.37).sin()).collect();
                 let residual: Vec<f32> = (0..t * h).map(|i| (i as f32 * 0.11).cos()).collect();
                 let act = Some(Activation::Gelu);
@@ -473,19 +491,16 @@ mod tests {
                 let mut want = residual.clone();
                 down.forward(&mid, t, &mut want, true, None);
 
-                let scale = down.fused_input_scale().expect("static INT8");
+                let scale = down.fused_input().expect("INT8");
+                assert_eq!(scale, down_scale);
                 let mut q = QActs::new();
                 let mut unused = vec![0.0f32; t * f];
                 up.forward_quantized(&x, t, &mut unused, act, scale, &mut q);
                 let mut got = residual.clone();
                 down.forward_int8(&q, t, &mut got, true, None);
-                assert_eq!(got, want, "up in {up_precision}, f = {f}");
+                assert_eq!(got, want, "up in {up_precision}, f = {f}, {down_scale:?}");
                 down.observe(true);
-                assert_eq!(
-                    down.fused_input_scale(),
-                    None,
-                    "observed inputs stay floats"
-                );
+                assert_eq!(down.fused_input(), None, "observed inputs stay floats");
             }
         }
     }

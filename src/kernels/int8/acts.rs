@@ -59,11 +59,7 @@ impl QActs {
         self.scales.clear();
         self.scales.resize(m, 1.0);
         let body = |(row, (dst, s)): (&[f32], (&mut [u8], &mut f32))| {
-            *s = usable(match scale {
-                ActScale::Static(s) => s,
-                ActScale::Dynamic => crate::kernels::abs_max(row) / ACT_MAX as f32,
-            });
-            quantize_into(row, &mut dst[..k], 1.0 / *s);
+            quantize_scaled(row, &mut dst[..k], s, scale)
         };
         if k == 0 {
             return;
@@ -80,6 +76,25 @@ impl QActs {
                 .chunks_exact(k)
                 .zip(self.data.chunks_exact_mut(kp).zip(self.scales.iter_mut()))
                 .for_each(body);
+        }
+    }
+
+    /// Get `self` ready to receive `m` rows of width `n` quantized with dynamic scales by the
+    /// tasks of a GEMM, each from its own block of rows ([`RowSink::put`]), instead of by
+    /// [`quantize`](Self::quantize) after it.
+    pub(in crate::kernels) fn row_sink(&mut self, m: usize, n: usize) -> RowSink {
+        let kp = n.div_ceil(KG) * KG;
+        self.m = m;
+        self.kp = kp;
+        self.data.set_len(m * kp);
+        self.scales.clear();
+        self.scales.resize(m, 1.0);
+        RowSink {
+            data: self.data.as_mut_ptr(),
+            scales: self.scales.as_mut_ptr(),
+            m,
+            n,
+            kp,
         }
     }
 
@@ -113,6 +128,45 @@ impl QActs {
 
 /// A scale that can be divided by: non-positive and non-finite scales (an all-zero row, a
 /// broken calibration) become 1.
+/// One row: its scale into `s` (`scale`, or its absolute maximum over [`ACT_MAX`]) and its
+/// bytes into `dst`.
+fn quantize_scaled(row: &[f32], dst: &mut [u8], s: &mut f32, scale: ActScale) {
+    *s = usable(match scale {
+        ActScale::Static(s) => s,
+        ActScale::Dynamic => crate::kernels::abs_max(row) / ACT_MAX as f32,
+    });
+    quantize_into(row, dst, 1.0 / *s);
+}
+
+/// Where the tasks of a GEMM put their rows of a [`QActs`] ([`QActs::row_sink`]); valid while
+/// that `QActs` is not otherwise used.
+pub(in crate::kernels) struct RowSink {
+    data: *mut u8,
+    scales: *mut f32,
+    m: usize,
+    n: usize,
+    kp: usize,
+}
+
+// SAFETY: tasks write disjoint rows (the callers' contract on `put`).
+unsafe impl Sync for RowSink {}
+
+impl RowSink {
+    /// Row `r` from `row` (`n` floats), with its own absolute maximum as the scale: the bytes
+    /// and scale of [`QActs::quantize`] with [`ActScale::Dynamic`].
+    ///
+    /// # Safety
+    /// No other task may put row `r` at the same time.
+    pub(in crate::kernels) unsafe fn put(&self, r: usize, row: &[f32]) {
+        assert!(
+            r < self.m && row.len() == self.n,
+            "RowSink::put: row out of range"
+        );
+        let dst = std::slice::from_raw_parts_mut(self.data.add(r * self.kp), self.n);
+        quantize_scaled(row, dst, &mut *self.scales.add(r), ActScale::Dynamic);
+    }
+}
+
 fn usable(scale: f32) -> f32 {
     if scale > 0.0 && scale.is_finite() {
         scale

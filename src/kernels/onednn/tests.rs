@@ -236,6 +236,64 @@ fn every_precision_on_onednn_quantizes_in_its_epilogue_as_afterwards() {
     }
 }
 
+/// The INT8 path that hands a next layer its input with dynamic scales block by block gives
+/// the bytes and scales of quantizing the float outputs afterwards (AVX-512 hosts; elsewhere it
+/// declines and does nothing), with and without GELU, a width that needs padding or not.
+#[test]
+fn int8_on_onednn_quantizes_its_outputs_with_dynamic_scales_as_afterwards() {
+    if !library() {
+        return;
+    }
+    let avx512 = crate::kernels::Isa::detect() == crate::kernels::Isa::Avx512;
+    for n in [N, 4 * NR] {
+        let bias = data(n, 9, 0.5);
+        for (m, k) in PROBLEMS {
+            let x = data(m * k, 1, 3.0);
+            let w = QWeights::quantize(&data(n * k, 2, 0.2), n, k, 8);
+            let g = int8::onednn_gemm(&w).expect("gemm");
+            let mut q = QActs::new();
+            q.quantize(&x, m, k, ActScale::Dynamic);
+            for act in [None, Some(Activation::Gelu)] {
+                let ep = Epilogue {
+                    bias: Some(&bias),
+                    act,
+                    ..Default::default()
+                };
+                let mut y = vec![0.0f32; m * n];
+                int8::matmul_onednn(&q, &w, &g, &mut y, ep);
+                let mut want = QActs::new();
+                want.quantize(&y, m, n, ActScale::Dynamic);
+
+                let mut got = QActs::new();
+                let done = int8::matmul_onednn_dynamic(&q, &w, &g, ep, &mut got);
+                assert_eq!(done, avx512, "runs exactly where AVX-512 is");
+                if !done {
+                    continue;
+                }
+                assert_eq!(got.shape(), want.shape());
+                let ((gb, gs), (wb, ws)) = (got.parts(), want.parts());
+                assert_eq!(gs, ws, "{m}x{k}->{n} {act:?}: scales");
+                let kp = got.shape().1;
+                for r in 0..m {
+                    assert_eq!(
+                        gb[r * kp..][..n],
+                        wb[r * kp..][..n],
+                        "{m}x{k}->{n} {act:?}: row {r}"
+                    );
+                }
+                let residual = Epilogue {
+                    accumulate: true,
+                    ..ep
+                };
+                assert!(
+                    !int8::matmul_onednn_dynamic(&q, &w, &g, residual, &mut got),
+                    "an accumulating epilogue is declined"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn f32_weights_come_back_from_onednns_layout_exactly() {
     if !library() {
