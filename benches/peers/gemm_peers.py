@@ -52,6 +52,19 @@ def onnx_matmul(path, k, n, w):
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 
+def used_by_samp(row, rates):
+    """Whether a layer of this precision would run on the kernel of this `samp kernels` rate
+    (kernels/onednn.rs `prefer`): float32 on oneDNN wherever it loaded, INT8 on the faster of
+    samp's kernel and oneDNN (a race), bf16 on samp's kernel unless SAMP_ONEDNN=always."""
+    onednn = row["kernel"].startswith("onednn")
+    if row["precision"] == "float32":
+        loaded = any(r["kernel"].startswith("onednn") and r["precision"] == "float32" for r in rates)
+        return onednn or not loaded
+    if row["precision"] == "bfloat16":
+        return onednn == (os.environ.get("SAMP_ONEDNN") == "always")
+    return True
+
+
 def session(path):
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = THREADS, 1
@@ -105,6 +118,8 @@ def main():
                 peaks[p] = max(peaks.get(p, 0), v)
             kernels = res["kernels"]
             for row in res["rates"]:
+                if not used_by_samp(row, res["rates"]):
+                    continue
                 key = (row["shape"], row["precision"] + (f" {row['weight_bits']}-bit" if "weight_bits" in row else ""))
                 best_samp[key] = max(best_samp.get(key, 0), row["gops"])
             for name, k, n in SHAPES:
@@ -122,7 +137,7 @@ def main():
         "",
         "Probed peaks (Gop/s, all threads): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(peaks.items())),
         "",
-        "Kernels samp uses here: " + ", ".join(f"{k['precision']}{' ' + str(k['weight_bits']) + '-bit' if 'weight_bits' in k else ''}: {k['kernel']}" for k in kernels),
+        "Kernels samp uses here (f32 runs on oneDNN where the library loaded, INT8 on the faster of the two per shape): " + ", ".join(f"{k['precision']}{' ' + str(k['weight_bits']) + '-bit' if 'weight_bits' in k else ''}: {k['kernel']}" for k in kernels),
         "",
         "| shape (k→n) | samp f32 | torch f32 (MKL) | ORT f32 | samp/best f32 | % FMA peak | samp bf16 | torch bf16 (oneDNN) | samp/torch bf16 | % BF16 peak | samp int8 8-bit | samp int8 7-bit | torch int8 | ORT int8 | samp 8-bit/best int8 | % VNNI peak |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
