@@ -289,31 +289,8 @@ pub fn matmul_onednn(x: &QActs, w: &QWeights, g: &onednn::Gemm, y: &mut [f32], e
         // epilogue's ISA was detected.
         #[cfg(target_arch = "x86_64")]
         if isa == Isa::Avx512 {
-            for r in (0..rows).step_by(EPILOGUE_STRIP) {
-                for c0 in (0..n).step_by(NR) {
-                    let acc = AccRows {
-                        ptr: product[r * n + c0..].as_ptr(),
-                        stride: n,
-                        rows: EPILOGUE_STRIP.min(rows - r),
-                    };
-                    unsafe {
-                        avx512::finish(
-                            acc,
-                            &x.scales[r0 + r..],
-                            &w.offset[c0..],
-                            &w.scales_pad[c0..],
-                            ep.bias.map(|b| &b[c0..]),
-                            (yp as *mut f32).add((r0 + r) * n + c0),
-                            n,
-                            NR.min(n - c0),
-                            ep.accumulate,
-                            ep.act,
-                            ep.to_int8,
-                        )
-                    }
-                }
-            }
-            return;
+            let y = unsafe { (yp as *mut f32).add(r0 * n) };
+            return unsafe { finish_block_avx512(x, w, ep, product, r0, rows, y) };
         }
         let mut tile_f = [[0.0f32; NR]; MAX_MR];
         onednn::tiles(product, rows, n, |tile, r, c0| unsafe {
@@ -349,44 +326,69 @@ pub fn matmul_onednn_dynamic(
     if let Some(b) = ep.bias {
         assert_eq!(b.len(), n, "int8 matmul: bias length");
     }
-    let sink = next.row_sink(m, n);
-    g.run::<i32>(&x.data[..m * x.kp], m, |r0, rows, product| {
-        FLOATS.with_borrow_mut(|buf| {
-            buf.set_len(rows * n);
-            let y = buf.as_mut_ptr();
-            for r in (0..rows).step_by(EPILOGUE_STRIP) {
-                for c0 in (0..n).step_by(NR) {
-                    let acc = AccRows {
-                        ptr: product[r * n + c0..].as_ptr(),
-                        stride: n,
-                        rows: EPILOGUE_STRIP.min(rows - r),
-                    };
-                    // SAFETY: AVX-512 was detected; buf holds rows × n floats, rows r.. of
-                    // which this strip writes (cols values from c0, masked).
-                    unsafe {
-                        avx512::finish(
-                            acc,
-                            &x.scales[r0 + r..],
-                            &w.offset[c0..],
-                            &w.scales_pad[c0..],
-                            ep.bias.map(|b| &b[c0..]),
-                            y.add(r * n + c0),
-                            n,
-                            NR.min(n - c0),
-                            false,
-                            ep.act,
-                            None,
-                        )
-                    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let sink = next.row_sink(m, n);
+        g.run::<i32>(&x.data[..m * x.kp], m, |r0, rows, product| {
+            FLOATS.with_borrow_mut(|buf| {
+                buf.set_len(rows * n);
+                // SAFETY: AVX-512 was detected; buf holds the block's rows × n floats.
+                unsafe { finish_block_avx512(x, w, ep, product, r0, rows, buf.as_mut_ptr()) };
+                for (i, row) in buf[..rows * n].chunks_exact(n).enumerate() {
+                    // SAFETY: rows r0.. are this block's alone.
+                    unsafe { sink.put(r0 + i, row) };
                 }
-            }
-            for (i, row) in buf[..rows * n].chunks_exact(n).enumerate() {
-                // SAFETY: rows r0.. are this block's alone.
-                unsafe { sink.put(r0 + i, row) };
-            }
-        })
-    });
-    true
+            })
+        });
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        _ = next;
+        false
+    }
+}
+
+/// The AVX-512 epilogue of one oneDNN block: `rows` rows of sums (the GEMM's row `r0` first)
+/// into `y` (the block's first output row, stride `n`), 8-row strips across the whole width
+/// ([`EPILOGUE_STRIP`]).
+///
+/// # Safety
+/// AVX-512 must have been detected; `y` must address `rows × n` writable floats of this
+/// caller's, and `product` hold `rows × n` sums.
+#[cfg(target_arch = "x86_64")]
+unsafe fn finish_block_avx512(
+    x: &QActs,
+    w: &QWeights,
+    ep: Epilogue<'_>,
+    product: &[i32],
+    r0: usize,
+    rows: usize,
+    y: *mut f32,
+) {
+    let n = w.n;
+    for r in (0..rows).step_by(EPILOGUE_STRIP) {
+        for c0 in (0..n).step_by(NR) {
+            let acc = AccRows {
+                ptr: product[r * n + c0..].as_ptr(),
+                stride: n,
+                rows: EPILOGUE_STRIP.min(rows - r),
+            };
+            avx512::finish(
+                acc,
+                &x.scales[r0 + r..],
+                &w.offset[c0..],
+                &w.scales_pad[c0..],
+                ep.bias.map(|b| &b[c0..]),
+                y.add(r * n + c0),
+                n,
+                NR.min(n - c0),
+                ep.accumulate,
+                ep.act,
+                ep.to_int8,
+            )
+        }
+    }
 }
 
 thread_local! {

@@ -50,14 +50,9 @@ impl QActs {
     /// Quantize `x` (`m × k`, row-major) into `self`, reusing its buffers.
     pub fn quantize(&mut self, x: &[f32], m: usize, k: usize, scale: ActScale) {
         assert!(x.len() >= m * k, "quantize: input too small");
-        let kp = k.div_ceil(KG) * KG;
-        self.m = m;
-        self.kp = kp;
         // Every row's first k bytes are written below; the padding bytes meet zero weights, so
         // whatever they hold works.
-        self.data.set_len(m * kp);
-        self.scales.clear();
-        self.scales.resize(m, 1.0);
+        let kp = self.reset(m, k, 1.0);
         let body = |(row, (dst, s)): (&[f32], (&mut [u8], &mut f32))| {
             quantize_scaled(row, &mut dst[..k], s, scale)
         };
@@ -79,16 +74,23 @@ impl QActs {
         }
     }
 
-    /// Get `self` ready to receive `m` rows of width `n` quantized with dynamic scales by the
-    /// tasks of a GEMM, each from its own block of rows ([`RowSink::put`]), instead of by
-    /// [`quantize`](Self::quantize) after it.
-    pub(in crate::kernels) fn row_sink(&mut self, m: usize, n: usize) -> RowSink {
-        let kp = n.div_ceil(KG) * KG;
+    /// `m` rows of depth `k` (padded to a multiple of 4, the returned row length), every scale
+    /// `scale`; the bytes are stale until written.
+    fn reset(&mut self, m: usize, k: usize, scale: f32) -> usize {
+        let kp = k.div_ceil(KG) * KG;
         self.m = m;
         self.kp = kp;
         self.data.set_len(m * kp);
         self.scales.clear();
-        self.scales.resize(m, 1.0);
+        self.scales.resize(m, scale);
+        kp
+    }
+
+    /// Get `self` ready to receive `m` rows of width `n` quantized with dynamic scales by the
+    /// tasks of a GEMM, each from its own block of rows ([`RowSink::put`]), instead of by
+    /// [`quantize`](Self::quantize) after it.
+    pub(in crate::kernels) fn row_sink(&mut self, m: usize, n: usize) -> RowSink {
+        let kp = self.reset(m, n, 1.0);
         RowSink {
             data: self.data.as_mut_ptr(),
             scales: self.scales.as_mut_ptr(),
@@ -114,20 +116,14 @@ impl QActs {
         if !n.is_multiple_of(KG) {
             return None;
         }
-        self.m = m;
-        self.kp = n;
-        self.data.set_len(m * n);
         let scale = usable(scale);
-        self.scales.clear();
-        self.scales.resize(m, scale);
+        self.reset(m, n, scale);
         // SAFETY: data holds m × n bytes where y holds (at least) m × n floats, and the
         // ToInt8 is used by the GEMM that follows, while `self` is borrowed by its caller.
         Some(unsafe { ToInt8::new(y.as_ptr(), self.data.as_mut_ptr(), 1.0 / scale) })
     }
 }
 
-/// A scale that can be divided by: non-positive and non-finite scales (an all-zero row, a
-/// broken calibration) become 1.
 /// One row: its scale into `s` (`scale`, or its absolute maximum over [`ACT_MAX`]) and its
 /// bytes into `dst`.
 fn quantize_scaled(row: &[f32], dst: &mut [u8], s: &mut f32, scale: ActScale) {
@@ -167,6 +163,8 @@ impl RowSink {
     }
 }
 
+/// A scale that can be divided by: non-positive and non-finite scales (an all-zero row, a
+/// broken calibration) become 1.
 fn usable(scale: f32) -> f32 {
     if scale > 0.0 && scale.is_finite() {
         scale
