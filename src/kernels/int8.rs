@@ -27,7 +27,7 @@ use super::driver::FusedCall;
 use super::driver::{
     best, entry_by_name, panel_gemm_shared, run, Bound, FusedTile, PanelGemm, TaskFn,
 };
-use super::packed::{finish, AccRows, Epilogue, EPILOGUE_STRIP, NR};
+use super::packed::{finish, strips, AccRows, Epilogue, NR};
 use super::{onednn, Isa};
 
 /// Largest activation magnitude after quantization.
@@ -351,7 +351,7 @@ pub fn matmul_onednn_dynamic(
 
 /// The AVX-512 epilogue of one oneDNN block: `rows` rows of sums (the GEMM's row `r0` first)
 /// into `y` (the block's first output row, stride `n`), 8-row strips across the whole width
-/// ([`EPILOGUE_STRIP`]).
+/// ([`EPILOGUE_STRIP`](super::packed::EPILOGUE_STRIP)).
 ///
 /// # Safety
 /// AVX-512 must have been detected; `y` must address `rows × n` writable floats of this
@@ -367,28 +367,21 @@ unsafe fn finish_block_avx512(
     y: *mut f32,
 ) {
     let n = w.n;
-    for r in (0..rows).step_by(EPILOGUE_STRIP) {
-        for c0 in (0..n).step_by(NR) {
-            let acc = AccRows {
-                ptr: product[r * n + c0..].as_ptr(),
-                stride: n,
-                rows: EPILOGUE_STRIP.min(rows - r),
-            };
-            avx512::finish(
-                acc,
-                &x.scales[r0 + r..],
-                &w.offset[c0..],
-                &w.scales_pad[c0..],
-                ep.bias.map(|b| &b[c0..]),
-                y.add(r * n + c0),
-                n,
-                NR.min(n - c0),
-                ep.accumulate,
-                ep.act,
-                ep.to_int8,
-            )
-        }
-    }
+    strips(product, rows, n, |r, c0, acc| {
+        avx512::finish(
+            acc,
+            &x.scales[r0 + r..],
+            &w.offset[c0..],
+            &w.scales_pad[c0..],
+            ep.bias.map(|b| &b[c0..]),
+            y.add(r * n + c0),
+            n,
+            NR.min(n - c0),
+            ep.accumulate,
+            ep.act,
+            ep.to_int8,
+        )
+    })
 }
 
 thread_local! {
