@@ -27,7 +27,7 @@ use super::driver::FusedCall;
 use super::driver::{
     best, entry_by_name, panel_gemm_shared, run, Bound, FusedTile, PanelGemm, TaskFn,
 };
-use super::packed::{finish, strips, AccRows, Epilogue, NR};
+use super::packed::{finish, AccRows, Epilogue, NR};
 use super::{onednn, Isa};
 
 /// Largest activation magnitude after quantization.
@@ -351,7 +351,7 @@ pub fn matmul_onednn_dynamic(
 
 /// The AVX-512 epilogue of one oneDNN block: `rows` rows of sums (the GEMM's row `r0` first)
 /// into `y` (the block's first output row, stride `n`), 8-row strips across the whole width
-/// ([`EPILOGUE_STRIP`](super::packed::EPILOGUE_STRIP)).
+/// ([`onednn::strips`]).
 ///
 /// # Safety
 /// AVX-512 must have been detected; `y` must address `rows × n` writable floats of this
@@ -367,7 +367,7 @@ unsafe fn finish_block_avx512(
     y: *mut f32,
 ) {
     let n = w.n;
-    strips(product, rows, n, |r, c0, acc| {
+    onednn::strips(product, rows, n, |r, c0, acc| {
         avx512::finish(
             acc,
             &x.scales[r0 + r..],

@@ -32,7 +32,7 @@ use ffi::{api, DT_BF16, DT_F32, DT_S32, DT_S8, DT_U8};
 #[cfg(test)]
 use gemm::block_rows;
 pub use gemm::Gemm;
-pub(super) use gemm::{bytes_of, tiles};
+pub(super) use gemm::{bytes_of, strips, tiles};
 
 mod ffi;
 mod gemm;

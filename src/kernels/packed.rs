@@ -248,35 +248,6 @@ impl<T> AccRows<T> {
     }
 }
 
-/// Rows per strip when an epilogue walks a row-major block of products (oneDNN's) panel by
-/// panel: a few rows at a time, so that it streams along rows rather than striding down a whole
-/// block's columns (128 rows × 12 KB apart at n = 3,072: a page per access, out of the
-/// prefetchers' reach).
-pub(super) const EPILOGUE_STRIP: usize = 8;
-
-/// The walk of an epilogue over a row-major block of `rows × n` products: strips of
-/// [`EPILOGUE_STRIP`] rows, each across the whole width one panel at a time, `f(first row,
-/// first column, the strip's accumulator rows of that panel)`.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-pub(super) fn strips<T>(
-    product: &[T],
-    rows: usize,
-    n: usize,
-    mut f: impl FnMut(usize, usize, AccRows<T>),
-) {
-    assert!(product.len() >= rows * n, "strips: product too small");
-    for r in (0..rows).step_by(EPILOGUE_STRIP) {
-        for c0 in (0..n).step_by(NR) {
-            let acc = AccRows {
-                ptr: product[r * n + c0..].as_ptr(),
-                stride: n,
-                rows: EPILOGUE_STRIP.min(rows - r),
-            };
-            f(r, c0, acc);
-        }
-    }
-}
-
 /// `y = epilogue(product)` for a row-major block of `rows × n` products (oneDNN's), `y` at the
 /// block's first row (stride `n`): in place on AVX-512, through micro-tile copies elsewhere.
 ///
@@ -293,7 +264,7 @@ pub(super) unsafe fn finish_block(
     assert!(product.len() >= rows * n);
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 {
-        return strips(product, rows, n, |r, c0, acc| {
+        return onednn::strips(product, rows, n, |r, c0, acc| {
             let ep = FloatEp::at(&ep, c0);
             avx512::finish(acc, &ep, y.add(r * n + c0), n, NR.min(n - c0));
         });
