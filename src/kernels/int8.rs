@@ -272,16 +272,8 @@ pub fn onednn_gemm(w: &QWeights) -> Result<onednn::Gemm, String> {
 /// products; samp's epilogue dequantizes them, so the outputs are those of samp's kernels.
 pub fn matmul_onednn(x: &QActs, w: &QWeights, g: &onednn::Gemm, y: &mut [f32], ep: Epilogue<'_>) {
     let (m, n) = (x.m, w.n);
-    assert_eq!(
-        g.dims(),
-        (w.kp, n),
-        "int8 matmul: oneDNN gemm of other weights"
-    );
-    assert_eq!(x.kp, w.kp, "int8 matmul: depth");
+    check_onednn(x, w, g, ep);
     assert!(y.len() >= m * n, "int8 matmul: output too small");
-    if let Some(b) = ep.bias {
-        assert_eq!(b.len(), n, "int8 matmul: bias length");
-    }
     let isa = Isa::detect();
     let yp = y.as_mut_ptr() as usize;
     g.run::<i32>(&x.data[..m * x.kp], m, |r0, rows, product| {
@@ -317,15 +309,7 @@ pub fn matmul_onednn_dynamic(
     if Isa::detect() != Isa::Avx512 || ep.accumulate || ep.to_int8.is_some() {
         return false;
     }
-    assert_eq!(
-        g.dims(),
-        (w.kp, n),
-        "int8 matmul: oneDNN gemm of other weights"
-    );
-    assert_eq!(x.kp, w.kp, "int8 matmul: depth");
-    if let Some(b) = ep.bias {
-        assert_eq!(b.len(), n, "int8 matmul: bias length");
-    }
+    check_onednn(x, w, g, ep);
     #[cfg(target_arch = "x86_64")]
     {
         let sink = next.row_sink(m, n);
@@ -346,6 +330,20 @@ pub fn matmul_onednn_dynamic(
     {
         _ = next;
         false
+    }
+}
+
+/// The operands of an INT8 product on oneDNN fit together: `g` made from `w`, the activations'
+/// depth and the bias' width theirs.
+fn check_onednn(x: &QActs, w: &QWeights, g: &onednn::Gemm, ep: Epilogue<'_>) {
+    assert_eq!(
+        g.dims(),
+        (w.kp, w.n),
+        "int8 matmul: oneDNN gemm of other weights"
+    );
+    assert_eq!(x.kp, w.kp, "int8 matmul: depth");
+    if let Some(b) = ep.bias {
+        assert_eq!(b.len(), w.n, "int8 matmul: bias length");
     }
 }
 

@@ -305,7 +305,8 @@ impl Layer {
             let up = sized(&mut s.up, t * f);
             let act = Some(cfg.activation);
             match self.down.fused_input() {
-                // The down projection's INT8 input is made in the up projection's epilogue.
+                // The down projection's INT8 input is made by the up projection (in its
+                // epilogue for a static scale, block by block for dynamic ones where it can).
                 Some(scale) => {
                     let q = &mut s.up_int8;
                     self.up.forward_quantized(x1, t, up, act, scale, q);

@@ -240,12 +240,12 @@ impl Model {
         &self.plan
     }
 
-    /// The encoder, for per-layer timing and the INT8 weights of a plan.
     /// The most tokens one encoder pass takes (`max_batch_tokens`).
     pub fn max_pass_tokens(&self) -> usize {
         self.passes.max_batch_tokens
     }
 
+    /// The encoder, for per-layer timing and the INT8 weights of a plan.
     pub fn encoder(&self) -> &Encoder {
         &self.encoder
     }
