@@ -10,7 +10,9 @@ kernels in the same run, same thread count, same shapes (1024 rows x MiniLM / BE
 
 Each rate is the best of repeated calls over --seconds; peers and samp take turns per shape
 (--rounds), and the best round counts, since the shared machine's noise only slows things down.
-Writes a markdown table (stdout, or --out) with the % of the probed instruction peak.
+Writes a markdown table (stdout, or --out) with the % of the probed peak of each precision's
+best instruction on this host (AMX's tdpbusd / tdpbf16ps where it has them, else VNNI / BF16 /
+FMA vectors).
 
     benches/peers/gemm_peers.py --samp target/release/samp [--seconds 0.5] [--out FILE]
 
@@ -129,17 +131,23 @@ def main():
     cpu = subprocess.run("grep -m1 'model name' /proc/cpuinfo", shell=True, capture_output=True, text=True).stdout.split(":")[-1].strip()
     flags = subprocess.run("grep -o -w -E 'avx2|avx512f|avx512_vnni|avx_vnni|avx512_bf16|amx_int8|amx_bf16' /proc/cpuinfo | sort -u | tr '\\n' ' '",
                            shell=True, capture_output=True, text=True).stdout.strip()
-    fma = peaks.get("vfmadd231ps-zmm") or peaks.get("vfmadd231ps-ymm") or 0
-    vnni = peaks.get("vpdpbusd-zmm") or peaks.get("vpdpbusd-ymm") or 0
-    bpeak = peaks.get("vdpbf16ps-zmm") or 0
+    # Each precision's peak is its best instruction on this host (AMX's tile products where the
+    # host has them), whichever kernel samp runs.
+    def best_probe(*names):
+        return next(((p, peaks[p]) for p in names if peaks.get(p)), ("none", 0))
+    fma_name, fma = best_probe("vfmadd231ps-zmm", "vfmadd231ps-ymm")
+    int8_name, vnni = best_probe("tdpbusd", "vpdpbusd-zmm", "vpdpbusd-ymm")
+    bf16_name, bpeak = best_probe("tdpbf16ps", "vdpbf16ps-zmm")
     lines = [
         f"CPU: {cpu}; ISA flags: {flags}; {THREADS} threads; {a.rows} rows; torch {torch.__version__}, onnxruntime {ort.__version__}",
         "",
         "Probed peaks (Gop/s, all threads): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(peaks.items())),
         "",
+        f"% of peak: float32 of {fma_name}, bfloat16 of {bf16_name}, int8 of {int8_name}.",
+        "",
         "Kernels samp uses here (f32 runs on oneDNN where the library loaded, INT8 on the faster of the two per shape): " + ", ".join(f"{k['precision']}{' ' + str(k['weight_bits']) + '-bit' if 'weight_bits' in k else ''}: {k['kernel']}" for k in kernels),
         "",
-        "| shape (k→n) | samp f32 | torch f32 (MKL) | ORT f32 | samp/best f32 | % FMA peak | samp bf16 | torch bf16 (oneDNN) | samp/torch bf16 | % BF16 peak | samp int8 8-bit | samp int8 7-bit | torch int8 | ORT int8 | samp 8-bit/best int8 | % VNNI peak |",
+        "| shape (k→n) | samp f32 | torch f32 (MKL) | ORT f32 | samp/best f32 | % f32 peak | samp bf16 | torch bf16 (oneDNN) | samp/torch bf16 | % bf16 peak | samp int8 8-bit | samp int8 7-bit | torch int8 | ORT int8 | samp 8-bit/best int8 | % int8 peak |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, k, n in SHAPES:
