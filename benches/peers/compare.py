@@ -2,6 +2,7 @@
 """One command for BENCHMARKS.md: samp against PyTorch and ONNX Runtime, in-process and served.
 
     python benches/peers/compare.py            # ~20 min on 2 cores; writes BENCHMARKS.md
+                                               # (--no-gemm: without the GEMM kernel table)
 
 Needs the README's set-up (scripts/fetch_models.sh, `cargo build --release`) and
 `pip install -r benches/peers/requirements.txt`. Every figure in the file comes from one run.
@@ -248,6 +249,22 @@ def criterion(seconds):
     return out
 
 
+def gemm_table(rounds, tmp):
+    """gemm_peers.py's table in this run: samp's kernel per precision against the peers' at the
+    model shapes, with the % of each precision's probed instruction peak."""
+    out = tmp / "gemm.md"
+    log("GEMM kernels at the model shapes (gemm_peers.py)")
+    sh([sys.executable, str(ROOT / "benches" / "peers" / "gemm_peers.py"), "--samp", str(SAMP),
+        "--rounds", str(rounds), "--seconds", "0.5", "--out", str(out)],
+       env={**os.environ, "SAMP_BENCH_THREADS": str(THREADS)})
+    return ["## GEMM kernels at the model shapes", "",
+            f"`python benches/peers/gemm_peers.py --rounds {rounds} --seconds 0.5`, in this run: per "
+            "precision the kernel a samp layer runs (f32 on oneDNN where the library loaded, INT8 the "
+            "faster of samp's and oneDNN's, bf16 samp's own) against PyTorch and ONNX Runtime, 1,024 rows, "
+            f"{THREADS} threads, Gop/s; samp's INT8 includes quantizing the f32 input and its bf16 "
+            "rounding it, PyTorch's bf16 is handed bf16 tensors.", "", out.read_text().strip()]
+
+
 def machine():
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     flags = open("/proc/cpuinfo").read()
@@ -278,6 +295,7 @@ def main():
     ap.add_argument("--reuse", action="store_true", help="reuse quantized models already in --work")
     ap.add_argument("--models", default="minilm,sentiment,bert-base")
     ap.add_argument("--batches", default="1,8,32")
+    ap.add_argument("--no-gemm", action="store_true", help="skip the GEMM kernel table (gemm_peers.py, ~4 min)")
     a = ap.parse_args()
     if not SAMP.exists():
         sys.exit("build samp first: cargo build --release")
@@ -402,6 +420,7 @@ def main():
         summary.append((spec["title"], b32["samp SAMP"] / b32["PyTorch f32"], b32["samp SAMP"] / b32["ORT INT8"],
                         max(r["texts_per_s"] for _, r in served) / inproc))
     log("== criterion benches")
+    gemm = [] if a.no_gemm else gemm_table(a.rounds, tmp)
     crit = criterion(max(a.seconds, 1.0))
     elapsed = time.time() - started
     head = ["# Benchmarks", "",
@@ -434,7 +453,8 @@ def main():
     crit_lines += [f"| {k} | {v:.3g} {u} |" for k, (v, u) in sorted(crit.items()) if not k.startswith("gemm")]
     crit_lines += ["", "`tokenize`: texts/s (256 movie sentences); `pack`: tokens/s into a padding-free batch; "
                    "`batching_policy/admit`: admission decisions/s."]
-    doc = "\n".join(head) + "\n\n" + "\n\n".join(sections) + "\n\n" + "\n".join(crit_lines) + "\n"
+    doc = "\n".join(head) + "\n\n" + "\n\n".join(sections + ["\n".join(gemm)] * bool(gemm)) + "\n\n" \
+        + "\n".join(crit_lines) + "\n"
     a.out.write_text(doc)
     log(doc)
     log(f"wrote {a.out} in {elapsed / 60:.1f} min")
