@@ -44,6 +44,9 @@ pub enum Dot {
 
 /// The tile operations the schedule needs. Tile numbers: C = 0, 1; A = 4; B = 6, 7.
 pub trait Tiles {
+    /// Whether these are the real tile registers (hardware-only hints such as prefetches are
+    /// issued only then).
+    const HARDWARE: bool = false;
     /// Configure palette 1: A tile `rows × kb` bytes, B tiles `kb / 4` rows × 64 bytes, C
     /// tiles `rows × 64` bytes.
     ///
@@ -305,6 +308,8 @@ pub fn config_block(rows: usize, kb: usize) -> [u8; 64] {
 }
 
 impl Tiles for Hardware {
+    const HARDWARE: bool = true;
+
     unsafe fn config(&mut self, rows: usize, kb: usize) {
         self.cfg.0 = config_block(rows, kb);
         // SAFETY: AMX was enabled for this process (see `supported`); the block is 64 bytes.
@@ -424,6 +429,30 @@ pub unsafe fn int8(c: &TileCall<u8, i8, i32>) {
 /// As `Bf16Tile`, and [`supported_bf16`] must have returned true.
 pub unsafe fn bf16(c: &TileCall<u16, u16, f32>) {
     schedule(&mut Hardware::default(), Dot::Bf16, &c.bytes(2))
+}
+
+/// Ask for the output lines of the block at rows `r..r + rows`, columns `c0..c0 + cols` of a
+/// row-major `ldy`-float output with intent to write (`prefetchw`): a task's epilogue asks for
+/// the next block's lines while the tile unit computes, so that their read-for-ownership from
+/// L2/L3 is under way before the epilogue stores to them.
+///
+/// # Safety
+/// The CPU must have PREFETCHW (every AMX host does). Prefetches never fault; the addresses
+/// must only stay within the allocation of `y` for the arithmetic to be defined.
+pub unsafe fn prefetch_out(
+    y: *const f32,
+    ldy: usize,
+    r: usize,
+    rows: usize,
+    c0: usize,
+    cols: usize,
+) {
+    for i in r..r + rows {
+        let row = y.add(i * ldy + c0) as *const u8;
+        for line in (0..cols * 4).step_by(64) {
+            std::arch::asm!("prefetchw [{}]", in(reg) row.add(line), options(nostack, readonly, preserves_flags));
+        }
+    }
 }
 
 pub fn supported_int8() -> bool {

@@ -3,7 +3,11 @@
 //! feeds two dot products), the tiles configured once for the task. The epilogue of a block
 //! runs on the vector units while the tile unit computes the next one: block i+1's dot products
 //! are issued before block i's accumulators are read, and block i+1's are stored after, into
-//! the other of two accumulator buffers.
+//! the other of two accumulator buffers. The epilogue is told block i+1, so that it can ask for
+//! that block's output lines (`prefetchw`, [`super::prefetch_out`]) a block ahead: a block
+//! writes 32 rows a whole output row apart, and their read-for-ownership stalled the epilogue's
+//! stores (BENCHMARKS.md: medians of 8 alternating pairs per shape 1.1–1.4× on MiniLM QKV,
+//! attention-out and FFN-down and BERT-base attention-out, 1.0–1.1× elsewhere).
 
 use std::ops::Range;
 
@@ -26,8 +30,9 @@ struct AccBlock<E>([[E; NR]; NP * BLOCK_ROWS]);
 
 /// One thread task on the fast path. `a`: `m` rows of `lda` bytes (the depth, a multiple of
 /// 64); `b`: panel 0 of the packed weights, panel `p` at `b + p * bstride`; `panels` the task's
-/// panels. `epilogue(at, acc)` gets each block's accumulators (`gp × 32` rows, panel-major;
-/// only `at.rows` of each panel's 32 are real), in order, on this thread.
+/// panels. `epilogue(at, acc, next)` gets each block's accumulators (`gp × 32` rows,
+/// panel-major; only `at.rows` of each panel's 32 are real), in order, on this thread, with the
+/// block whose products the tile unit is computing meanwhile (its epilogue is the next call).
 ///
 /// # Safety
 /// `t` must be usable (hardware: AMX enabled for this process); `b` must address the panels as
@@ -43,7 +48,7 @@ pub unsafe fn run_task<T: Tiles, E: Copy + Default>(
     b: *const u8,
     bstride: usize,
     panels: Range<usize>,
-    mut epilogue: impl FnMut(BlockAt, &[[E; NR]]),
+    mut epilogue: impl FnMut(BlockAt, &[[E; NR]], Option<BlockAt>),
 ) {
     assert!(lda.is_multiple_of(KB) && a.len() >= m * lda);
     // An A tile reads 16 whole rows: the rows after the last whole 16 are copied into a tile's
@@ -104,7 +109,7 @@ pub unsafe fn run_task<T: Tiles, E: Copy + Default>(
                     bstride,
                 );
                 if let Some((done, i)) = pending.take() {
-                    finish(&*accs.add(i), done, &mut epilogue);
+                    finish(&*accs.add(i), done, Some(at), &mut epilogue);
                 }
                 store(
                     t,
@@ -118,13 +123,18 @@ pub unsafe fn run_task<T: Tiles, E: Copy + Default>(
         }
     }
     if let Some((done, i)) = pending {
-        finish(&*accs.add(i), done, &mut epilogue);
+        finish(&*accs.add(i), done, None, &mut epilogue);
     }
     t.release();
 }
 
-fn finish<E>(acc: &AccBlock<E>, at: BlockAt, epilogue: &mut impl FnMut(BlockAt, &[[E; NR]])) {
-    epilogue(at, &acc.0[..at.gp * BLOCK_ROWS]);
+fn finish<E>(
+    acc: &AccBlock<E>,
+    at: BlockAt,
+    next: Option<BlockAt>,
+    epilogue: &mut impl FnMut(BlockAt, &[[E; NR]], Option<BlockAt>),
+) {
+    epilogue(at, &acc.0[..at.gp * BLOCK_ROWS], next);
 }
 
 /// Panels per group of a task with `panels` panels of `bstride` bytes and activation rows of

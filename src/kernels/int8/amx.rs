@@ -27,6 +27,7 @@ pub unsafe fn task<T: Tiles + Default>(
         return false;
     }
     let t = &mut T::default();
+    let n = w.n;
     let mut tile_f = [[0.0f32; NR]; MAX_MR];
     // SAFETY: x holds m rows of kp bytes; the panels are kp × NR bytes each (kp / 4 rows of
     // 64); tdpbusd accumulates i32.
@@ -39,12 +40,17 @@ pub unsafe fn task<T: Tiles + Default>(
         w.panel(0).as_ptr() as *const u8,
         kp * NR,
         panels,
-        |at, acc| {
+        |at, acc, next| {
             for q in 0..at.gp {
                 let tile = &acc[q * tiles::BLOCK_ROWS..q * tiles::BLOCK_ROWS + at.rows];
                 // SAFETY: rows at.r.. < m and panel p+q's columns belong to this task (the
                 // caller vouches for y and isa).
                 epilogue(tile, x, w, ep, y, at.r, (at.p + q) * NR, isa, &mut tile_f);
+            }
+            if let Some(nb) = next.filter(|_| T::HARDWARE) {
+                let c0 = nb.p * NR;
+                // SAFETY: the next block's rows and panels lie inside y (as this block's).
+                tiles::prefetch_out(y, n, nb.r, nb.rows, c0, (nb.gp * NR).min(n - c0));
             }
         },
     );
