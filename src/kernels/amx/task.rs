@@ -6,8 +6,9 @@
 //! the other of two accumulator buffers. The epilogue is told block i+1, so that it can ask for
 //! that block's output lines (`prefetchw`, [`super::prefetch_out`]) a block ahead: a block
 //! writes 32 rows a whole output row apart, and their read-for-ownership stalled the epilogue's
-//! stores (BENCHMARKS.md: medians of 8 alternating pairs per shape 1.1–1.4× on MiniLM QKV,
-//! attention-out and FFN-down and BERT-base attention-out, 1.0–1.1× elsewhere).
+//! stores. The INT8 task does (BENCHMARKS.md: 1.0–1.2× per shape, BERT-base all-INT8 end to end
+//! ahead in 5 of 6 paired rounds); the BF16 task does not (ahead per shape on MiniLM, but BERT-base
+//! bf16 end to end fell behind in 8 of 9 paired rounds at 128 tokens).
 
 use std::ops::Range;
 

@@ -41,18 +41,13 @@ pub unsafe fn task<T: Tiles + Default>(
         w.panel(0).as_ptr() as *const u8,
         2 * kp * NR,
         panels,
-        |at, acc, next| {
+        |at, acc, _next| {
             for q in 0..at.gp {
                 let c0 = (at.p + q) * NR;
                 let tile = &acc[q * tiles::BLOCK_ROWS..q * tiles::BLOCK_ROWS + at.rows];
                 // SAFETY: rows at.r.. < m and panel p+q's columns belong to this task (the
                 // caller vouches for y and isa).
                 finish(y.add(at.r * n + c0), n, tile, NR.min(n - c0), ep, c0, isa);
-            }
-            if let Some(nb) = next.filter(|_| T::HARDWARE) {
-                let c0 = nb.p * NR;
-                // SAFETY: the next block's rows and panels lie inside y (as this block's).
-                tiles::prefetch_out(y, n, nb.r, nb.rows, c0, (nb.gp * NR).min(n - c0));
             }
         },
     );
