@@ -15,9 +15,11 @@
 //! Files: `ffi.rs` (the C functions, loading), `gemm.rs` (a layer's matmul and the block
 //! driver), this one (which precisions and shapes use it).
 //!
-//! How it runs: one primitive per layer and precision, with the number of rows left to run
-//! time, and the weights reordered once into the layout it picks. samp keeps the threading:
-//! rows are cut into blocks spread over the rayon pool, and each block is one sequential
+//! How it runs: one primitive per layer and precision (per group of output columns for the
+//! float kinds, one group per thread, so that a few rows still spread over the threads), with
+//! the number of rows left to run time, and the weights reordered once into the layout it
+//! picks. samp keeps the threading: rows are cut into blocks (times the column groups) spread
+//! over the rayon pool, and each block is one sequential
 //! oneDNN call (its OpenMP team is held at one thread) into a per-thread buffer that samp's own
 //! epilogue (dequantizing, bias, residual, activation) then writes out while it is in cache.
 //! INT8 therefore computes the same integers as samp's kernels (u8 activations `q + 128`,

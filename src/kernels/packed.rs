@@ -248,29 +248,39 @@ impl<T> AccRows<T> {
     }
 }
 
-/// `y = epilogue(product)` for a row-major block of `rows × n` products (oneDNN's), `y` at the
-/// block's first row (stride `n`): in place on AVX-512, through micro-tile copies elsewhere.
+/// `y = epilogue(product)` for a row-major block of `rows × cols` products (oneDNN's) of the
+/// output columns from `c0`, `y` at the block's first output (row stride `ldy`): in place on
+/// AVX-512, through micro-tile copies elsewhere.
 ///
 /// # Safety
-/// `y` must address `rows × n` writable floats that are this caller's; `isa` one this CPU runs.
+/// `y` must address `rows` rows of `cols` writable floats (stride `ldy`) that are this
+/// caller's; `isa` one this CPU runs.
 pub(super) unsafe fn finish_block(
     product: &[f32],
-    rows: usize,
-    n: usize,
-    y: *mut f32,
+    (rows, cols): (usize, usize),
+    (y, ldy): (*mut f32, usize),
     ep: Epilogue<'_>,
+    c0: usize,
     isa: Isa,
 ) {
-    assert!(product.len() >= rows * n);
+    assert!(product.len() >= rows * cols);
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 {
-        return onednn::strips(product, rows, n, |r, c0, acc| {
-            let ep = FloatEp::at(&ep, c0);
-            avx512::finish(acc, &ep, y.add(r * n + c0), n, NR.min(n - c0));
+        return onednn::strips(product, rows, cols, |r, c, acc| {
+            let ep = FloatEp::at(&ep, c0 + c);
+            avx512::finish(acc, &ep, y.add(r * ldy + c), ldy, NR.min(cols - c));
         });
     }
-    onednn::tiles(product, rows, n, |tile, r, c0| {
-        finish(y.add(r * n + c0), n, tile, NR.min(n - c0), ep, c0, isa)
+    onednn::tiles(product, rows, cols, |tile, r, c| {
+        finish(
+            y.add(r * ldy + c),
+            ldy,
+            tile,
+            NR.min(cols - c),
+            ep,
+            c0 + c,
+            isa,
+        )
     })
 }
 

@@ -12,12 +12,23 @@ use crate::kernels::aligned::{Aligned, Plain};
 use crate::kernels::packed::{finish_block, AccRows, Epilogue, NR};
 use crate::kernels::Isa;
 
-/// One layer's weights in oneDNN's layout and the matmul primitive over them, for any number
-/// of rows.
+/// One layer's weights in oneDNN's layout and the matmul over them, for any number of rows:
+/// for the float kinds, one primitive per group of output columns ([`column_parts`]), so that
+/// a product of few rows still spreads over the threads by columns, each thread reading only
+/// its columns' weights (split by rows, every thread read all of them, and oneDNN's JIT GEMM
+/// packed them all on every call: 1.5–1.7× slower than samp's kernel for one short text).
 pub struct Gemm {
     kind: Kind,
     /// Depth as oneDNN sees it (samp's padded depth for bf16 and INT8).
     k: usize,
+    n: usize,
+    parts: Vec<Part>,
+    name: String,
+}
+
+/// The primitive of columns `c0..c0 + n` and its reordered weights.
+struct Part {
+    c0: usize,
     n: usize,
     pd: Handle,
     primitive: Handle,
@@ -25,7 +36,15 @@ pub struct Gemm {
     /// The scratchpad's descriptor (owned by `pd`) and size; samp supplies one per thread.
     scratch_md: Handle,
     scratch_bytes: usize,
-    name: String,
+}
+
+/// Where one call of [`Gemm::run_parts`] lands: rows `r0..r0 + rows`, columns `c0..c0 + cols`.
+#[derive(Clone, Copy, Debug)]
+pub(in crate::kernels) struct Block {
+    pub r0: usize,
+    pub rows: usize,
+    pub c0: usize,
+    pub cols: usize,
 }
 
 // SAFETY: a primitive may run on several threads at once when each call has its own memory
@@ -37,10 +56,27 @@ impl std::fmt::Debug for Gemm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "oneDNN {:?} [{}, {}] {}",
-            self.kind, self.n, self.k, self.name
+            "oneDNN {:?} [{}, {}] {} ({} parts)",
+            self.kind,
+            self.n,
+            self.k,
+            self.name,
+            self.parts.len()
         )
     }
+}
+
+/// The column groups of a layer's primitives: INT8 keeps whole rows in one (its dynamic
+/// epilogue needs every row's maximum); the float kinds split `n` into one group per thread
+/// (multiples of 16 columns), where each keeps at least 128.
+pub(super) fn column_parts(kind: Kind, n: usize, threads: usize) -> Vec<(usize, usize)> {
+    const MIN_COLS: usize = 128;
+    let parts = match kind {
+        Kind::Int8 => 1,
+        Kind::F32 | Kind::Bf16 => threads.min(n / MIN_COLS).max(1),
+    };
+    let edge = |j: usize| (j * n / parts).next_multiple_of(NR).min(n);
+    (0..parts).map(|j| (edge(j), edge(j + 1))).collect()
 }
 
 /// A plain row-major `rows × cols` descriptor (`rows` may be [`RUNTIME_DIM`]).
@@ -203,68 +239,117 @@ impl Drop for Owned<'_> {
     }
 }
 
-impl Gemm {
-    /// A matmul over weights given in PyTorch layout: `n` rows of `k` elements of the kind's
-    /// weight type (f32, bf16 bit patterns, or i8), `elem` bytes each.
-    fn new(kind: Kind, w: &[u8], n: usize, k: usize) -> Result<Gemm, String> {
-        let api = api().ok_or("oneDNN is not loaded")?;
-        assert_eq!(w.len(), n * k * kind.types().3, "oneDNN weights size");
-        let mut gemm = Gemm {
-            kind,
-            k,
+impl Part {
+    /// The primitive of `n` columns over their weights at `w` (PyTorch layout, `n` rows of `k`
+    /// elements of the kind's weight type), and its implementation's name.
+    fn new(
+        api: &Api,
+        kind: Kind,
+        w: &[u8],
+        (c0, n, k): (usize, usize, usize),
+    ) -> Result<(Part, String), String> {
+        let mut part = Part {
+            c0,
             n,
             pd: matmul_pd(api, kind, k, n)?,
             primitive: std::ptr::null_mut(),
             weights: std::ptr::null_mut(),
             scratch_md: std::ptr::null_mut(),
             scratch_bytes: 0,
-            name: String::new(),
         };
-        // From here `gemm`'s Drop owns what it holds.
-        let pd = gemm.pd;
+        // From here `part`'s Drop owns what it holds.
+        let pd = part.pd;
+        let mut name = String::new();
         let mut info: *const c_char = std::ptr::null();
         // SAFETY: the implementation name query writes a pointer to a string owned by pd.
         if unsafe { (api.pd_query)(pd, QUERY_IMPL_INFO, 0, (&raw mut info).cast()) } == SUCCESS
             && !info.is_null()
         {
             // SAFETY: NUL-terminated, alive as long as pd.
-            gemm.name = unsafe { CStr::from_ptr(info) }
+            name = unsafe { CStr::from_ptr(info) }
                 .to_string_lossy()
                 .into_owned();
         }
         // SAFETY: queries of a valid primitive descriptor; the descriptors stay owned by pd.
         let wmd = unsafe { (api.pd_query_md)(pd, QUERY_WEIGHTS_MD, 0) };
-        gemm.scratch_md = unsafe { (api.pd_query_md)(pd, QUERY_SCRATCHPAD_MD, 0) };
-        if !gemm.scratch_md.is_null() {
+        part.scratch_md = unsafe { (api.pd_query_md)(pd, QUERY_SCRATCHPAD_MD, 0) };
+        if !part.scratch_md.is_null() {
             // SAFETY: a valid descriptor.
-            gemm.scratch_bytes = unsafe { (api.md_size)(gemm.scratch_md) };
+            part.scratch_bytes = unsafe { (api.md_size)(part.scratch_md) };
         }
         // SAFETY: writes one handle.
         check(
-            unsafe { (api.primitive_create)(&mut gemm.primitive, pd) },
+            unsafe { (api.primitive_create)(&mut part.primitive, pd) },
             "primitive_create",
         )?;
         // SAFETY: writes one handle; the library allocates the buffer.
         check(
-            unsafe { (api.memory_create)(&mut gemm.weights, wmd, api.engine, ALLOCATE) },
+            unsafe { (api.memory_create)(&mut part.weights, wmd, api.engine, ALLOCATE) },
             "memory_create",
         )?;
         let wt = (k, n, kind.types().1);
-        reorder_weights(api, w.as_ptr() as *mut u8, wt, gemm.weights, wmd, false)?;
-        Ok(gemm)
+        reorder_weights(api, w.as_ptr() as *mut u8, wt, part.weights, wmd, false)?;
+        Ok((part, name))
+    }
+}
+
+impl Drop for Part {
+    fn drop(&mut self) {
+        let Some(api) = api() else { return };
+        // SAFETY: created in `new`, destroyed once; the scratchpad descriptor is owned by pd.
+        unsafe {
+            if !self.weights.is_null() {
+                (api.memory_destroy)(self.weights);
+            }
+            if !self.primitive.is_null() {
+                (api.primitive_destroy)(self.primitive);
+            }
+            (api.pd_destroy)(self.pd);
+        }
+    }
+}
+
+impl Gemm {
+    /// A matmul over weights given in PyTorch layout: `n` rows of `k` elements of the kind's
+    /// weight type (f32, bf16 bit patterns, or i8), `elem` bytes each.
+    fn new(kind: Kind, w: &[u8], n: usize, k: usize) -> Result<Gemm, String> {
+        let api = api().ok_or("oneDNN is not loaded")?;
+        let elem = kind.types().3;
+        assert_eq!(w.len(), n * k * elem, "oneDNN weights size");
+        let mut parts = Vec::new();
+        let mut name = String::new();
+        for (c0, c1) in column_parts(kind, n, rayon::current_num_threads()) {
+            let (part, impl_name) = Part::new(
+                api,
+                kind,
+                &w[c0 * k * elem..c1 * k * elem],
+                (c0, c1 - c0, k),
+            )?;
+            parts.push(part);
+            name = impl_name;
+        }
+        Ok(Gemm {
+            kind,
+            k,
+            n,
+            parts,
+            name,
+        })
     }
 
     /// The weights of an f32 matmul back in PyTorch layout `[n, k]`, from oneDNN's layout
-    /// (a reorder: exact).
+    /// (a reorder per part: exact).
     pub fn f32_rows(&self) -> Result<Vec<f32>, String> {
         assert_eq!(self.kind, Kind::F32, "f32_rows of a {:?} matmul", self.kind);
         let api = api().ok_or("oneDNN is not loaded")?;
         let mut rows = vec![0.0f32; self.n * self.k];
-        // SAFETY: a query of a valid primitive descriptor; the descriptor stays owned by pd.
-        let wmd = unsafe { (api.pd_query_md)(self.pd, QUERY_WEIGHTS_MD, 0) };
-        let wt = (self.k, self.n, DT_F32);
-        let out = rows.as_mut_ptr() as *mut u8;
-        reorder_weights(api, out, wt, self.weights, wmd, true)?;
+        for p in &self.parts {
+            // SAFETY: a query of a valid primitive descriptor, owned by pd.
+            let wmd = unsafe { (api.pd_query_md)(p.pd, QUERY_WEIGHTS_MD, 0) };
+            let wt = (self.k, p.n, DT_F32);
+            let out = rows[p.c0 * self.k..].as_mut_ptr() as *mut u8;
+            reorder_weights(api, out, wt, p.weights, wmd, true)?;
+        }
         Ok(rows)
     }
 
@@ -293,13 +378,13 @@ impl Gemm {
     ///
     /// # Safety
     /// `src` and `dst` must address that many readable and writable elements.
-    unsafe fn execute(&self, src: *const u8, rows: usize, dst: *mut u8) {
+    unsafe fn execute(&self, part: &Part, src: *const u8, rows: usize, dst: *mut u8) {
         let api = api().expect("a Gemm exists only with the library loaded");
         let (src_dt, _, dst_dt, _) = self.kind.types();
         let run = || -> Result<(), String> {
             let mut own = Owned::new(api);
             let smd = own.md(plain_md(api, rows as i64, self.k, src_dt))?;
-            let dmd = own.md(plain_md(api, rows as i64, self.n, dst_dt))?;
+            let dmd = own.md(plain_md(api, rows as i64, part.n, dst_dt))?;
             let s = own.memory(smd, src as *mut c_void)?;
             let d = own.memory(dmd, dst.cast())?;
             SCRATCH.with_borrow_mut(|scratch| {
@@ -310,16 +395,16 @@ impl Gemm {
                     },
                     ExecArg {
                         arg: ARG_WEIGHTS,
-                        memory: self.weights,
+                        memory: part.weights,
                     },
                     ExecArg {
                         arg: ARG_DST,
                         memory: d,
                     },
                 ];
-                if self.scratch_bytes > 0 {
-                    scratch.set_len(self.scratch_bytes);
-                    let m = own.memory(self.scratch_md, scratch.as_mut_ptr().cast())?;
+                if part.scratch_bytes > 0 {
+                    scratch.set_len(part.scratch_bytes);
+                    let m = own.memory(part.scratch_md, scratch.as_mut_ptr().cast())?;
                     args.push(ExecArg {
                         arg: ARG_SCRATCHPAD,
                         memory: m,
@@ -330,7 +415,7 @@ impl Gemm {
                     // size (the caller vouches for src and dst).
                     check(
                         unsafe {
-                            (api.execute)(self.primitive, stream, args.len() as i32, args.as_ptr())
+                            (api.execute)(part.primitive, stream, args.len() as i32, args.as_ptr())
                         },
                         "matmul",
                     )?;
@@ -347,14 +432,31 @@ impl Gemm {
         }
     }
 
-    /// `y = epilogue(x · W)` for `m` rows of `x` (`row_bytes` each, from `src`), cut into
-    /// blocks over the rayon pool: each block's product lands in a per-thread buffer of
-    /// `T` (4 bytes: f32 or i32), and `finish(first_row, rows, product)` writes it out.
+    /// `y = epilogue(x · W)` for `m` rows of `x` (`row_bytes` each, from `src`) of a matmul
+    /// of one part (whole rows: INT8), cut into row blocks over the rayon pool: each block's
+    /// product lands in a per-thread buffer of `T` (4 bytes: f32 or i32), and
+    /// `finish(first_row, rows, product)` writes it out.
     pub(in crate::kernels) fn run<T: Plain>(
         &self,
         src: &[u8],
         m: usize,
         finish: impl Fn(usize, usize, &[T]) + Sync,
+    ) {
+        assert_eq!(
+            self.parts.len(),
+            1,
+            "oneDNN matmul: whole rows need one part"
+        );
+        self.run_parts(src, m, |b, product| finish(b.r0, b.rows, product));
+    }
+
+    /// As [`Gemm::run`] for any number of parts: blocks of rows times parts over the rayon
+    /// pool, `finish(block, product)` with the block's `rows × cols` product.
+    pub(in crate::kernels) fn run_parts<T: Plain>(
+        &self,
+        src: &[u8],
+        m: usize,
+        finish: impl Fn(Block, &[T]) + Sync,
     ) {
         assert_eq!(
             std::mem::size_of::<T>(),
@@ -369,24 +471,35 @@ impl Gemm {
             src.len() >= m * row_bytes,
             "oneDNN matmul: source too small"
         );
-        let block = block_rows(m, rayon::current_num_threads());
-        let body = |r0: usize| {
+        let parts = self.parts.len();
+        let block = block_rows(m, rayon::current_num_threads().div_ceil(parts));
+        let body = |t: usize| {
+            let (r0, part) = ((t / parts) * block, &self.parts[t % parts]);
             let rows = block.min(m - r0);
             PRODUCT.with_borrow_mut(|buf| {
-                buf.set_len(rows * self.n * 4);
-                // SAFETY: the rows exist in src (asserted above); buf holds rows × n values.
-                unsafe { self.execute(src[r0 * row_bytes..].as_ptr(), rows, buf.as_mut_ptr()) };
-                // SAFETY: the buffer is 64-byte aligned and holds rows × n 4-byte values,
+                buf.set_len(rows * part.n * 4);
+                // SAFETY: the rows exist in src (asserted above); buf holds rows × cols values.
+                unsafe {
+                    self.execute(part, src[r0 * row_bytes..].as_ptr(), rows, buf.as_mut_ptr())
+                };
+                // SAFETY: the buffer is 64-byte aligned and holds rows × cols 4-byte values,
                 // written by the matmul; T accepts any bit pattern.
                 let product =
-                    unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<T>(), rows * self.n) };
-                finish(r0, rows, product);
+                    unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<T>(), rows * part.n) };
+                let b = Block {
+                    r0,
+                    rows,
+                    c0: part.c0,
+                    cols: part.n,
+                };
+                finish(b, product);
             })
         };
-        if block >= m {
+        let tasks = m.div_ceil(block) * parts;
+        if tasks == 1 {
             body(0);
         } else {
-            (0..m).into_par_iter().step_by(block).for_each(body);
+            (0..tasks).into_par_iter().for_each(body);
         }
     }
 }
@@ -408,31 +521,16 @@ impl Gemm {
         }
         let isa = Isa::detect();
         let y = y.as_mut_ptr() as usize;
-        self.run::<f32>(src, m, |r0, rows, product| {
-            // SAFETY: rows r0.. of y exist (asserted above); blocks own disjoint rows.
-            unsafe { finish_block(product, rows, n, (y as *mut f32).add(r0 * n), ep, isa) }
+        self.run_parts::<f32>(src, m, |b, product| {
+            // SAFETY: the block's rows and columns of y exist (asserted above) and are its own.
+            let at = unsafe { (y as *mut f32).add(b.r0 * n + b.c0) };
+            unsafe { finish_block(product, (b.rows, b.cols), (at, n), ep, b.c0, isa) }
         });
     }
 
     /// Depth and width as oneDNN sees them.
     pub fn dims(&self) -> (usize, usize) {
         (self.k, self.n)
-    }
-}
-
-impl Drop for Gemm {
-    fn drop(&mut self) {
-        let Some(api) = api() else { return };
-        // SAFETY: created in `new`, destroyed once; the scratchpad descriptor is owned by pd.
-        unsafe {
-            if !self.weights.is_null() {
-                (api.memory_destroy)(self.weights);
-            }
-            if !self.primitive.is_null() {
-                (api.primitive_destroy)(self.primitive);
-            }
-            (api.pd_destroy)(self.pd);
-        }
     }
 }
 

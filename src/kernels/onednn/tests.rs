@@ -320,3 +320,74 @@ fn every_row_count_races_in_a_bucket_prepared_for_it() {
     );
     assert_eq!(row_buckets(100).collect::<Vec<_>>(), [64, 128]);
 }
+
+#[test]
+fn float_column_parts_cover_the_width_in_whole_panels() {
+    for n in [1, 100, 255, 256, 384, 421, 1152, 3072] {
+        for threads in [1, 2, 3, 8] {
+            let parts = gemm::column_parts(Kind::F32, n, threads);
+            assert_eq!(
+                parts.len(),
+                threads.min(n / 128).max(1),
+                "n {n} threads {threads}"
+            );
+            assert_eq!((parts[0].0, parts.last().unwrap().1), (0, n));
+            for w in parts.windows(2) {
+                assert_eq!(w[0].1, w[1].0, "contiguous");
+                assert!(w[0].1.is_multiple_of(NR), "whole panels");
+            }
+            assert!(parts.iter().all(|&(a, b)| b > a), "n {n}: {parts:?}");
+            assert_eq!(gemm::column_parts(Kind::Int8, n, threads), vec![(0, n)]);
+        }
+    }
+}
+
+/// With more threads than one, a float matmul is one primitive per group of columns: few rows
+/// still spread over the threads. The parts together give samp's kernel's outputs (within
+/// rounding) with every epilogue, with the next layer's bytes fused in, and the rows back.
+#[test]
+fn float_kinds_split_by_columns_match_samps_kernels() {
+    if !library() {
+        return;
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let n = 3 * 128 + 37;
+        let bias = data(n, 9, 0.5);
+        for (m, k) in [(1, 64), (5, 130), (300, 203)] {
+            let x = data(m * k, 1, 1.0);
+            let wf = data(n * k, 2, 1.0);
+            let pw = PackedWeights::from_rows(&wf, n, k);
+            let g = packed::onednn_gemm(&pw).expect("f32");
+            assert!(format!("{g:?}").contains("(3 parts)"), "{g:?}");
+            assert_eq!(g.f32_rows().unwrap(), wf, "the rows come back exactly");
+            let gb = bf16::onednn_gemm(&wf, n, k).expect("bf16");
+            let mut xb = Bf16Acts::new();
+            xb.round(&x, m, k);
+            let bw = Bf16Weights::from_rows(&wf, n, k);
+            let tol = 8.0 * k as f32 * f32::EPSILON;
+            for ep in epilogues(&bias) {
+                let start = data(m * n, 5, 1.0);
+                let (mut a, mut b) = (start.clone(), start.clone());
+                packed::matmul(&x, m, &pw, &mut a, ep);
+                packed::matmul_onednn(&x, m, &g, &mut b, ep);
+                let worst = worst_diff(&a, &b);
+                assert!(worst <= tol, "f32 {m}x{k} {:?}: {worst}", ep.act);
+                let (mut a, mut b) = (start.clone(), start);
+                bf16::matmul(&xb, &bw, &mut a, ep);
+                bf16::matmul_onednn(&xb, &gb, &mut b, ep);
+                let worst = worst_diff(&a, &b);
+                assert!(worst <= tol, "bf16 {m}x{k} {:?}: {worst}", ep.act);
+            }
+            use crate::kernels::tests::check_fused_quantization as check;
+            check("oneDNN f32 in parts", m, n - 1, &bias[..n - 1], |y, ep| {
+                let pw = PackedWeights::from_rows(&wf[..(n - 1) * k], n - 1, k);
+                let g = packed::onednn_gemm(&pw).expect("f32");
+                packed::matmul_onednn(&x, m, &g, y, ep)
+            });
+        }
+    });
+}
