@@ -33,11 +33,13 @@ use super::packed::{Epilogue, NR};
 use ffi::{api, DT_BF16, DT_F32, DT_S32, DT_S8, DT_U8};
 #[cfg(test)]
 use gemm::block_rows;
+pub(super) use gemm::bytes_of;
 pub use gemm::Gemm;
-pub(super) use gemm::{bytes_of, strips, tiles};
+pub(super) use walk::{strips, tiles};
 
 mod ffi;
 mod gemm;
+mod walk;
 
 /// The precisions oneDNN runs for samp.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -249,12 +249,11 @@ impl<T> AccRows<T> {
 }
 
 /// `y = epilogue(product)` for a row-major block of `rows × cols` products (oneDNN's) of the
-/// output columns from `c0`, `y` at the block's first output (row stride `ldy`): in place on
-/// AVX-512, through micro-tile copies elsewhere.
+/// output columns from `c0`, `y` at its first output (row stride `ldy`); in place on AVX-512.
 ///
 /// # Safety
-/// `y` must address `rows` rows of `cols` writable floats (stride `ldy`) that are this
-/// caller's; `isa` one this CPU runs.
+/// `y` must address `rows` rows of `cols` writable floats (stride `ldy`), this caller's alone;
+/// `isa` one this CPU runs.
 pub(super) unsafe fn finish_block(
     product: &[f32],
     (rows, cols): (usize, usize),
