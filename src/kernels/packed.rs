@@ -252,8 +252,7 @@ impl<T> AccRows<T> {
 /// output columns from `c0`, `y` at its first output (row stride `ldy`); in place on AVX-512.
 ///
 /// # Safety
-/// `y` must address `rows` rows of `cols` writable floats (stride `ldy`), this caller's alone;
-/// `isa` one this CPU runs.
+/// `y` must address `rows` × `cols` writable floats (stride `ldy`), its own; `isa` detected.
 pub(super) unsafe fn finish_block(
     product: &[f32],
     (rows, cols): (usize, usize),
