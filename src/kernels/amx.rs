@@ -431,29 +431,7 @@ pub unsafe fn bf16(c: &TileCall<u16, u16, f32>) {
     schedule(&mut Hardware::default(), Dot::Bf16, &c.bytes(2))
 }
 
-/// Ask for the output lines of the block at rows `r..r + rows`, columns `c0..c0 + cols` of a
-/// row-major `ldy`-float output with intent to write (`prefetchw`): a task's epilogue asks for
-/// the next block's lines while the tile unit computes, so that their read-for-ownership from
-/// L2/L3 is under way before the epilogue stores to them.
-///
-/// # Safety
-/// The CPU must have PREFETCHW (every AMX host does). Prefetches never fault; the addresses
-/// must only stay within the allocation of `y` for the arithmetic to be defined.
-pub unsafe fn prefetch_out(
-    y: *const f32,
-    ldy: usize,
-    r: usize,
-    rows: usize,
-    c0: usize,
-    cols: usize,
-) {
-    for i in r..r + rows {
-        let row = y.add(i * ldy + c0) as *const u8;
-        for line in (0..cols * 4).step_by(64) {
-            std::arch::asm!("prefetchw [{}]", in(reg) row.add(line), options(nostack, readonly, preserves_flags));
-        }
-    }
-}
+pub use crate::kernels::packed::avx512::prefetch_out;
 
 pub fn supported_int8() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();

@@ -128,6 +128,7 @@ pub unsafe fn fused(c: &FusedCall<u8, i8>, ep: &FusedEp) {
 unsafe fn fused_kernel<const R: usize, const P: usize>(c: &FusedCall<u8, i8>, ep: &FusedEp) {
     let mut acc = [[_mm512_setzero_si512(); P]; R];
     // SAFETY (whole function): the caller vouches for the extents (see `fused`).
+    crate::kernels::packed::avx512::prefetch_tile_out::<R, P>(c);
     dots::<VnniDot, R, P>(&mut acc, c.k / KG, c.a_bytes(1), c.b_bytes(1));
     for q in 0..P {
         let mask = col_mask(if q + 1 == P { c.cols_last } else { NR });
