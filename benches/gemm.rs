@@ -88,6 +88,46 @@ fn int8_vs_f32(c: &mut Criterion) {
     g.finish();
 }
 
+/// An INT8 FFN-up product (bias, GELU) whose outputs go to the next INT8 layer with dynamic
+/// scales: written as floats and quantized afterwards (`matmul`, then `QActs::quantize`: what
+/// runs with few rows) against finished and quantized row block by row block while in cache
+/// (`matmul_dynamic`). 4,096 tokens (a batch of 32 × 128); MiniLM's and BERT-base's FFN up.
+fn int8_dynamic_next_layer(c: &mut Criterion) {
+    let m = 4096;
+    let mut g = c.benchmark_group("gemm_int8_dynamic_next_layer");
+    g.sample_size(10);
+    for (k, n) in [(384usize, 1536usize), (768, 3072)] {
+        let w: Vec<f32> = (0..k * n)
+            .map(|j| ((j * 31) % 97) as f32 * 1e-3 - 0.05)
+            .collect();
+        let x: Vec<f32> = (0..m * k).map(|j| (j % 13) as f32 * 0.1 - 0.6).collect();
+        let bias: Vec<f32> = (0..n).map(|j| (j % 7) as f32 * 0.1 - 0.3).collect();
+        let pq = QWeights::quantize(&w, n, k, 8);
+        let mut q = QActs::new();
+        q.quantize(&x, m, k, ActScale::Dynamic);
+        let ep = Epilogue {
+            bias: Some(&bias),
+            act: Some(samp::kernels::Activation::Gelu),
+            ..Default::default()
+        };
+        let (mut y, mut next) = (vec![0.0f32; m * n], QActs::new());
+        g.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        let shape = format!("{m}x{k}x{n}");
+        g.bench_function(BenchmarkId::new("floats_then_quantize", &shape), |b| {
+            b.iter(|| {
+                int8::matmul(&q, &pq, &mut y, ep);
+                next.quantize(&y, m, n, ActScale::Dynamic)
+            })
+        });
+        if int8::matmul_dynamic(&q, &pq, ep, &mut next) {
+            g.bench_function(BenchmarkId::new("row_blocks", &shape), |b| {
+                b.iter(|| int8::matmul_dynamic(&q, &pq, ep, &mut next))
+            });
+        }
+    }
+    g.finish();
+}
+
 /// Attention over a packed batch like MiniLM's at batch 32 (32 sequences of 13-40 tokens,
 /// 12 heads of 32).
 fn attention(c: &mut Criterion) {
@@ -114,5 +154,11 @@ fn attention(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, kernels, int8_vs_f32, attention);
+criterion_group!(
+    benches,
+    kernels,
+    int8_vs_f32,
+    int8_dynamic_next_layer,
+    attention
+);
 criterion_main!(benches);

@@ -52,6 +52,7 @@ use acts::quantize_row;
 #[cfg(all(test, target_arch = "x86_64"))]
 use acts::{quantize_row_avx2, quantize_row_avx512};
 pub use acts::{ActScale, QActs};
+pub use dynamic::{matmul_dynamic, matmul_onednn_dynamic};
 
 /// One micro-kernel call: `acc += a · b` for `rows` (≤ `mr`) rows and `np` (≤ the entry's `np`)
 /// adjacent panels over `kc` bytes of depth (a multiple of 4).
@@ -291,48 +292,6 @@ pub fn matmul_onednn(x: &QActs, w: &QWeights, g: &onednn::Gemm, y: &mut [f32], e
     });
 }
 
-/// As [`matmul_onednn`] without a residual, the outputs going to a next INT8 layer with
-/// dynamic (per-row) scales: each block's rows are finished into a buffer of this thread's,
-/// while they are in cache, and quantized from there into `next` (each row's absolute maximum,
-/// then its bytes: what [`QActs::quantize`] with [`ActScale::Dynamic`] gives), instead of
-/// written to an `m × n` float output and read back from memory. A block spans whole rows, so
-/// every row's maximum is known in its block. On AVX-512 only: returns `false` elsewhere (and
-/// for an epilogue that accumulates or already quantizes), having done nothing.
-pub fn matmul_onednn_dynamic(
-    x: &QActs,
-    w: &QWeights,
-    g: &onednn::Gemm,
-    ep: Epilogue<'_>,
-    next: &mut QActs,
-) -> bool {
-    let (m, n) = (x.m, w.n);
-    if Isa::detect() != Isa::Avx512 || ep.accumulate || ep.to_int8.is_some() {
-        return false;
-    }
-    check_onednn(x, w, g, ep);
-    #[cfg(target_arch = "x86_64")]
-    {
-        let sink = next.row_sink(m, n);
-        g.run::<i32>(&x.data[..m * x.kp], m, |r0, rows, product| {
-            FLOATS.with_borrow_mut(|buf| {
-                buf.set_len(rows * n);
-                // SAFETY: AVX-512 was detected; buf holds the block's rows × n floats.
-                unsafe { finish_block_avx512(x, w, ep, product, r0, rows, buf.as_mut_ptr()) };
-                for (i, row) in buf[..rows * n].chunks_exact(n).enumerate() {
-                    // SAFETY: rows r0.. are this block's alone.
-                    unsafe { sink.put(r0 + i, row) };
-                }
-            })
-        });
-        true
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        _ = next;
-        false
-    }
-}
-
 /// The operands of an INT8 product on oneDNN fit together: `g` made from `w`, the activations'
 /// depth and the bias' width theirs.
 fn check_onednn(x: &QActs, w: &QWeights, g: &onednn::Gemm, ep: Epilogue<'_>) {
@@ -380,12 +339,6 @@ unsafe fn finish_block_avx512(
             ep.to_int8,
         )
     })
-}
-
-thread_local! {
-    /// A block's float outputs on their way to [`matmul_onednn_dynamic`]'s next layer.
-    static FLOATS: std::cell::RefCell<super::aligned::Aligned<f32>> =
-        std::cell::RefCell::new(Default::default());
 }
 
 /// Seconds of samp's INT8 kernel and of oneDNN's at `m × k → n` (8-bit weights), quantizing the
@@ -515,6 +468,7 @@ use super::amx as tiles;
 mod amx;
 
 mod acts;
+mod dynamic;
 mod epilogue;
 mod weights;
 use epilogue::epilogue;

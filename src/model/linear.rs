@@ -241,8 +241,9 @@ impl Linear {
     /// and scales are those that quantizing `out` afterwards would give. A static scale is
     /// applied in the epilogue itself ([`Epilogue::to_int8`]); dynamic (per-row) scales block
     /// by block where an INT8 layer runs on oneDNN on AVX-512
-    /// ([`int8::matmul_onednn_dynamic`]). Elsewhere (rows that would need padding, other
-    /// kernels, an observed layer) the outputs are written to `out` and quantized from there.
+    /// ([`int8::matmul_onednn_dynamic`]) or on samp's fused kernel with enough rows
+    /// ([`int8::matmul_dynamic`]). Elsewhere (rows that would need padding, other kernels, an
+    /// observed layer) the outputs are written to `out` and quantized from there.
     pub fn forward_quantized(
         &self,
         x: &[f32],
@@ -265,16 +266,18 @@ impl Linear {
             }
             ActScale::Dynamic => {
                 if let (Some(own), false) = (self.int8, self.observing()) {
-                    if let Some(g) = self.onednn(Kind::Int8, rows) {
-                        let done = QACTS.with_borrow_mut(|qa| {
-                            qa.quantize(x, rows, self.inputs(), own);
-                            let ep = self.epilogue(false, act);
-                            int8::matmul_onednn_dynamic(qa, &self.qweights(), g, ep, q)
-                        });
-                        if done {
-                            return;
+                    return QACTS.with_borrow_mut(|qa| {
+                        qa.quantize(x, rows, self.inputs(), own);
+                        let (w, ep) = (&self.qweights(), self.epilogue(false, act));
+                        let done = match self.onednn(Kind::Int8, rows) {
+                            Some(g) => int8::matmul_onednn_dynamic(qa, w, g, ep, q),
+                            None => int8::matmul_dynamic(qa, w, ep, q),
+                        };
+                        if !done {
+                            self.int8_matmul(qa, out, ep);
+                            q.quantize(out, rows, n, scale);
                         }
-                    }
+                    });
                 }
             }
         }

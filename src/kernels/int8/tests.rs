@@ -327,3 +327,72 @@ fn every_kernel_quantizes_in_its_epilogue_as_afterwards() {
         }
     }
 }
+
+/// samp's fused kernel handing a next layer its input with dynamic scales, row block by row
+/// block over the threads, gives the bytes and scales of its float outputs quantized
+/// afterwards: ragged row blocks, a partial last panel group and a partial panel, with and
+/// without GELU. Entries without a fused path (and accumulating epilogues) decline.
+#[test]
+fn fused_kernels_quantize_for_a_dynamic_next_layer_as_afterwards() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        for (m, n, k) in [(61, 5 * NR + 4, 130), (96, 3 * NR, 384)] {
+            let x = data(m * k, 1, 3.0);
+            let w = QWeights::quantize(&data(n * k, 2, 0.2), n, k, 8);
+            let bias = data(n, 3, 1.0);
+            let mut q = QActs::new();
+            q.quantize(&x, m, k, ActScale::Dynamic);
+            for kernel in Int8Kernel::available(8) {
+                #[cfg(target_arch = "x86_64")]
+                let fused = kernel.fused.is_some();
+                #[cfg(not(target_arch = "x86_64"))]
+                let fused = false;
+                for act in [None, Some(Activation::Gelu)] {
+                    let ep = Epilogue {
+                        bias: Some(&bias),
+                        act,
+                        ..Default::default()
+                    };
+                    let mut y = vec![0.0f32; m * n];
+                    matmul_with(&q, &w, &mut y, ep, kernel);
+                    let mut want = QActs::new();
+                    want.quantize(&y, m, n, ActScale::Dynamic);
+                    for rows in [kernel.mr, 2 * kernel.mr] {
+                        let what = format!("{kernel:?} {m}x{k}->{n} {act:?}, {rows} rows");
+                        let mut got = QActs::new();
+                        let done = dynamic::matmul_dynamic_with(&q, &w, ep, &mut got, kernel, rows);
+                        assert_eq!(done, fused, "{what}: runs where the entry fuses");
+                        if !done {
+                            continue;
+                        }
+                        let ((gb, gs), (wb, ws)) = (got.parts(), want.parts());
+                        assert_eq!(gs, ws, "{what}: scales");
+                        let kp = got.shape().1;
+                        for r in 0..m {
+                            assert_eq!(gb[r * kp..][..n], wb[r * kp..][..n], "{what}: row {r}");
+                        }
+                        let residual = Epilogue {
+                            accumulate: true,
+                            ..ep
+                        };
+                        assert!(
+                            !dynamic::matmul_dynamic_with(&q, &w, residual, &mut got, kernel, rows),
+                            "{what}: an accumulating epilogue is declined"
+                        );
+                    }
+                }
+            }
+        }
+        let (x, w) = (
+            QActs::new(),
+            QWeights::quantize(&data(64 * 32, 2, 0.2), 64, 32, 8),
+        );
+        assert!(
+            !matmul_dynamic(&x, &w, Epilogue::default(), &mut QActs::new()),
+            "no rows: declined (the split by columns serves few rows)"
+        );
+    });
+}
