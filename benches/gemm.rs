@@ -129,13 +129,17 @@ fn int8_dynamic_next_layer(c: &mut Criterion) {
 }
 
 /// Attention over a packed batch like MiniLM's at batch 32 (32 sequences of 13-40 tokens,
-/// 12 heads of 32).
+/// 12 heads of 32), and over 32 sequences of 128 tokens with MiniLM's heads and BERT-base's
+/// (12 of 64).
 fn attention(c: &mut Criterion) {
-    let (heads, d) = (12usize, 32usize);
     let mut g = c.benchmark_group("attention_batch32");
     g.sample_size(20);
     // Natural lengths (13-40 tokens) and fixed 128-token sequences.
-    for fixed in [None, Some(128usize)] {
+    for (fixed, heads, d) in [
+        (None, 12usize, 32usize),
+        (Some(128usize), 12, 32),
+        (Some(128), 12, 64),
+    ] {
         let mut starts = vec![0usize];
         for i in 0..32 {
             starts.push(starts[i] + fixed.unwrap_or(13 + (i * 7) % 28));
@@ -147,7 +151,12 @@ fn attention(c: &mut Criterion) {
             .collect();
         let mut ctx = vec![0.0f32; t * h];
         g.throughput(Throughput::Elements(t as u64));
-        g.bench_function(format!("{t}_tokens"), |b| {
+        let name = if d == 32 {
+            format!("{t}_tokens")
+        } else {
+            format!("{t}_tokens_d{d}")
+        };
+        g.bench_function(name, |b| {
             b.iter(|| samp::kernels::attention(&qkv, &mut ctx, &starts, heads, d))
         });
     }
