@@ -101,5 +101,9 @@ unsafe fn fused_kernel<const R: usize, const P: usize>(c: &FusedCall<u16, u16>, 
     // SAFETY: the caller vouches for the extents (see `fused`).
     crate::kernels::packed::avx512::prefetch_tile_out::<R, P>(c);
     dots::<Bf16Dot, R, P>(&mut acc, c.k / KG, c.a_bytes(2), c.b_bytes(2));
-    crate::kernels::packed::avx512::store_float_tile(&acc, c, ep);
+    crate::kernels::packed::avx512::store_float_tile(
+        &crate::kernels::packed::avx512::spill(acc),
+        c,
+        ep,
+    );
 }

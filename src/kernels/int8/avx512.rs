@@ -8,7 +8,7 @@ use crate::kernels::packed::avx512::{col_mask, store_row};
 use crate::kernels::packed::ToInt8;
 use std::arch::x86_64::*;
 
-use crate::kernels::packed::avx512::dots;
+use crate::kernels::packed::avx512::{dots, spill};
 
 use crate::kernels::driver::FusedCall;
 use crate::kernels::TileCall;
@@ -130,6 +130,7 @@ unsafe fn fused_kernel<const R: usize, const P: usize>(c: &FusedCall<u8, i8>, ep
     // SAFETY (whole function): the caller vouches for the extents (see `fused`).
     crate::kernels::packed::avx512::prefetch_tile_out::<R, P>(c);
     dots::<VnniDot, R, P>(&mut acc, c.k / KG, c.a_bytes(1), c.b_bytes(1));
+    let acc = spill(acc);
     for q in 0..P {
         let mask = col_mask(if q + 1 == P { c.cols_last } else { NR });
         let off = _mm512_loadu_si512(ep.offset.add(q * NR) as *const _);
