@@ -170,7 +170,7 @@ pub unsafe fn prefetch_out(
 /// [`prefetch_out`] for the output lines of a fused tile of `R` rows and `P` panels, before its
 /// depth loop. Wide outputs (1024 × 3072 floats) miss every cache, and their stores stalled the
 /// epilogue: asked for early, the INT8 fused kernel ran 1024-row products with 2,304 and 3,072
-/// columns ~10% faster on Zen 4.
+/// columns 3–6% faster on Zen 4 (medians of paired rounds; BENCHMARKS.md).
 ///
 /// # Safety
 /// As [`prefetch_out`]; `c.y` as the fused entries take it.
