@@ -15,6 +15,8 @@ export SAMP_CUDA_LIB_DIR SAMP_REQUIRE_NVRTC=1
 # oneDNN (fetched by fetch_models.sh into target/onednn): its kernel tests must run, not skip.
 export SAMP_REQUIRE_ONEDNN=1
 cargo test --release --all-targets --locked
+# The AVX2-only tier's kernels end to end, whatever this host has (a no-op rerun on AVX2 hosts).
+SAMP_MAX_ISA=avx2 cargo test --release --locked --lib --test golden --test quant --test device
 cargo build --release --locked
 if [ ! -x .venv-test/bin/python ]; then
   python3 -m venv .venv-test

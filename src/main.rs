@@ -6,6 +6,16 @@ use samp::cli::{self, Cli, Command};
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
+    match samp::kernels::isa::max_isa() {
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+        Ok(cap) if cap != samp::kernels::isa::IsaCap::Native => {
+            tracing::info!("SAMP_MAX_ISA={}: kernels capped", cap.name());
+        }
+        Ok(_) => {}
+    }
     if let Some(n) = cli.threads {
         if let Err(e) = rayon::ThreadPoolBuilder::new()
             .num_threads(n)

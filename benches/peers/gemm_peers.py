@@ -136,7 +136,7 @@ def main():
     def best_probe(*names):
         return next(((p, peaks[p]) for p in names if peaks.get(p)), ("none", 0))
     fma_name, fma = best_probe("vfmadd231ps-zmm", "vfmadd231ps-ymm")
-    int8_name, vnni = best_probe("tdpbusd", "vpdpbusd-zmm", "vpdpbusd-ymm")
+    int8_name, vnni = best_probe("tdpbusd", "vpdpbusd-zmm", "vpdpbusd-ymm", "vpmaddubsw-ymm")
     bf16_name, bpeak = best_probe("tdpbf16ps", "vdpbf16ps-zmm")
     lines = [
         f"CPU: {cpu}; ISA flags: {flags}; {THREADS} threads; {a.rows} rows; torch {torch.__version__}, onnxruntime {ort.__version__}",

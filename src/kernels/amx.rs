@@ -449,7 +449,7 @@ pub fn supported_bf16() -> bool {
 /// ≥ 5.16; asked once). Asked once per feature by the callers: CPUID leaves the guest in a
 /// virtual machine, which costs microseconds.
 fn supported(bit: u32) -> bool {
-    if !super::has_avx512() {
+    if !super::has_avx512() || !super::isa::allowed(super::isa::IsaCap::Native) {
         return false;
     }
     // CPUID leaf 7 exists on every CPU with AVX-512 (checked above).

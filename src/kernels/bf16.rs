@@ -315,21 +315,18 @@ pub fn matmul_onednn(x: &Bf16Acts, g: &onednn::Gemm, y: &mut [f32], ep: Epilogue
 }
 
 /// The start-up self-check of oneDNN's bf16 matmul, on the problems of the kernels' own.
-pub(super) fn onednn_agrees() -> bool {
-    [(23, 2 * 256 + 77), (49, 320)].into_iter().all(|(m, k)| {
+pub(super) fn onednn_agrees() -> onednn::Check {
+    let attempt = onednn::Attempt::default();
+    let agreed = [(23, 2 * 256 + 77), (49, 320)].into_iter().all(|(m, k)| {
         agrees_with_portable(m, 5 * NR + 5, k, |q, wf, _, y| {
-            match onednn_gemm(wf, 5 * NR + 5, k) {
-                Ok(g) => {
-                    matmul_onednn(q, &g, y, Epilogue::default());
-                    true
-                }
-                Err(e) => {
-                    tracing::warn!("oneDNN bf16: {e}");
-                    false
-                }
-            }
+            let Some(g) = attempt.made(onednn_gemm(wf, 5 * NR + 5, k)) else {
+                return false;
+            };
+            matmul_onednn(q, &g, y, Epilogue::default());
+            true
         })
-    })
+    });
+    attempt.check(agreed)
 }
 
 /// `y[m, n] = epilogue(x · W)` with `x` already rounded.

@@ -343,9 +343,9 @@ unsafe fn finish_block_avx512(
 
 /// Seconds of samp's INT8 kernel and of oneDNN's at `m × k → n` (8-bit weights), quantizing the
 /// input included (see [`onednn::prefer`]).
-pub(super) fn onednn_race(k: usize, n: usize, m: usize) -> Result<(f64, f64), String> {
+pub(super) fn onednn_race(k: usize, n: usize, m: usize, bits: u32) -> Result<(f64, f64), String> {
     let (x, w) = onednn::race_data(m, k, n);
-    let w = QWeights::quantize(&w, n, k, 8);
+    let w = QWeights::quantize(&w, n, k, bits);
     let g = onednn_gemm(&w)?;
     let (mut a, mut b) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
     let (mut qa, mut qb) = (QActs::new(), QActs::new());
@@ -362,23 +362,22 @@ pub(super) fn onednn_race(k: usize, n: usize, m: usize) -> Result<(f64, f64), St
     ))
 }
 
-/// The start-up self-check of oneDNN's INT8 matmul: exact agreement on the kernels' own
-/// problems, with 8-bit weights (sums that would saturate a 16-bit intermediate).
-pub(super) fn onednn_agrees() -> bool {
-    [(2 * MAX_MR + 7, 3 * 203), (3 * MAX_MR + 1, 320)]
+/// The start-up self-check of oneDNN's INT8 matmul for `bits`-bit weights: exact agreement on
+/// the kernels' own problems (with 8 bits, sums that would saturate a 16-bit intermediate).
+pub(super) fn onednn_agrees(bits: u32) -> onednn::Check {
+    let attempt = onednn::Attempt::default();
+    let agreed = [(2 * MAX_MR + 7, 3 * 203), (3 * MAX_MR + 1, 320)]
         .into_iter()
         .all(|(m, k)| {
-            agrees_with_portable(8, m, 5 * NR + 5, k, |q, w, y| match onednn_gemm(w) {
-                Ok(g) => {
-                    matmul_onednn(q, w, &g, y, Epilogue::default());
-                    true
-                }
-                Err(e) => {
-                    tracing::warn!("oneDNN int8: {e}");
-                    false
-                }
+            agrees_with_portable(bits, m, 5 * NR + 5, k, |q, w, y| {
+                let Some(g) = attempt.made(onednn_gemm(w)) else {
+                    return false;
+                };
+                matmul_onednn(q, w, &g, y, Epilogue::default());
+                true
             })
-        })
+        });
+    attempt.check(agreed)
 }
 
 /// `y[m, n] = epilogue(x · W)` with `x` already quantized.

@@ -27,12 +27,16 @@ mod attention;
 pub mod bf16;
 mod driver;
 pub mod int8;
+pub mod isa;
 pub mod onednn;
 pub mod packed;
 pub mod peak;
 
 pub use attention::attention;
 pub use driver::TileCall;
+pub use isa::Isa;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use isa::{has_avx2_fma, has_avx512, has_avx_vnni};
 
 use rayon::prelude::*;
 
@@ -326,49 +330,6 @@ pub fn bias_act(x: &mut [f32], bias: &[f32], act: Option<Activation>) {
         body(x);
     } else {
         x.par_chunks_mut(chunk).for_each(body);
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-pub(crate) fn has_avx2_fma() -> bool {
-    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
-}
-
-/// AVX-512 F, BW, DQ and VL (every AVX-512 server CPU since Skylake-SP has all four).
-#[cfg(target_arch = "x86_64")]
-pub(crate) fn has_avx512() -> bool {
-    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS.get_or_init(|| {
-        has_avx2_fma()
-            && is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512dq")
-            && is_x86_feature_detected!("avx512vl")
-    })
-}
-
-/// The vector ISA an element-wise routine (an epilogue, a quantizer) is compiled for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isa {
-    Portable,
-    Avx2,
-    Avx512,
-}
-
-impl Isa {
-    /// The widest this CPU runs.
-    pub fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if has_avx512() {
-                return Isa::Avx512;
-            }
-            if has_avx2_fma() {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Portable
     }
 }
 

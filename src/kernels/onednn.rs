@@ -68,42 +68,132 @@ impl Kind {
     }
 }
 
+/// What a start-up self-check of a oneDNN matmul found.
+pub(super) enum Check {
+    Agrees,
+    Disagrees,
+    /// oneDNN has no such matmul on this CPU (e.g. bf16 below AVX-512): why.
+    Unavailable(String),
+}
+
+/// A self-check's attempt to make oneDNN's primitive: remembers why it could not.
+#[derive(Default)]
+pub(super) struct Attempt(std::cell::RefCell<Option<String>>);
+
+impl Attempt {
+    /// The primitive, or `None` with the reason kept.
+    pub fn made<T>(&self, r: Result<T, String>) -> Option<T> {
+        r.map_err(|e| *self.0.borrow_mut() = Some(e)).ok()
+    }
+
+    pub fn check(self, agreed: bool) -> Check {
+        match self.0.into_inner() {
+            Some(e) => Check::Unavailable(e),
+            None if agreed => Check::Agrees,
+            None => Check::Disagrees,
+        }
+    }
+}
+
 /// Whether samp runs this precision on oneDNN: the library loaded and the precision's
 /// start-up self-check against samp's portable kernel passed (decided once per process; a
-/// failure is logged and samp's own kernels serve).
+/// failure is logged and samp's own kernels serve). INT8: for 7-bit weights at least (see
+/// [`int8_bits`]).
 pub fn usable(kind: Kind) -> bool {
-    static USABLE: [OnceLock<bool>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
-    *USABLE[kind.index()].get_or_init(|| {
+    outcome(kind) == Outcome::Passed
+}
+
+/// How a precision's start-up self-check went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Passed,
+    Failed,
+    /// oneDNN has no such matmul on this CPU, or the library did not load.
+    Unavailable,
+}
+
+/// The self-check's outcome for this precision (run once per process, logged).
+pub fn outcome(kind: Kind) -> Outcome {
+    static OUTCOME: [OnceLock<Outcome>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    *OUTCOME[kind.index()].get_or_init(|| {
         if api().is_none() {
-            return false;
+            return Outcome::Unavailable;
         }
-        let ok = match kind {
-            Kind::F32 => super::packed::onednn_agrees(),
-            Kind::Bf16 => super::bf16::onednn_agrees(),
-            Kind::Int8 => super::int8::onednn_agrees(),
-        };
-        if ok {
+        match kind {
+            Kind::F32 => logged(kind, super::packed::onednn_agrees()),
+            Kind::Bf16 => logged(kind, super::bf16::onednn_agrees()),
+            Kind::Int8 => INT8.get_or_init(int8_check).0,
+        }
+    })
+}
+
+/// The INT8 self-check's outcome and the widest weights it passed for.
+static INT8: OnceLock<(Outcome, u32)> = OnceLock::new();
+
+/// The widest INT8 weights oneDNN's matmul computes exactly on this CPU (0: not usable). With
+/// VNNI or AMX it is 8; on AVX2 (and AVX-512 without VNNI) its u8·s8 products are summed in
+/// pairs into a saturating 16-bit value, like `vpmaddubsw`, and only 7-bit weights are exact.
+/// Found by the self-check, 8-bit weights first.
+pub fn int8_bits() -> u32 {
+    if api().is_none() {
+        return 0;
+    }
+    INT8.get_or_init(int8_check).1
+}
+
+fn int8_check() -> (Outcome, u32) {
+    match super::int8::onednn_agrees(8) {
+        Check::Agrees => return (logged(Kind::Int8, Check::Agrees), 8),
+        Check::Unavailable(e) => return (logged(Kind::Int8, Check::Unavailable(e)), 0),
+        Check::Disagrees => {}
+    }
+    let outcome = logged(Kind::Int8, super::int8::onednn_agrees(7));
+    if outcome == Outcome::Passed {
+        tracing::info!(
+            "oneDNN INT8 matmul: exact for 7-bit weights only on this CPU (no VNNI); \
+             8-bit plans stay on samp's kernels"
+        );
+        (outcome, 7)
+    } else {
+        (outcome, 0)
+    }
+}
+
+/// Logs a self-check's outcome.
+fn logged(kind: Kind, check: Check) -> Outcome {
+    match check {
+        Check::Agrees => {
             tracing::debug!(?kind, "oneDNN matmul passed its self-check");
-        } else {
+            Outcome::Passed
+        }
+        Check::Disagrees => {
             tracing::error!(
                 ?kind,
                 "oneDNN matmul disagrees with samp's portable kernel; not using it"
             );
+            Outcome::Failed
         }
-        ok
-    })
+        Check::Unavailable(e) => {
+            tracing::info!(
+                ?kind,
+                "oneDNN has no such matmul on this CPU ({e}); samp's kernels serve"
+            );
+            Outcome::Unavailable
+        }
+    }
 }
 
-/// Whether a layer of this precision and shape (`k → n`, `rows` rows) runs on oneDNN, where it
-/// is usable. f32: always (faster end to end in most paired rounds, BENCHMARKS.md), decided
+/// Whether a layer of this precision and shape (`k → n`, `rows` rows; INT8 weights of `bits`,
+/// which only INT8 reads) runs on oneDNN, where it is usable and, for INT8, exact for `bits`
+/// ([`int8_bits`]). f32: always (faster end to end in most paired rounds, BENCHMARKS.md), decided
 /// without timing, so that a process's float outputs never depend on a race it ran (they differ
 /// from samp's kernels' in the last bits). bf16: only with `SAMP_ONEDNN=always` (no end-to-end
 /// difference resolved on this VM's noise). INT8, whose outputs are bit-identical on both
 /// paths: where oneDNN wins a race against samp's kernel, run once per (shape, row bucket) on
 /// synthetic data of the bucket's rows, alternating the two (best of three each), so a shape
 /// where samp's kernel wins keeps it; `SAMP_ONEDNN=always` skips the race.
-pub fn prefer(kind: Kind, k: usize, n: usize, rows: usize) -> bool {
-    if rows * k * n < MIN_MACS || !usable(kind) {
+pub fn prefer(kind: Kind, k: usize, n: usize, rows: usize, bits: u32) -> bool {
+    if rows * k * n < MIN_MACS || !usable(kind) || (kind == Kind::Int8 && bits > int8_bits()) {
         return false;
     }
     let always = std::env::var("SAMP_ONEDNN").is_ok_and(|v| v == "always");
@@ -113,13 +203,13 @@ pub fn prefer(kind: Kind, k: usize, n: usize, rows: usize) -> bool {
         Kind::Int8 if always => return true,
         Kind::Int8 => {}
     }
-    static CHOICES: Mutex<BTreeMap<(usize, usize, usize), bool>> = Mutex::new(BTreeMap::new());
+    static CHOICES: Mutex<BTreeMap<(usize, usize, usize, u32), bool>> = Mutex::new(BTreeMap::new());
     let m = row_bucket(rows);
-    let key = (k, n, m);
+    let key = (k, n, m, bits);
     let mut choices = CHOICES.lock().unwrap_or_else(|e| e.into_inner());
     *choices
         .entry(key)
-        .or_insert_with(|| match super::int8::onednn_race(k, n, m) {
+        .or_insert_with(|| match super::int8::onednn_race(k, n, m, bits) {
             Ok((own, dnnl)) => {
                 tracing::debug!(
                     ?kind,

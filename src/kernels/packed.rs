@@ -210,17 +210,16 @@ pub fn matmul_onednn(x: &[f32], m: usize, g: &onednn::Gemm, y: &mut [f32], ep: E
 }
 
 /// The start-up self-check of oneDNN's f32 matmul.
-pub(super) fn onednn_agrees() -> bool {
-    agrees_with_portable(|x, m, w, y| match onednn_gemm(w) {
-        Ok(g) => {
-            matmul_onednn(x, m, &g, y, Epilogue::default());
-            true
-        }
-        Err(e) => {
-            tracing::warn!("oneDNN f32: {e}");
-            false
-        }
-    })
+pub(super) fn onednn_agrees() -> onednn::Check {
+    let attempt = onednn::Attempt::default();
+    let agreed = agrees_with_portable(|x, m, w, y| {
+        let Some(g) = attempt.made(onednn_gemm(w)) else {
+            return false;
+        };
+        matmul_onednn(x, m, &g, y, Epilogue::default());
+        true
+    });
+    attempt.check(agreed)
 }
 
 /// Rows of accumulators for an epilogue: row `i` at `ptr + i * stride` (a micro-tile's

@@ -21,6 +21,10 @@ pub enum Probe {
     Vnni256,
     /// bf16 pair dot products into f32, 16 lanes (`vdpbf16ps zmm`): 64 flop each.
     Bf16Dp512,
+    /// AVX2's u8·s8 dot products of 4 into i32 without VNNI, 8 lanes: `vpmaddubsw` (pairs into
+    /// i16), `vpmaddwd` by ones (pairs of those into i32), `vpaddd`; 64 ops per three
+    /// instructions, counted as one here (the INT8 peak of AVX2-only hosts).
+    Maddubs256,
     /// AMX u8·s8 tile product (`tdpbusd`, 16 × 16 i32 sums of 64 products): 32,768 ops each.
     AmxInt8,
     /// AMX bf16 tile product (`tdpbf16ps`, 16 × 16 f32 sums of 32 products): 16,384 flop each.
@@ -28,11 +32,12 @@ pub enum Probe {
 }
 
 impl Probe {
-    pub const ALL: [Probe; 7] = [
+    pub const ALL: [Probe; 8] = [
         Probe::Fma512,
         Probe::Fma256,
         Probe::Vnni512,
         Probe::Vnni256,
+        Probe::Maddubs256,
         Probe::Bf16Dp512,
         Probe::AmxInt8,
         Probe::AmxBf16,
@@ -45,6 +50,7 @@ impl Probe {
             Probe::Vnni512 => "vpdpbusd-zmm",
             Probe::Vnni256 => "vpdpbusd-ymm",
             Probe::Bf16Dp512 => "vdpbf16ps-zmm",
+            Probe::Maddubs256 => "vpmaddubsw-ymm",
             Probe::AmxInt8 => "tdpbusd",
             Probe::AmxBf16 => "tdpbf16ps",
         }
@@ -56,7 +62,7 @@ impl Probe {
             Probe::Fma512 => 32.0,
             Probe::Fma256 => 16.0,
             Probe::Vnni512 => 128.0,
-            Probe::Vnni256 => 64.0,
+            Probe::Vnni256 | Probe::Maddubs256 => 64.0,
             Probe::Bf16Dp512 => 64.0,
             Probe::AmxInt8 => 2.0 * 16.0 * 16.0 * 64.0,
             Probe::AmxBf16 => 2.0 * 16.0 * 16.0 * 32.0,
@@ -78,7 +84,8 @@ impl Probe {
                 Probe::Fma512 => super::has_avx512(),
                 Probe::Fma256 => super::has_avx2_fma(),
                 Probe::Vnni512 => super::has_avx512() && is_x86_feature_detected!("avx512vnni"),
-                Probe::Vnni256 => super::has_avx2_fma() && is_x86_feature_detected!("avxvnni"),
+                Probe::Vnni256 => super::has_avx_vnni(),
+                Probe::Maddubs256 => super::has_avx2_fma(),
                 Probe::Bf16Dp512 => super::has_avx512() && is_x86_feature_detected!("avx512bf16"),
                 Probe::AmxInt8 => super::amx::supported_int8(),
                 Probe::AmxBf16 => super::amx::supported_bf16(),
@@ -133,6 +140,7 @@ mod x86 {
             Probe::Fma256 => fma256(n),
             Probe::Vnni512 => vnni512(n),
             Probe::Vnni256 => vnni256(n),
+            Probe::Maddubs256 => maddubs256(n),
             Probe::Bf16Dp512 => bf16(n),
             Probe::AmxInt8 => {
                 amx(Dot::Int8, n);
@@ -224,6 +232,25 @@ mod x86 {
         for _ in 0..n {
             for v in acc.iter_mut() {
                 *v = _mm256_dpbusd_avx_epi32(*v, a, b);
+            }
+        }
+        std::hint::black_box(acc);
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn maddubs256(n: u64) {
+        let (a, b, ones) = std::hint::black_box((
+            _mm256_set1_epi8(3),
+            _mm256_set1_epi8(-2),
+            _mm256_set1_epi16(1),
+        ));
+        // Each accumulator's bytes are the unsigned operand of its next product, so nothing
+        // is loop-invariant (12 chains of 3 instructions cover their latency).
+        let mut acc = [a; ACCS];
+        for _ in 0..n {
+            for v in acc.iter_mut() {
+                let pairs = _mm256_maddubs_epi16(*v, b);
+                *v = _mm256_add_epi32(*v, _mm256_madd_epi16(pairs, ones));
             }
         }
         std::hint::black_box(acc);

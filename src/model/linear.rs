@@ -73,7 +73,7 @@ impl Linear {
     pub fn from_rows(rows: &[f32], bias: Vec<f32>, outputs: usize, inputs: usize) -> Self {
         assert_eq!(bias.len(), outputs, "Linear: bias length");
         let onednn: Box<[OnceLock<Option<onednn::Gemm>>; 3]> = Default::default();
-        let only_onednn = onednn::prefer(Kind::F32, inputs, outputs, 1)
+        let only_onednn = onednn::prefer(Kind::F32, inputs, outputs, 1, 0)
             .then(|| onednn_only(rows, outputs, inputs))
             .flatten();
         let weights = match only_onednn {
@@ -377,7 +377,7 @@ impl Linear {
     /// oneDNN's matmul for this precision, where it runs and beat samp's kernel at this shape
     /// (see [`onednn::prefer`]).
     fn onednn(&self, kind: Kind, rows: usize) -> Option<&onednn::Gemm> {
-        if !onednn::prefer(kind, self.inputs(), self.outputs(), rows) {
+        if !onednn::prefer(kind, self.inputs(), self.outputs(), rows, self.weight_bits) {
             return None;
         }
         self.onednn[kind.index()]
@@ -438,7 +438,7 @@ mod tests {
         let (n, k, m) = (300, 256, 5);
         let w = rows(n, k, 3);
         let l = layer(n, k, 3);
-        let on = onednn::prefer(Kind::F32, k, n, 1);
+        let on = onednn::prefer(Kind::F32, k, n, 1, 0);
         assert_eq!(l.weights.is_none(), on, "only oneDNN's copy where it runs");
         assert_eq!(l.float_rows(), w, "the rows come back exactly");
         let q = QWeights::quantize(&w, n, k, l.weight_bits());

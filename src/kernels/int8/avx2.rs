@@ -15,7 +15,7 @@ const WIDE: u8 = 1;
 const VNNI: u8 = 2;
 
 pub fn supported_vnni() -> bool {
-    crate::kernels::has_avx2_fma() && is_x86_feature_detected!("avxvnni")
+    crate::kernels::has_avx_vnni()
 }
 
 macro_rules! entry {

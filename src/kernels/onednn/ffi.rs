@@ -129,7 +129,38 @@ fn candidates() -> Vec<std::path::PathBuf> {
     paths
 }
 
+/// Holds oneDNN to `SAMP_MAX_ISA` (`dnnl_set_max_cpu_isa`, before any other call creates
+/// state) and checks that its effective ISA obeys: the values are `dnnl_cpu_isa_t`'s (AVX2
+/// 0x7; everything below AMX 0x1ef, AVX-512 with FP16; confirmed with
+/// `dnnl_get_effective_cpu_isa` on oneDNN 3.2).
+fn cap_isa(
+    set: unsafe extern "C" fn(u32) -> Status,
+    effective: unsafe extern "C" fn() -> u32,
+) -> Result<(), String> {
+    use crate::kernels::isa::{allowed, IsaCap};
+    let max = if !allowed(IsaCap::Avx512) {
+        0x7
+    } else if !allowed(IsaCap::Native) {
+        0x1ef
+    } else {
+        return Ok(());
+    };
+    // SAFETY: both take or return plain integers.
+    check(unsafe { set(max) }, "set_max_cpu_isa")?;
+    let got = unsafe { effective() };
+    if got & !max != 0 {
+        return Err(format!(
+            "its effective ISA {got:#x} is above SAMP_MAX_ISA's {max:#x}"
+        ));
+    }
+    Ok(())
+}
+
 fn load() -> Result<Option<Api>, String> {
+    if !crate::kernels::isa::allowed(crate::kernels::isa::IsaCap::Avx2) {
+        tracing::info!("oneDNN not used: SAMP_MAX_ISA=portable");
+        return Ok(None);
+    }
     let paths = candidates();
     if paths.is_empty() {
         return Ok(None);
@@ -187,6 +218,10 @@ fn bind(lib: libloading::Library) -> Result<Api, String> {
             .to_string_lossy()
             .into_owned()
     };
+    cap_isa(
+        sym!("dnnl_set_max_cpu_isa"),
+        sym!("dnnl_get_effective_cpu_isa"),
+    )?;
     let create: unsafe extern "C" fn(*mut Handle, i32, usize) -> Status =
         sym!("dnnl_engine_create");
     let mut api = Api {
