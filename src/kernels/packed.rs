@@ -499,6 +499,9 @@ unsafe fn finish_avx2(
     ep: Epilogue<'_>,
     c0: usize,
 ) {
+    if cols == NR {
+        return avx2::finish_rows(y, ldy, tile, ep, c0);
+    }
     finish_impl::<true>(y, ldy, tile, cols, ep, c0)
 }
 
