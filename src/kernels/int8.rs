@@ -138,7 +138,7 @@ pub static INT8_KERNELS: &[Int8Kernel] = &[
         isa: Isa::Avx2,
         supported: avx2::supported_vnni,
         tile: avx2::tile_vnni,
-        fused: None,
+        fused: Some(avx2::fused_vnni),
         task: None,
     },
     #[cfg(target_arch = "x86_64")]
@@ -151,7 +151,7 @@ pub static INT8_KERNELS: &[Int8Kernel] = &[
         isa: Isa::Avx2,
         supported: super::has_avx2_fma,
         tile: avx2::tile,
-        fused: None,
+        fused: Some(avx2::fused),
         task: None,
     },
     #[cfg(target_arch = "x86_64")]
@@ -164,7 +164,7 @@ pub static INT8_KERNELS: &[Int8Kernel] = &[
         isa: Isa::Avx2,
         supported: super::has_avx2_fma,
         tile: avx2::tile_wide,
-        fused: None,
+        fused: Some(avx2::fused_wide),
         task: None,
     },
     Int8Kernel {

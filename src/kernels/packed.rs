@@ -593,7 +593,7 @@ unsafe fn portable_tile(c: &TileCall<f32, f32, f32>) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2;
+pub(crate) mod avx2;
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;

@@ -2,7 +2,9 @@
 //! `vpmaddubsw` (exact for 7-bit weights), AVX2 widened to i16 with `vpmaddwd` (exact for 8-bit
 //! weights, about half the speed), and AVX-VNNI `vpdpbusd` (exact for 8-bit weights).
 
+use super::avx512::FusedEp;
 use super::{KG, NR};
+use crate::kernels::driver::FusedCall;
 use std::arch::x86_64::*;
 
 use crate::kernels::TileCall;
@@ -40,10 +42,91 @@ macro_rules! entry {
     };
 }
 
+/// A whole-depth call with the epilogue in registers (see `avx512::fused`): the tile's
+/// accumulators start at zero and never leave the registers, then
+/// `y = act((acc + offset) · (sa · ws) + bias [+ y])` row by row with the operations of the
+/// portable `dequant` + `finish` in their order (a multiply, then an add: no FMA). The tile
+/// path's accumulator buffer (zeroed for every panel, read and written every depth pass), its
+/// float copy and the separate epilogue pass disappear.
+macro_rules! fused_entry {
+    ($name:ident, $features:literal, $mode:expr) => {
+        /// # Safety
+        /// The CPU must have the features named; `c` and `ep` as `avx512::fused` takes them
+        /// (`np` is always 1 here).
+        #[target_feature(enable = $features)]
+        pub unsafe fn $name(c: &FusedCall<u8, i8>, ep: &FusedEp) {
+            match c.rows {
+                6 => fused_kernel::<6, { $mode }>(c, ep),
+                5 => fused_kernel::<5, { $mode }>(c, ep),
+                4 => fused_kernel::<4, { $mode }>(c, ep),
+                3 => fused_kernel::<3, { $mode }>(c, ep),
+                2 => fused_kernel::<2, { $mode }>(c, ep),
+                _ => fused_kernel::<1, { $mode }>(c, ep),
+            }
+        }
+    };
+}
+
+#[inline(always)]
+unsafe fn fused_kernel<const R: usize, const MODE: u8>(c: &FusedCall<u8, i8>, ep: &FusedEp) {
+    use crate::kernels::packed::avx2::store_row;
+    let mut acc = [[_mm256_setzero_si256(); 2]; R];
+    // SAFETY (whole function): the caller vouches for the extents (see `fused`).
+    dots::<R, MODE>(&mut acc, c.k, c.a, c.lda, c.b);
+    let cols = c.cols_last;
+    let half = |p: *const f32| [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))];
+    let off = [
+        _mm256_loadu_si256(ep.offset as *const __m256i),
+        _mm256_loadu_si256(ep.offset.add(8) as *const __m256i),
+    ];
+    let w = half(ep.ws);
+    // The bias holds `cols` values here; the rest of the panel adds zero.
+    let mut bias = [0.0f32; NR];
+    if let Some(bp) = ep.bias {
+        std::ptr::copy_nonoverlapping(bp, bias.as_mut_ptr(), cols);
+    }
+    let bias = half(bias.as_ptr());
+    let mut rows = [[0.0f32; NR]; MR];
+    for (i, acc) in acc.iter().enumerate() {
+        let s = _mm256_set1_ps(*ep.sa.add(i));
+        let v: [__m256; 2] = std::array::from_fn(|h| {
+            let q = _mm256_cvtepi32_ps(_mm256_add_epi32(acc[h], off[h]));
+            _mm256_add_ps(_mm256_mul_ps(q, _mm256_mul_ps(s, w[h])), bias[h])
+        });
+        if cols == NR {
+            store_row(v, c.y.add(i * c.ldy), ep.accumulate, ep.act, ep.to_int8);
+        } else {
+            _mm256_storeu_ps(rows[i].as_mut_ptr(), v[0]);
+            _mm256_storeu_ps(rows[i].as_mut_ptr().add(8), v[1]);
+        }
+    }
+    if cols < NR {
+        // A partial last panel: the portable epilogue's column bound, bias already added.
+        let ep = crate::kernels::packed::Epilogue {
+            bias: None,
+            accumulate: ep.accumulate,
+            act: ep.act,
+            to_int8: ep.to_int8,
+        };
+        crate::kernels::packed::finish(
+            c.y,
+            c.ldy,
+            &rows[..R],
+            cols,
+            ep,
+            0,
+            crate::kernels::Isa::Avx2,
+        );
+    }
+}
+
 entry!(
     /// AVX2 `vpmaddubsw` + `vpmaddwd`: exact for weights within ±63 only.
     tile, "avx2,fma", MADDUBS
 );
+fused_entry!(fused, "avx2,fma", MADDUBS);
+fused_entry!(fused_wide, "avx2,fma", WIDE);
+fused_entry!(fused_vnni, "avx2,fma,avxvnni", VNNI);
 entry!(
     /// AVX2 with both operands widened to i16: exact for any 8-bit weights.
     tile_wide, "avx2,fma", WIDE
@@ -69,6 +152,26 @@ unsafe fn kernel<const R: usize, const MODE: u8>(
         acc[0] = _mm256_loadu_si256(t as *const __m256i);
         acc[1] = _mm256_loadu_si256(t.add(8) as *const __m256i);
     }
+    dots::<R, MODE>(&mut acc, k, a, lda, b);
+    for (i, acc) in acc.iter().enumerate() {
+        let t = (*tile.add(i)).as_mut_ptr();
+        _mm256_storeu_si256(t as *mut __m256i, acc[0]);
+        _mm256_storeu_si256(t.add(8) as *mut __m256i, acc[1]);
+    }
+}
+
+/// `acc += a · b` over `k` bytes of depth: R rows of `a` (stride `lda`), one panel of `b`.
+///
+/// # Safety
+/// As [`kernel`]'s operands.
+#[inline(always)]
+unsafe fn dots<const R: usize, const MODE: u8>(
+    acc: &mut [[__m256i; 2]; R],
+    k: usize,
+    a: *const u8,
+    lda: usize,
+    b: *const i8,
+) {
     let ones = _mm256_set1_epi16(1);
     let low_bytes = _mm256_set1_epi16(0x00ff);
     for g in 0..k / KG {
@@ -113,10 +216,5 @@ unsafe fn kernel<const R: usize, const MODE: u8>(
                 }
             }
         }
-    }
-    for (i, acc) in acc.iter().enumerate() {
-        let t = (*tile.add(i)).as_mut_ptr();
-        _mm256_storeu_si256(t as *mut __m256i, acc[0]);
-        _mm256_storeu_si256(t.add(8) as *mut __m256i, acc[1]);
     }
 }

@@ -71,7 +71,6 @@ pub(super) unsafe fn finish_rows(
     ep: super::Epilogue<'_>,
     c0: usize,
 ) {
-    use crate::kernels::{gelu_erf_impl, gelu_tanh, Activation};
     let (b0, b1) = match ep.bias {
         Some(b) => {
             let b = b[c0..c0 + NR].as_ptr();
@@ -80,44 +79,64 @@ pub(super) unsafe fn finish_rows(
         None => (_mm256_setzero_ps(), _mm256_setzero_ps()),
     };
     for (i, acc) in tile.iter().enumerate() {
-        let yp = y.add(i * ldy);
         let a = acc.as_ptr();
-        let mut v = [
+        let v = [
             _mm256_add_ps(_mm256_loadu_ps(a), b0),
             _mm256_add_ps(_mm256_loadu_ps(a.add(8)), b1),
         ];
-        if ep.accumulate {
-            v[0] = _mm256_add_ps(v[0], _mm256_loadu_ps(yp));
-            v[1] = _mm256_add_ps(v[1], _mm256_loadu_ps(yp.add(8)));
+        store_row(v, y.add(i * ldy), ep.accumulate, ep.act, ep.to_int8);
+    }
+}
+
+/// The rest of the AVX2 epilogue for one row of 16 values (bias added): the residual, the
+/// activation, then the floats stored or the next INT8 layer's bytes written.
+///
+/// # Safety
+/// Called from code compiled with AVX2 and FMA; `yp` must address 16 writable floats (and
+/// `to_int8`, when given, be made for the `y` that holds them).
+#[inline(always)]
+pub(crate) unsafe fn store_row(
+    mut v: [__m256; 2],
+    yp: *mut f32,
+    accumulate: bool,
+    act: Option<crate::kernels::Activation>,
+    to_int8: Option<super::ToInt8>,
+) {
+    use crate::kernels::{gelu_erf_impl, gelu_tanh, Activation};
+    if accumulate {
+        v[0] = _mm256_add_ps(v[0], _mm256_loadu_ps(yp));
+        v[1] = _mm256_add_ps(v[1], _mm256_loadu_ps(yp.add(8)));
+    }
+    match act {
+        None => {}
+        // `f32::max(x, 0.0)`: NaN becomes 0, as `vmaxps` gives its second operand.
+        Some(Activation::Relu) => {
+            v[0] = _mm256_max_ps(v[0], _mm256_setzero_ps());
+            v[1] = _mm256_max_ps(v[1], _mm256_setzero_ps());
         }
-        match ep.act {
-            None => {}
-            // `f32::max(x, 0.0)`: NaN becomes 0, as `vmaxps` gives its second operand.
-            Some(Activation::Relu) => {
-                v[0] = _mm256_max_ps(v[0], _mm256_setzero_ps());
-                v[1] = _mm256_max_ps(v[1], _mm256_setzero_ps());
+        Some(act) => {
+            let mut t = [0.0f32; NR];
+            _mm256_storeu_ps(t.as_mut_ptr(), v[0]);
+            _mm256_storeu_ps(t.as_mut_ptr().add(8), v[1]);
+            if act == Activation::Gelu {
+                t.iter_mut().for_each(|x| *x = gelu_erf_impl::<true>(*x));
+            } else {
+                t.iter_mut().for_each(|x| *x = gelu_tanh(*x));
             }
-            Some(act) => {
-                let mut t = [0.0f32; NR];
-                _mm256_storeu_ps(t.as_mut_ptr(), v[0]);
-                _mm256_storeu_ps(t.as_mut_ptr().add(8), v[1]);
-                if act == Activation::Gelu {
-                    t.iter_mut().for_each(|x| *x = gelu_erf_impl::<true>(*x));
-                } else {
-                    t.iter_mut().for_each(|x| *x = gelu_tanh(*x));
-                }
-                v = [_mm256_loadu_ps(t.as_ptr()), _mm256_loadu_ps(t.as_ptr().add(8))];
-            }
+            v = [
+                _mm256_loadu_ps(t.as_ptr()),
+                _mm256_loadu_ps(t.as_ptr().add(8)),
+            ];
         }
-        match ep.to_int8 {
-            None => {
-                _mm256_storeu_ps(yp, v[0]);
-                _mm256_storeu_ps(yp.add(8), v[1]);
-            }
-            Some(t) => {
-                let bytes = quantize16(v, t.inv);
-                _mm_storeu_si128(t.byte(yp) as *mut __m128i, bytes);
-            }
+    }
+    match to_int8 {
+        None => {
+            _mm256_storeu_ps(yp, v[0]);
+            _mm256_storeu_ps(yp.add(8), v[1]);
+        }
+        Some(t) => {
+            let bytes = quantize16(v, t.inv);
+            _mm_storeu_si128(t.byte(yp) as *mut __m128i, bytes);
         }
     }
 }
@@ -132,10 +151,7 @@ unsafe fn quantize16(v: [__m256; 2], inv: f32) -> __m128i {
         _mm256_set1_ps(max),
     );
     let conv = |x: __m256| {
-        _mm256_cvtps_epi32(_mm256_min_ps(
-            _mm256_max_ps(_mm256_mul_ps(x, vinv), lo),
-            hi,
-        ))
+        _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(x, vinv), lo), hi))
     };
     // packs interleave 128-bit lanes: [a0-3 b0-3 | a4-7 b4-7] as i16, then as bytes dwords
     // [a0-3 b0-3 a0-3 b0-3 | a4-7 b4-7 a4-7 b4-7]: dwords 0, 4, 1, 5 are the 16 in order.
