@@ -3,8 +3,8 @@
 //! Every feature check of samp's own kernels goes through the functions here, so the cap holds
 //! for all of them: the GEMM tables, the epilogues, LayerNorm, softmax, the quantizers, the peak
 //! probes. oneDNN is capped to the same level through its own API (see `onednn::ffi`). The
-//! `gemm` crate (attention's products beyond the direct path's lengths) keeps its own run-time
-//! detection.
+//! `gemm` crate (attention's products wherever samp's AVX-512 direct path does not run: beyond
+//! its lengths, or under a cap below `avx512`) keeps its own run-time detection.
 //!
 //! The cap exists for the operator (pin a fleet of mixed hosts to one kernel family, rule out a
 //! kernel while debugging) and for testing: an AVX-512 host capped to `avx2` runs the AVX2-only
