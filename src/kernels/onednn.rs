@@ -82,8 +82,13 @@ pub(super) struct Attempt(std::cell::RefCell<Option<String>>);
 
 impl Attempt {
     /// The primitive, or `None` with the reason kept.
-    pub fn made<T>(&self, r: Result<T, String>) -> Option<T> {
+    fn made<T>(&self, r: Result<T, String>) -> Option<T> {
         r.map_err(|e| *self.0.borrow_mut() = Some(e)).ok()
+    }
+
+    /// Runs `run` on the primitive `made` gave; false (the reason kept) where there is none.
+    pub fn run<T>(&self, made: Result<T, String>, run: impl FnOnce(&T)) -> bool {
+        self.made(made).map(|g| run(&g)).is_some()
     }
 
     pub fn check(self, agreed: bool) -> Check {
