@@ -471,7 +471,7 @@ unsafe fn softmax_avx512(row: &mut [f32], scale: f32) {
 /// [`exp_impl`] on 16 lanes, step for step.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-unsafe fn exp_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+pub(crate) unsafe fn exp_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
     let f = _mm512_set1_ps;
     let x = _mm512_min_ps(_mm512_max_ps(x, f(-87.3)), f(88.7));
