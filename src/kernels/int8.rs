@@ -285,6 +285,11 @@ pub fn matmul_onednn(x: &QActs, w: &QWeights, g: &onednn::Gemm, y: &mut [f32], e
             let y = unsafe { (yp as *mut f32).add(r0 * n) };
             return unsafe { finish_block_avx512(x, w, ep, product, r0, rows, y) };
         }
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx2 {
+            let y = unsafe { (yp as *mut f32).add(r0 * n) };
+            return unsafe { finish_block_avx2(x, w, ep, product, r0, rows, y) };
+        }
         let mut tile_f = [[0.0f32; NR]; MAX_MR];
         onednn::tiles(product, rows, n, |tile, r, c0| unsafe {
             epilogue(tile, x, w, ep, yp as *mut f32, r0 + r, c0, isa, &mut tile_f)
@@ -338,6 +343,45 @@ unsafe fn finish_block_avx512(
             ep.act,
             ep.to_int8,
         )
+    })
+}
+
+/// The AVX2 epilogue of one oneDNN block, as [`finish_block_avx512`]: whole panels in place
+/// (`avx2::finish`), a partial last one through a copy into the portable walk's tile.
+///
+/// # Safety
+/// AVX2 and FMA must have been detected; `y` and `product` as [`finish_block_avx512`]'s.
+#[cfg(target_arch = "x86_64")]
+unsafe fn finish_block_avx2(
+    x: &QActs,
+    w: &QWeights,
+    ep: Epilogue<'_>,
+    product: &[i32],
+    r0: usize,
+    rows: usize,
+    y: *mut f32,
+) {
+    let n = w.n;
+    let mut tile_f = [[0.0f32; NR]; MAX_MR];
+    onednn::strips(product, rows, n, |r, c0, acc| {
+        let cols = NR.min(n - c0);
+        if cols < NR {
+            let tile = onednn::strip_tile(acc, cols);
+            let y = y.sub(r0 * n);
+            return epilogue(
+                &tile[..acc.rows],
+                x,
+                w,
+                ep,
+                y,
+                r0 + r,
+                c0,
+                Isa::Avx2,
+                &mut tile_f,
+            );
+        }
+        let scales = (&x.scales[r0 + r..], &w.offset[c0..], &w.scales_pad[c0..]);
+        avx2::finish(acc, scales, y.add(r * n + c0), n, ep, c0)
     })
 }
 

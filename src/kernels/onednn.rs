@@ -35,7 +35,7 @@ use ffi::{api, DT_BF16, DT_F32, DT_S32, DT_S8, DT_U8};
 use gemm::block_rows;
 pub(super) use gemm::bytes_of;
 pub use gemm::Gemm;
-pub(super) use walk::{strips, tiles};
+pub(super) use walk::{strip_tile, strips, tiles};
 
 mod ffi;
 mod gemm;

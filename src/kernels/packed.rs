@@ -15,7 +15,7 @@
 use super::driver::{best, entry_by_name, fused_tiles, row_block, split_panels};
 #[cfg(target_arch = "x86_64")]
 use super::driver::{FloatEp, FusedCall};
-use super::{gelu_erf_impl, gelu_tanh, onednn, Isa};
+use super::{gelu_erf_impl, gelu_tanh, Isa};
 use crate::kernels::Activation;
 use crate::kernels::TileCall;
 
@@ -197,29 +197,6 @@ fn agrees_with_portable(f: impl Fn(&[f32], usize, &PackedWeights, &mut [f32]) ->
             .all(|(a, b)| (a - b).abs() <= 1e-4 * (1.0 + a.abs()))
 }
 
-/// oneDNN's matmul over these weights (see [`onednn`]).
-pub fn onednn_gemm(w: &PackedWeights) -> Result<onednn::Gemm, String> {
-    onednn::Gemm::f32(&w.to_rows(), w.n, w.k)
-}
-
-/// As [`matmul`], on oneDNN: `g` was made from the same weights by [`onednn_gemm`].
-pub fn matmul_onednn(x: &[f32], m: usize, g: &onednn::Gemm, y: &mut [f32], ep: Epilogue<'_>) {
-    let (k, _) = g.dims();
-    assert!(x.len() >= m * k, "matmul: input too small");
-    g.run_float(onednn::bytes_of(&x[..m * k]), m, y, ep)
-}
-
-/// The start-up self-check of oneDNN's f32 matmul.
-pub(super) fn onednn_agrees() -> onednn::Check {
-    let attempt = onednn::Attempt::default();
-    let agreed = agrees_with_portable(|x, m, w, y| {
-        attempt.run(onednn_gemm(w), |g| {
-            matmul_onednn(x, m, g, y, Epilogue::default())
-        })
-    });
-    attempt.check(agreed)
-}
-
 /// Rows of accumulators for an epilogue: row `i` at `ptr + i * stride` (a micro-tile's
 /// `[[T; NR]]`, or a block of a row-major product).
 #[derive(Clone, Copy)]
@@ -243,40 +220,6 @@ impl<T> AccRows<T> {
     pub unsafe fn row(self, i: usize) -> *const T {
         self.ptr.add(i * self.stride)
     }
-}
-
-/// `y = epilogue(product)` for a row-major block of `rows × cols` products (oneDNN's) of the
-/// output columns from `c0`, `y` at its first output (row stride `ldy`); in place on AVX-512.
-///
-/// # Safety
-/// `y` must address `rows` × `cols` writable floats (stride `ldy`), its own; `isa` detected.
-pub(super) unsafe fn finish_block(
-    product: &[f32],
-    (rows, cols): (usize, usize),
-    (y, ldy): (*mut f32, usize),
-    ep: Epilogue<'_>,
-    c0: usize,
-    isa: Isa,
-) {
-    assert!(product.len() >= rows * cols);
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 {
-        return onednn::strips(product, rows, cols, |r, c, acc| {
-            let ep = FloatEp::at(&ep, c0 + c);
-            avx512::finish(acc, &ep, y.add(r * ldy + c), ldy, NR.min(cols - c));
-        });
-    }
-    onednn::tiles(product, rows, cols, |tile, r, c| {
-        finish(
-            y.add(r * ldy + c),
-            ldy,
-            tile,
-            NR.min(cols - c),
-            ep,
-            c0 + c,
-            isa,
-        )
-    })
 }
 
 /// What happens to each output after the product.
@@ -498,7 +441,7 @@ unsafe fn finish_avx2(
     c0: usize,
 ) {
     if cols == NR {
-        return avx2::finish_rows(y, ldy, tile, ep, c0);
+        return avx2::finish_rows(y, ldy, AccRows::tile(tile), ep, c0);
     }
     finish_impl::<true>(y, ldy, tile, cols, ep, c0)
 }
@@ -595,6 +538,10 @@ pub(crate) mod avx2;
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
+
+mod on_onednn;
+pub(super) use on_onednn::{finish_block, onednn_agrees};
+pub use on_onednn::{matmul_onednn, onednn_gemm};
 
 #[cfg(test)]
 mod tests;

@@ -5,6 +5,7 @@
 use super::avx512::FusedEp;
 use super::{KG, NR};
 use crate::kernels::driver::FusedCall;
+use crate::kernels::packed::{AccRows, Epilogue};
 use std::arch::x86_64::*;
 
 use crate::kernels::TileCall;
@@ -88,11 +89,7 @@ unsafe fn fused_kernel<const R: usize, const MODE: u8>(c: &FusedCall<u8, i8>, ep
     let bias = half(bias.as_ptr());
     let mut rows = [[0.0f32; NR]; MR];
     for (i, acc) in acc.iter().enumerate() {
-        let s = _mm256_set1_ps(*ep.sa.add(i));
-        let v: [__m256; 2] = std::array::from_fn(|h| {
-            let q = _mm256_cvtepi32_ps(_mm256_add_epi32(acc[h], off[h]));
-            _mm256_add_ps(_mm256_mul_ps(q, _mm256_mul_ps(s, w[h])), bias[h])
-        });
+        let v = dequant16(*acc, off, *ep.sa.add(i), w, bias);
         if cols == NR {
             store_row(v, c.y.add(i * c.ldy), ep.accumulate, ep.act, ep.to_int8);
         } else {
@@ -117,6 +114,74 @@ unsafe fn fused_kernel<const R: usize, const MODE: u8>(c: &FusedCall<u8, i8>, ep
             0,
             crate::kernels::Isa::Avx2,
         );
+    }
+}
+
+/// One row of 16 sums dequantized, bias added: `(acc + off) · (sa · ws) + bias`, a multiply
+/// then an add (no FMA), as the portable `dequant` and `finish` do. (No closure here: a
+/// closure's intrinsics do not inherit the caller's features and became calls.)
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dequant16(
+    acc: [__m256i; 2],
+    off: [__m256i; 2],
+    sa: f32,
+    ws: [__m256; 2],
+    bias: [__m256; 2],
+) -> [__m256; 2] {
+    let s = _mm256_set1_ps(sa);
+    let (q0, q1) = (
+        _mm256_cvtepi32_ps(_mm256_add_epi32(acc[0], off[0])),
+        _mm256_cvtepi32_ps(_mm256_add_epi32(acc[1], off[1])),
+    );
+    [
+        _mm256_add_ps(_mm256_mul_ps(q0, _mm256_mul_ps(s, ws[0])), bias[0]),
+        _mm256_add_ps(_mm256_mul_ps(q1, _mm256_mul_ps(s, ws[1])), bias[1]),
+    ]
+}
+
+/// The dequantizing epilogue of whole 16-column rows of sums in memory (a strip of oneDNN's
+/// product, in place): row by row `dequant16`, then `store_row` — the fused path's epilogue,
+/// without the stack copies, the float tile and the second pass of the portable walk.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `acc` must address its rows of 16 sums, `y` as many rows
+/// of 16 writable floats at stride `ldy`; `sa` one scale per row, `offset`, `ws` and the bias
+/// (when given) 16 values each.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn finish(
+    acc: AccRows<i32>,
+    (sa, offset, ws): (&[f32], &[i32], &[f32]),
+    y: *mut f32,
+    ldy: usize,
+    ep: Epilogue<'_>,
+    c0: usize,
+) {
+    use crate::kernels::packed::avx2::store_row;
+    assert!(offset.len() >= NR && ws.len() >= NR && sa.len() >= acc.rows);
+    let off = [
+        _mm256_loadu_si256(offset.as_ptr() as *const __m256i),
+        _mm256_loadu_si256(offset.as_ptr().add(8) as *const __m256i),
+    ];
+    let w = [
+        _mm256_loadu_ps(ws.as_ptr()),
+        _mm256_loadu_ps(ws.as_ptr().add(8)),
+    ];
+    let bias = match ep.bias {
+        Some(b) => {
+            let b = b[c0..c0 + NR].as_ptr();
+            [_mm256_loadu_ps(b), _mm256_loadu_ps(b.add(8))]
+        }
+        None => [_mm256_setzero_ps(); 2],
+    };
+    for (i, &s) in sa[..acc.rows].iter().enumerate() {
+        let a = acc.row(i);
+        let q = [
+            _mm256_loadu_si256(a as *const __m256i),
+            _mm256_loadu_si256(a.add(8) as *const __m256i),
+        ];
+        let v = dequant16(q, off, s, w, bias);
+        store_row(v, y.add(i * ldy), ep.accumulate, ep.act, ep.to_int8);
     }
 }
 

@@ -1,5 +1,5 @@
 //! The walks of samp's epilogues over a row-major block of products that oneDNN wrote: strips
-//! of rows in place (AVX-512), or copies into the micro-tiles the portable epilogues take.
+//! of rows in place (AVX-512, AVX2), or copies into the micro-tiles the portable epilogues take.
 
 use crate::kernels::packed::{AccRows, NR};
 
@@ -30,6 +30,23 @@ pub(in crate::kernels) fn strips<T>(
             f(r, c0, acc);
         }
     }
+}
+
+/// A strip's rows of a partial last panel (`cols < NR` columns) as a tile of the portable
+/// epilogues, zero past `cols`: the first `acc.rows` rows of the result are the strip's.
+///
+/// # Safety
+/// `acc` must address `acc.rows` rows of at least `cols` values.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(in crate::kernels) unsafe fn strip_tile<T: Copy + Default>(
+    acc: AccRows<T>,
+    cols: usize,
+) -> [[T; NR]; EPILOGUE_STRIP] {
+    let mut tile = [[T::default(); NR]; EPILOGUE_STRIP];
+    for (i, t) in tile[..acc.rows].iter_mut().enumerate() {
+        t[..cols].copy_from_slice(std::slice::from_raw_parts(acc.row(i), cols));
+    }
+    tile
 }
 
 /// Walks a row-major `rows × n` product block as the `[[T; NR]]` tiles samp's epilogues take:

@@ -58,16 +58,17 @@ unsafe fn kernel<const R: usize>(k: usize, a: *const f32, b: *const f32, tile: *
 /// activation, then the floats stored or the next INT8 layer's bytes written — the operations
 /// of `finish_impl` in its order, so the same floats and bytes. The scalar loop it replaces went
 /// through a stack copy of each row that the vector loads could not forward from (84% of its
-/// samples at 1024 × 768 → 768 on Zen 4 under `SAMP_MAX_ISA=avx2`).
+/// samples at 1024 × 768 → 768 on Zen 4 under `SAMP_MAX_ISA=avx2`). The rows are a micro-tile's
+/// or, in place, a strip of oneDNN's product.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA; `y` must address `tile.len()` rows of 16 writable floats
-/// at stride `ldy`; the bias, when given, 16 values from `c0`.
+/// The CPU must support AVX2 and FMA; `acc` must address its rows of 16 floats, `y` as many
+/// rows of 16 writable floats at stride `ldy`; the bias, when given, 16 values from `c0`.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn finish_rows(
     y: *mut f32,
     ldy: usize,
-    tile: &[[f32; NR]],
+    acc: super::AccRows<f32>,
     ep: super::Epilogue<'_>,
     c0: usize,
 ) {
@@ -78,8 +79,8 @@ pub(super) unsafe fn finish_rows(
         }
         None => (_mm256_setzero_ps(), _mm256_setzero_ps()),
     };
-    for (i, acc) in tile.iter().enumerate() {
-        let a = acc.as_ptr();
+    for i in 0..acc.rows {
+        let a = acc.row(i);
         let v = [
             _mm256_add_ps(_mm256_loadu_ps(a), b0),
             _mm256_add_ps(_mm256_loadu_ps(a.add(8)), b1),
