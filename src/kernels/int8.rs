@@ -278,23 +278,45 @@ pub fn matmul_onednn(x: &QActs, w: &QWeights, g: &onednn::Gemm, y: &mut [f32], e
     let isa = Isa::detect();
     let yp = y.as_mut_ptr() as usize;
     g.run::<i32>(&x.data[..m * x.kp], m, |r0, rows, product| {
-        // SAFETY (both): rows r0.. of y exist (asserted above) and this block owns them; the
-        // epilogue's ISA was detected.
-        #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx512 {
-            let y = unsafe { (yp as *mut f32).add(r0 * n) };
-            return unsafe { finish_block_avx512(x, w, ep, product, r0, rows, y) };
+        // SAFETY: rows r0.. of y exist (asserted above) and this block owns them; the ISA
+        // was detected.
+        unsafe {
+            let y = (yp as *mut f32).add(r0 * n);
+            finish_block(isa, x, w, ep, product, r0, rows, y)
         }
-        #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx2 {
-            let y = unsafe { (yp as *mut f32).add(r0 * n) };
-            return unsafe { finish_block_avx2(x, w, ep, product, r0, rows, y) };
-        }
-        let mut tile_f = [[0.0f32; NR]; MAX_MR];
-        onednn::tiles(product, rows, n, |tile, r, c0| unsafe {
-            epilogue(tile, x, w, ep, yp as *mut f32, r0 + r, c0, isa, &mut tile_f)
-        })
     });
+}
+
+/// The epilogue of one oneDNN block on `isa`: `rows` rows of sums (the GEMM's row `r0` first)
+/// into `y` (the block's first output row, stride `w.n`).
+///
+/// # Safety
+/// `isa` must have been detected; `y` must address `rows × w.n` writable floats of this
+/// caller's, and `product` hold `rows × w.n` sums.
+#[allow(clippy::too_many_arguments)]
+unsafe fn finish_block(
+    isa: Isa,
+    x: &QActs,
+    w: &QWeights,
+    ep: Epilogue<'_>,
+    product: &[i32],
+    r0: usize,
+    rows: usize,
+    y: *mut f32,
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => finish_block_avx512(x, w, ep, product, r0, rows, y),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => finish_block_avx2(x, w, ep, product, r0, rows, y),
+        _ => {
+            let (n, mut tile_f) = (w.n, [[0.0f32; NR]; MAX_MR]);
+            onednn::tiles(product, rows, n, |tile, r, c0| {
+                let yt = y.add(r * n + c0);
+                epilogue(tile, x, w, ep, yt, r0 + r, c0, isa, &mut tile_f)
+            })
+        }
+    }
 }
 
 /// The operands of an INT8 product on oneDNN fit together: `g` made from `w`, the activations'
@@ -367,13 +389,12 @@ unsafe fn finish_block_avx2(
         let cols = NR.min(n - c0);
         if cols < NR {
             let tile = onednn::strip_tile(acc, cols);
-            let y = y.sub(r0 * n);
             return epilogue(
                 &tile[..acc.rows],
                 x,
                 w,
                 ep,
-                y,
+                y.add(r * n + c0),
                 r0 + r,
                 c0,
                 Isa::Avx2,
@@ -472,7 +493,7 @@ impl PanelGemm for Bound<'_, QActs, QWeights, Int8Kernel> {
     unsafe fn finish(&self, tile: &[[i32; NR]], r: usize, c0: usize, y: *mut f32) {
         let mut tile_f = [[0.0f32; NR]; MAX_MR];
         let (x, w, ep, isa) = (self.x, self.w, self.ep, self.kernel.isa);
-        epilogue(tile, x, w, ep, y, r, c0, isa, &mut tile_f)
+        epilogue(tile, x, w, ep, y.add(r * w.n + c0), r, c0, isa, &mut tile_f)
     }
 }
 

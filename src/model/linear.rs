@@ -240,8 +240,8 @@ impl Linear {
     /// quantized into `q` by the GEMM, and `out` (`rows × outputs`) is only scratch. The bytes
     /// and scales are those that quantizing `out` afterwards would give. A static scale is
     /// applied in the epilogue itself ([`Epilogue::to_int8`]); dynamic (per-row) scales block
-    /// by block where an INT8 layer runs on oneDNN on AVX-512
-    /// ([`int8::matmul_onednn_dynamic`]) or on samp's fused kernel with enough rows
+    /// by block where an INT8 layer runs on oneDNN ([`int8::matmul_onednn_dynamic`]) or on
+    /// samp's fused kernel with enough rows
     /// ([`int8::matmul_dynamic`]). Elsewhere (rows that would need padding, other kernels, an
     /// observed layer) the outputs are written to `out` and quantized from there.
     pub fn forward_quantized(

@@ -45,7 +45,9 @@ pub unsafe fn task<T: Tiles + Default>(
                 let tile = &acc[q * tiles::BLOCK_ROWS..q * tiles::BLOCK_ROWS + at.rows];
                 // SAFETY: rows at.r.. < m and panel p+q's columns belong to this task (the
                 // caller vouches for y and isa).
-                epilogue(tile, x, w, ep, y, at.r, (at.p + q) * NR, isa, &mut tile_f);
+                let c0 = (at.p + q) * NR;
+                let yt = y.add(at.r * n + c0);
+                epilogue(tile, x, w, ep, yt, at.r, c0, isa, &mut tile_f);
             }
             if let Some(nb) = next.filter(|_| T::HARDWARE) {
                 let c0 = nb.p * NR;

@@ -9,8 +9,8 @@
 //! over the threads) and oneDNN's matmul ([`matmul_onednn_dynamic`], its own row blocks).
 
 #[cfg(target_arch = "x86_64")]
-use super::{avx512, finish_block_avx512};
-use super::{check_onednn, onednn, Epilogue, Int8Kernel, Isa, QActs, QWeights};
+use super::avx512;
+use super::{check_onednn, finish_block, onednn, Epilogue, Int8Kernel, Isa, QActs, QWeights};
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::driver::fused_tiles;
 
@@ -116,8 +116,8 @@ pub(super) fn matmul_dynamic_with(
 /// while they are in cache, and quantized from there into `next` (each row's absolute maximum,
 /// then its bytes: what [`QActs::quantize`] with [`ActScale::Dynamic`] gives), instead of
 /// written to an `m × n` float output and read back from memory. A block spans whole rows, so
-/// every row's maximum is known in its block. On AVX-512 only: returns `false` elsewhere (and
-/// for an epilogue that accumulates or already quantizes), having done nothing.
+/// every row's maximum is known in its block. Returns `false` for an epilogue that accumulates
+/// or already quantizes, having done nothing.
 pub fn matmul_onednn_dynamic(
     x: &QActs,
     w: &QWeights,
@@ -126,29 +126,22 @@ pub fn matmul_onednn_dynamic(
     next: &mut QActs,
 ) -> bool {
     let (m, n) = (x.m, w.n);
-    if Isa::detect() != Isa::Avx512 || ep.accumulate || ep.to_int8.is_some() {
+    if ep.accumulate || ep.to_int8.is_some() {
         return false;
     }
     check_onednn(x, w, g, ep);
-    #[cfg(target_arch = "x86_64")]
-    {
-        let sink = next.row_sink(m, n);
-        g.run::<i32>(&x.data[..m * x.kp], m, |r0, rows, product| {
-            FLOATS.with_borrow_mut(|buf| {
-                buf.set_len(rows * n);
-                // SAFETY: AVX-512 was detected; buf holds the block's rows × n floats.
-                unsafe { finish_block_avx512(x, w, ep, product, r0, rows, buf.as_mut_ptr()) };
-                for (i, row) in buf[..rows * n].chunks_exact(n).enumerate() {
-                    // SAFETY: rows r0.. are this block's alone.
-                    unsafe { sink.put(r0 + i, row) };
-                }
-            })
-        });
-        true
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        _ = next;
-        false
-    }
+    let isa = Isa::detect();
+    let sink = next.row_sink(m, n);
+    g.run::<i32>(&x.data[..m * x.kp], m, |r0, rows, product| {
+        FLOATS.with_borrow_mut(|buf| {
+            buf.set_len(rows * n);
+            // SAFETY: the ISA was detected; buf holds the block's rows × n floats.
+            unsafe { finish_block(isa, x, w, ep, product, r0, rows, buf.as_mut_ptr()) };
+            for (i, row) in buf[..rows * n].chunks_exact(n).enumerate() {
+                // SAFETY: rows r0.. are this block's alone.
+                unsafe { sink.put(r0 + i, row) };
+            }
+        })
+    });
+    true
 }

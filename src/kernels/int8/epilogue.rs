@@ -5,12 +5,12 @@
 use super::avx512;
 use super::{finish, AccRows, Epilogue, Isa, QActs, QWeights, MAX_MR, NR};
 
-/// The dequantizing epilogue of one accumulator tile: rows `r..r + tile.len()`, the panel at
-/// column `c0`, written to `y` (`m × w.n`).
+/// The dequantizing epilogue of one accumulator tile: rows `r..r + tile.len()` of the product,
+/// the panel at column `c0`, written to `y` (the tile's first output, rows `w.n` apart).
 ///
 /// # Safety
-/// Those rows and the panel's columns (clipped to `w.n`) of `y` must be writable and this
-/// caller's; `isa` must be one this CPU runs.
+/// `tile.len()` rows of the panel's columns (clipped to `w.n`) from `y` must be writable and
+/// this caller's; `isa` must be one this CPU runs.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn epilogue(
     tile: &[[i32; NR]],
@@ -37,7 +37,7 @@ pub(super) unsafe fn epilogue(
             offset,
             ws,
             ep.bias.map(|b| &b[c0..]),
-            y.add(r * n + c0),
+            y,
             n,
             cols,
             ep.accumulate,
@@ -46,9 +46,9 @@ pub(super) unsafe fn epilogue(
         );
         return;
     }
-    for (tile, (sa, r)) in tile
+    for (tile, (sa, i)) in tile
         .chunks(MAX_MR)
-        .zip(sa.chunks(MAX_MR).zip((r..).step_by(MAX_MR)))
+        .zip(sa.chunks(MAX_MR).zip((0..).step_by(MAX_MR)))
     {
         let out = &mut tile_f[..tile.len()];
         match isa {
@@ -60,7 +60,7 @@ pub(super) unsafe fn epilogue(
             _ => dequant(tile, sa, offset, ws, out),
         }
         // SAFETY: the caller vouches for these rows and columns of y.
-        finish(y.add(r * n + c0), n, out, cols, ep, c0, isa);
+        finish(y.add(i * n), n, out, cols, ep, c0, isa);
     }
 }
 
