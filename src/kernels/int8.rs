@@ -406,23 +406,44 @@ unsafe fn finish_block_avx2(
     })
 }
 
-/// Seconds of samp's INT8 kernel and of oneDNN's at `m × k → n` (8-bit weights), quantizing the
-/// input included (see [`onednn::prefer`]).
-pub(super) fn onednn_race(k: usize, n: usize, m: usize, bits: u32) -> Result<(f64, f64), String> {
+/// Seconds of samp's INT8 kernel and of oneDNN's at `m × k → n` (`bits`-bit weights), quantizing
+/// the input included and, for [`onednn::Output::DynamicInt8`], the outputs for a next layer
+/// with dynamic scales as each path does it in a layer (samp's by row blocks where it can, see
+/// [`matmul_dynamic`]; oneDNN's by its blocks) (see [`onednn::prefer_for`]).
+pub(super) fn onednn_race(
+    k: usize,
+    n: usize,
+    m: usize,
+    bits: u32,
+    out: onednn::Output,
+) -> Result<(f64, f64), String> {
     let (x, w) = onednn::race_data(m, k, n);
     let w = QWeights::quantize(&w, n, k, bits);
     let g = onednn_gemm(&w)?;
     let (mut a, mut b) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
     let (mut qa, mut qb) = (QActs::new(), QActs::new());
+    let (mut na, mut nb) = (QActs::new(), QActs::new());
     let scale = ActScale::Static(1.0 / 127.0);
+    let ep = Epilogue::default();
+    let dynamic = out == onednn::Output::DynamicInt8;
     Ok(onednn::race(
         || {
             qa.quantize(&x, m, k, scale);
-            matmul(&qa, &w, &mut a, Epilogue::default())
+            if !dynamic {
+                matmul(&qa, &w, &mut a, ep)
+            } else if !matmul_dynamic(&qa, &w, ep, &mut na) {
+                matmul(&qa, &w, &mut a, ep);
+                na.quantize(&a, m, n, ActScale::Dynamic)
+            }
         },
         || {
             qb.quantize(&x, m, k, scale);
-            matmul_onednn(&qb, &w, &g, &mut b, Epilogue::default())
+            if !dynamic {
+                matmul_onednn(&qb, &w, &g, &mut b, ep)
+            } else if !matmul_onednn_dynamic(&qb, &w, &g, ep, &mut nb) {
+                matmul_onednn(&qb, &w, &g, &mut b, ep);
+                nb.quantize(&b, m, n, ActScale::Dynamic)
+            }
         },
     ))
 }

@@ -52,6 +52,15 @@ pub enum Kind {
     Int8,
 }
 
+/// Where an INT8 product's outputs go, which its race against samp's kernel times ([`prefer`]):
+/// floats, or a next INT8 layer with dynamic (per-row) scales — each path quantizing them its
+/// own way (samp's kernel in row blocks of a few rows, oneDNN's in its blocks of up to 128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Output {
+    Floats,
+    DynamicInt8,
+}
+
 impl Kind {
     /// (source, weights, destination) data types, and bytes per source/weight element.
     fn types(self) -> (i32, i32, i32, usize) {
@@ -198,6 +207,13 @@ fn logged(kind: Kind, check: Check) -> Outcome {
 /// synthetic data of the bucket's rows, alternating the two (best of three each), so a shape
 /// where samp's kernel wins keeps it; `SAMP_ONEDNN=always` skips the race.
 pub fn prefer(kind: Kind, k: usize, n: usize, rows: usize, bits: u32) -> bool {
+    prefer_for(kind, k, n, rows, bits, Output::Floats)
+}
+
+/// As [`prefer`], for a product whose outputs go where `out` says: an INT8 race times that
+/// (on AVX2 hosts oneDNN's products often win alone and lose once handed to a dynamic next
+/// layer, BENCHMARKS.md).
+pub fn prefer_for(kind: Kind, k: usize, n: usize, rows: usize, bits: u32, out: Output) -> bool {
     if rows * k * n < MIN_MACS || !usable(kind) || (kind == Kind::Int8 && bits > int8_bits()) {
         return false;
     }
@@ -208,16 +224,18 @@ pub fn prefer(kind: Kind, k: usize, n: usize, rows: usize, bits: u32) -> bool {
         Kind::Int8 if always => return true,
         Kind::Int8 => {}
     }
-    static CHOICES: Mutex<BTreeMap<(usize, usize, usize, u32), bool>> = Mutex::new(BTreeMap::new());
+    type Key = (usize, usize, usize, u32, Output);
+    static CHOICES: Mutex<BTreeMap<Key, bool>> = Mutex::new(BTreeMap::new());
     let m = row_bucket(rows);
-    let key = (k, n, m, bits);
+    let key = (k, n, m, bits, out);
     let mut choices = CHOICES.lock().unwrap_or_else(|e| e.into_inner());
     *choices
         .entry(key)
-        .or_insert_with(|| match super::int8::onednn_race(k, n, m, bits) {
+        .or_insert_with(|| match super::int8::onednn_race(k, n, m, bits, out) {
             Ok((own, dnnl)) => {
                 tracing::debug!(
                     ?kind,
+                    ?out,
                     k,
                     n,
                     rows = m,

@@ -5,7 +5,7 @@
 
 use crate::error::{Result, SampError};
 use crate::kernels;
-use crate::kernels::int8::QActs;
+use crate::kernels::int8::{ActScale, QActs};
 use crate::model::config::{Arch, ModelConfig};
 use crate::model::linear::Linear;
 use crate::model::weights::Weights;
@@ -383,11 +383,19 @@ impl Encoder {
         })
     }
 
-    /// Every layer's [`Linear::prepare`] for passes of up to `max_rows` tokens.
+    /// Every layer's [`Linear::prepare`] for passes of up to `max_rows` tokens (the FFN up
+    /// projection's races for where its outputs go: the down projection's INT8 input when that
+    /// has dynamic scales, as [`Layer`]'s forward pass hands them over).
     pub fn prepare_kernels(&self, max_rows: usize) {
+        use crate::kernels::onednn::Output;
         for layer in &self.layers {
+            let dynamic = layer.down.fused_input() == Some(ActScale::Dynamic);
             for g in Gemm::ALL {
-                layer.linear(g).prepare(max_rows);
+                let out = match g {
+                    Gemm::FfnUp if dynamic => Output::DynamicInt8,
+                    _ => Output::Floats,
+                };
+                layer.linear(g).prepare(max_rows, out);
             }
         }
     }

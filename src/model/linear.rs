@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use crate::error::Result;
 use crate::kernels::bf16::{self, Bf16Acts, Bf16Weights};
 use crate::kernels::int8::{self, ActScale, QActs, QWeights};
-use crate::kernels::onednn::{self, Kind};
+use crate::kernels::onednn::{self, Kind, Output};
 use crate::kernels::packed::{self, Epilogue, PackedWeights};
 use crate::kernels::Activation;
 use crate::model::weights::Weights;
@@ -269,7 +269,7 @@ impl Linear {
                     return QACTS.with_borrow_mut(|qa| {
                         qa.quantize(x, rows, self.inputs(), own);
                         let (w, ep) = (&self.qweights(), self.epilogue(false, act));
-                        let done = match self.onednn(Kind::Int8, rows) {
+                        let done = match self.onednn_for(Kind::Int8, rows, Output::DynamicInt8) {
                             Some(g) => int8::matmul_onednn_dynamic(qa, w, g, ep, q),
                             None => int8::matmul_dynamic(qa, w, ep, q),
                         };
@@ -364,20 +364,27 @@ impl Linear {
     }
 
     /// Make now what this layer would otherwise make on first use at up to `max_rows` rows —
-    /// its INT8 races against oneDNN ([`onednn::prefer`]) and oneDNN's INT8 matmul where it
-    /// won — so that a server's first requests of each size do not wait for them.
-    pub fn prepare(&self, max_rows: usize) {
+    /// its INT8 races against oneDNN for outputs going where `out` says
+    /// ([`onednn::prefer_for`]) and oneDNN's INT8 matmul where it won — so that a server's
+    /// first requests of each size do not wait for them.
+    pub fn prepare(&self, max_rows: usize, out: Output) {
         if self.int8.is_some() {
             for rows in onednn::row_buckets(max_rows) {
-                _ = self.onednn(Kind::Int8, rows);
+                _ = self.onednn_for(Kind::Int8, rows, out);
             }
         }
     }
 
     /// oneDNN's matmul for this precision, where it runs and beat samp's kernel at this shape
-    /// (see [`onednn::prefer`]).
+    /// (see [`onednn::prefer`]), the outputs going to floats.
     fn onednn(&self, kind: Kind, rows: usize) -> Option<&onednn::Gemm> {
-        if !onednn::prefer(kind, self.inputs(), self.outputs(), rows, self.weight_bits) {
+        self.onednn_for(kind, rows, Output::Floats)
+    }
+
+    /// As [`onednn`](Self::onednn), the outputs going where `out` says.
+    fn onednn_for(&self, kind: Kind, rows: usize, out: Output) -> Option<&onednn::Gemm> {
+        let (k, n, bits) = (self.inputs(), self.outputs(), self.weight_bits);
+        if !onednn::prefer_for(kind, k, n, rows, bits, out) {
             return None;
         }
         self.onednn[kind.index()]

@@ -224,6 +224,25 @@ fn the_race_is_skipped_for_small_products() {
     assert!(!prefer(Kind::F32, 384, 1, 10, 0));
 }
 
+/// An INT8 race times both outputs, on products that samp's row blocks take and on ones too
+/// small for them (where both paths quantize afterwards).
+#[test]
+fn int8_races_time_each_output() {
+    if !library() {
+        return;
+    }
+    let bits = int8_bits();
+    for m in [64, 512] {
+        for out in [Output::Floats, Output::DynamicInt8] {
+            let (own, dnnl) = int8::onednn_race(384, 768, m, bits, out).expect("race");
+            assert!(
+                own > 0.0 && dnnl > 0.0 && own.is_finite() && dnnl.is_finite(),
+                "{m} rows, {out:?}: {own} s, {dnnl} s"
+            );
+        }
+    }
+}
+
 #[test]
 fn every_precision_on_onednn_quantizes_in_its_epilogue_as_afterwards() {
     if !library() {
