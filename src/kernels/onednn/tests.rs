@@ -279,13 +279,14 @@ fn every_precision_on_onednn_quantizes_in_its_epilogue_as_afterwards() {
 /// The INT8 path that hands a next layer its input with dynamic scales block by block gives
 /// the bytes and scales of quantizing the float outputs afterwards (on this host's epilogue:
 /// AVX-512's, AVX2's — whose partial last panel goes through the portable walk — or the
-/// portable one), with and without GELU, a width that needs padding or not.
+/// portable one), with and without GELU, a width that needs padding or not, and one wide
+/// enough that each block is finished and quantized in several strips of 8 rows.
 #[test]
 fn int8_on_onednn_quantizes_its_outputs_with_dynamic_scales_as_afterwards() {
     if !library() {
         return;
     }
-    for n in [N, 4 * NR] {
+    for n in [N, 4 * NR, 256 * NR + 3] {
         let bias = data(n, 9, 0.5);
         for (m, k) in PROBLEMS {
             let x = data(m * k, 1, 3.0);
