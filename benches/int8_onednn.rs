@@ -90,13 +90,7 @@ fn main() {
 /// samp's kernel by row blocks (`matmul_dynamic`), samp's by columns then quantized, oneDNN's
 /// by its blocks (`matmul_onednn_dynamic`), oneDNN's written out then quantized.
 fn dynamic_turns(m: usize, k: usize, n: usize, reps: usize, bits: u32) -> [f64; 4] {
-    let x: Vec<f32> = (0..m * k)
-        .map(|j| (((j * 7919) % 255) as f32 - 127.0) * 0.01)
-        .collect();
-    let w: Vec<f32> = (0..n * k)
-        .map(|j| (((j * 104_729) % 251) as f32 - 125.0) * 0.001)
-        .collect();
-    let w = QWeights::quantize(&w, n, k, bits);
+    let (x, w) = (acts(m, k), weights(n, k, bits, 0));
     let bias = vec![0.1f32; n];
     let ep = Epilogue {
         bias: Some(&bias),
@@ -136,10 +130,7 @@ fn model_turns(m: usize, layers: &[(usize, usize)], reps: usize, bits: u32) -> (
         .iter()
         .enumerate()
         .map(|(i, &(k, n))| {
-            let w: Vec<f32> = (0..n * k)
-                .map(|j| (((j * 104_729 + i * 7) % 251) as f32 - 125.0) * 0.001)
-                .collect();
-            let w = QWeights::quantize(&w, n, k, bits);
+            let w = weights(n, k, bits, i);
             let g = int8::onednn_gemm(&w).expect("oneDNN INT8 matmul");
             (w, g)
         })
@@ -147,11 +138,8 @@ fn model_turns(m: usize, layers: &[(usize, usize)], reps: usize, bits: u32) -> (
     let acts: Vec<QActs> = [768, 3072]
         .iter()
         .map(|&k| {
-            let x: Vec<f32> = (0..m * k)
-                .map(|j| (((j * 7919) % 255) as f32 - 127.0) * 0.01)
-                .collect();
             let mut q = QActs::new();
-            q.quantize(&x, m, k, ActScale::Dynamic);
+            q.quantize(&acts(m, k), m, k, ActScale::Dynamic);
             q
         })
         .collect();
@@ -175,13 +163,7 @@ fn model_turns(m: usize, layers: &[(usize, usize)], reps: usize, bits: u32) -> (
 
 /// Best seconds of samp's product and of oneDNN's over `reps` turns each.
 fn turns(m: usize, k: usize, n: usize, reps: usize, bits: u32) -> (f64, f64) {
-    let x: Vec<f32> = (0..m * k)
-        .map(|j| (((j * 7919) % 255) as f32 - 127.0) * 0.01)
-        .collect();
-    let w: Vec<f32> = (0..n * k)
-        .map(|j| (((j * 104_729) % 251) as f32 - 125.0) * 0.001)
-        .collect();
-    let w = QWeights::quantize(&w, n, k, bits);
+    let (x, w) = (acts(m, k), weights(n, k, bits, 0));
     let g = int8::onednn_gemm(&w).expect("oneDNN INT8 matmul");
     let mut q = QActs::new();
     q.quantize(&x, m, k, ActScale::Dynamic);
@@ -201,4 +183,19 @@ fn turns(m: usize, k: usize, n: usize, reps: usize, bits: u32) -> (f64, f64) {
         }));
     }
     (own, dnnl)
+}
+
+/// `m × k` activations spread over ±1.3.
+fn acts(m: usize, k: usize) -> Vec<f32> {
+    (0..m * k)
+        .map(|j| (((j * 7919) % 255) as f32 - 127.0) * 0.01)
+        .collect()
+}
+
+/// `n × k` weights of `bits` bits, varied by `salt`.
+fn weights(n: usize, k: usize, bits: u32, salt: usize) -> QWeights {
+    let w: Vec<f32> = (0..n * k)
+        .map(|j| (((j * 104_729 + salt * 7) % 251) as f32 - 125.0) * 0.001)
+        .collect();
+    QWeights::quantize(&w, n, k, bits)
 }
