@@ -224,11 +224,9 @@ pub fn prefer_for(kind: Kind, k: usize, n: usize, rows: usize, bits: u32, out: O
         Kind::Int8 if always => return true,
         Kind::Int8 => {}
     }
-    type Key = (usize, usize, usize, u32, Output);
-    static CHOICES: Mutex<BTreeMap<Key, bool>> = Mutex::new(BTreeMap::new());
     let m = row_bucket(rows);
     let key = (k, n, m, bits, out);
-    let mut choices = CHOICES.lock().unwrap_or_else(|e| e.into_inner());
+    let mut choices = choices().lock().unwrap_or_else(|e| e.into_inner());
     *choices
         .entry(key)
         .or_insert_with(|| match super::int8::onednn_race(k, n, m, bits, out) {
@@ -251,6 +249,23 @@ pub fn prefer_for(kind: Kind, k: usize, n: usize, rows: usize, bits: u32, out: O
                 false
             }
         })
+}
+
+/// Each INT8 race's outcome by (k, n, row bucket, weight bits, output): oneDNN won.
+fn choices() -> &'static Mutex<BTreeMap<(usize, usize, usize, u32, Output), bool>> {
+    static CHOICES: Mutex<BTreeMap<(usize, usize, usize, u32, Output), bool>> =
+        Mutex::new(BTreeMap::new());
+    &CHOICES
+}
+
+/// Whether [`prefer_for`] has decided this INT8 race (tests of what start-up prepares).
+#[cfg(test)]
+pub(crate) fn decided(k: usize, n: usize, rows: usize, bits: u32, out: Output) -> bool {
+    let key = (k, n, row_bucket(rows), bits, out);
+    choices()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains_key(&key)
 }
 
 /// The rows an INT8 race of [`prefer`] runs for a product of `rows` rows: one race per power

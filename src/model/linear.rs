@@ -365,12 +365,14 @@ impl Linear {
 
     /// Make now what this layer would otherwise make on first use at up to `max_rows` rows —
     /// its INT8 races against oneDNN for outputs going where `out` says
-    /// ([`onednn::prefer_for`]) and oneDNN's INT8 matmul where it won — so that a server's
-    /// first requests of each size do not wait for them.
+    /// ([`onednn::prefer_for`]; for a dynamic next layer also the floats' race, which runs
+    /// where samp's row blocks decline few rows) and oneDNN's INT8 matmul where it won — so
+    /// that a server's first requests of each size do not wait for them.
     pub fn prepare(&self, max_rows: usize, out: Output) {
         if self.int8.is_some() {
             for rows in onednn::row_buckets(max_rows) {
                 _ = self.onednn_for(Kind::Int8, rows, out);
+                _ = self.onednn(Kind::Int8, rows);
             }
         }
     }
@@ -468,6 +470,29 @@ mod tests {
             "a head's single row stays on samp's kernel"
         );
         assert_eq!(small.float_rows(), rows(2, k, 4));
+    }
+
+    /// Preparing a layer whose outputs go to a dynamic next layer decides both of its INT8
+    /// races per row bucket (the hand-over's, and the floats' that runs where samp's row
+    /// blocks decline few rows), so no first request waits for one.
+    #[test]
+    fn preparing_for_a_dynamic_next_layer_runs_both_races() {
+        if !onednn::usable(Kind::Int8) {
+            return;
+        }
+        let (n, k) = (1000, 136);
+        let mut up = layer(n, k, 4);
+        up.set_int8(Some(ActScale::Dynamic));
+        up.prepare(100, Output::DynamicInt8);
+        for rows in [64, 128] {
+            for out in [Output::Floats, Output::DynamicInt8] {
+                let bits = up.weight_bits;
+                assert!(
+                    onednn::decided(k, n, rows, bits, out),
+                    "{rows} rows, {out:?}"
+                );
+            }
+        }
     }
 
     /// The FFN pair as the encoder runs it: up (GELU) then down (residual), the down input
