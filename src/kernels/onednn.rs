@@ -251,10 +251,12 @@ pub fn prefer_for(kind: Kind, k: usize, n: usize, rows: usize, bits: u32, out: O
         })
 }
 
-/// Each INT8 race's outcome by (k, n, row bucket, weight bits, output): oneDNN won.
-fn choices() -> &'static Mutex<BTreeMap<(usize, usize, usize, u32, Output), bool>> {
-    static CHOICES: Mutex<BTreeMap<(usize, usize, usize, u32, Output), bool>> =
-        Mutex::new(BTreeMap::new());
+/// An INT8 race: (k, n, row bucket, weight bits, where the outputs go).
+type RaceKey = (usize, usize, usize, u32, Output);
+
+/// Each INT8 race's outcome: whether oneDNN won.
+fn choices() -> &'static Mutex<BTreeMap<RaceKey, bool>> {
+    static CHOICES: Mutex<BTreeMap<RaceKey, bool>> = Mutex::new(BTreeMap::new());
     &CHOICES
 }
 
