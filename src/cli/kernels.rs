@@ -327,7 +327,7 @@ fn int8_entries(
     kernels: &mut Vec<serde_json::Value>,
 ) -> Vec<(u32, &'static Int8Kernel)> {
     let mut int8: Vec<(u32, &Int8Kernel)> = Vec::new();
-    for bits in [8u32, 7] {
+    for bits in [8u32, 7, 6] {
         let det = Int8Kernel::detect(bits);
         for k in INT8_KERNELS
             .iter()

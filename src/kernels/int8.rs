@@ -37,13 +37,13 @@ const KG: usize = 4;
 /// Most rows of any entry's micro-tile.
 const MAX_MR: usize = 16;
 
-/// Largest weight magnitude for `bits`-bit weights (7 → 63, 8 → 127).
+/// Largest weight magnitude for `bits`-bit weights (6 → 31, 7 → 63, 8 → 127).
 pub fn weight_max(bits: u32) -> i32 {
     (1 << (bits.clamp(2, 8) - 1)) - 1
 }
 
 /// The weight widths a plan may ask for.
-pub const WEIGHT_BITS: [u32; 2] = [7, 8];
+pub const WEIGHT_BITS: [u32; 3] = [6, 7, 8];
 
 use crate::kernels::TileCall;
 pub(crate) use acts::quantize_into;
@@ -143,6 +143,19 @@ pub static INT8_KERNELS: &[Int8Kernel] = &[
     },
     #[cfg(target_arch = "x86_64")]
     Int8Kernel {
+        name: "int8-avx2-6bit-4x16",
+        mr: avx2::PAIRS_MR,
+        np: 1,
+        max_bits: 6,
+        kc: 512,
+        isa: Isa::Avx2,
+        supported: super::has_avx2_fma,
+        tile: avx2::tile_pairs,
+        fused: Some(avx2::fused_pairs),
+        task: None,
+    },
+    #[cfg(target_arch = "x86_64")]
+    Int8Kernel {
         name: "int8-avx2-6x16",
         mr: avx2::MR,
         np: 1,
@@ -197,9 +210,12 @@ impl Int8Kernel {
     /// reproduce the portable kernel exactly; a failure is logged and the next entry used.
     /// Decided once per process and width.
     pub fn detect(bits: u32) -> &'static Int8Kernel {
-        static BEST: [std::sync::OnceLock<&'static Int8Kernel>; 2] =
-            [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
-        BEST[usize::from(bits >= 8)].get_or_init(|| {
+        static BEST: [std::sync::OnceLock<&'static Int8Kernel>; 3] = [
+            std::sync::OnceLock::new(),
+            std::sync::OnceLock::new(),
+            std::sync::OnceLock::new(),
+        ];
+        BEST[bits.clamp(6, 8) as usize - 6].get_or_init(|| {
             let usable = |k: &Int8Kernel| k.supported() && k.max_bits >= bits;
             best(INT8_KERNELS, "int8", usable, |k| k.self_check(bits))
         })

@@ -75,7 +75,7 @@ pub enum PlanError {
     Format(String),
     #[error("layers has {entries} entries, the model has {layers} layers")]
     Layers { entries: usize, layers: usize },
-    #[error("weight_bits is {0}; INT8 weights are 7 or 8 bits")]
+    #[error("weight_bits is {0}; INT8 weights are 6, 7 or 8 bits")]
     WeightBits(u32),
     #[error("layers[{layer}].{gemm}.input_scale: {scale} is not a positive number")]
     BadScale {
@@ -207,7 +207,7 @@ pub struct Plan {
     /// How the static scales were found (absent for float or dynamic plans).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<Calibration>,
-    /// Bits of the INT8 weights (7 or 8; see kernels::int8). Every CPU computes the same
+    /// Bits of the INT8 weights (6, 7 or 8; see kernels::int8). Every CPU computes the same
     /// integers for them; plans written before this field existed used 7.
     #[serde(default = "default_weight_bits")]
     pub weight_bits: u32,
@@ -457,8 +457,11 @@ mod tests {
         p.validate(4).unwrap();
         let back: Plan = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
         assert_eq!(back, p);
+        let mut six = p.clone();
+        six.weight_bits = 6;
+        six.validate(4).unwrap();
         let mut bad = p.clone();
-        bad.weight_bits = 6;
+        bad.weight_bits = 5;
         assert!(bad
             .validate(4)
             .unwrap_err()

@@ -121,20 +121,26 @@ fn every_kernel_matches_f64_reference_on_ragged_shapes() {
 
 #[test]
 fn kernels_agree_bit_for_bit_at_saturation_edges() {
-    // Extreme activations (all ±127 → bytes 1 and 255) against extreme weights (±63 or ±127):
-    // the pair sums are as large as they get; a saturating i16 would show here.
+    // Extreme activations (all ±127 → bytes 1 and 255) against extreme weights (±31, ±63 or
+    // ±127): the pair sums are as large as they get; a saturating i16 would show here. The
+    // second pattern is the 6-bit kernel's worst case: every activation byte 255 against rows of
+    // +31 or of -31, so two groups' 16-bit sums add to ±31,620 (and a third would overflow).
     for bits in WEIGHT_BITS {
-        saturation_edges(bits);
+        saturation_edges(
+            bits,
+            |i| if i % 3 == 0 { -1.0 } else { 1.0 },
+            |i| i % 5 == 0,
+        );
+        saturation_edges(bits, |_| 1.0, |i| (i / 68) % 2 == 0);
     }
 }
 
-fn saturation_edges(bits: u32) {
-    let (m, n, k) = (9, 52, 64);
-    let x: Vec<f32> = (0..m * k)
-        .map(|i| if i % 3 == 0 { -1.0 } else { 1.0 })
-        .collect();
+/// Activation `i` is `x(i)`; weight `i` (row-major `[n, k]`) is -1 where `negative(i)`, else 1.
+fn saturation_edges(bits: u32, x: impl Fn(usize) -> f32, negative: impl Fn(usize) -> bool) {
+    let (m, n, k) = (9, 52, 68);
+    let x: Vec<f32> = (0..m * k).map(x).collect();
     let wf: Vec<f32> = (0..n * k)
-        .map(|i| if i % 5 == 0 { -1.0 } else { 1.0 })
+        .map(|i| if negative(i) { -1.0 } else { 1.0 })
         .collect();
     let w = QWeights::quantize(&wf, n, k, bits);
     let mut q = QActs::new();
@@ -179,6 +185,9 @@ fn weights_round_trip_and_bad_artifacts_are_refused() {
     bad[3] = -128;
     assert!(QWeights::from_parts(&bad, w.scales.clone(), n, k, 8).is_err());
     assert!(QWeights::from_parts(&w.rows(), w.scales.clone(), n, k, 6).is_err());
+    assert!(QWeights::from_parts(&w.rows(), w.scales.clone(), n, k, 5).is_err());
+    let w6 = QWeights::quantize(&data(n * k, 4, 1.0), n, k, 6);
+    assert_eq!(w6.rows().iter().map(|v| v.unsigned_abs()).max(), Some(31));
     assert!(QWeights::from_parts(&w.rows(), vec![0.0; n], n, k, 7).is_err());
     assert!(QWeights::from_parts(&w.rows()[1..], w.scales.clone(), n, k, 7).is_err());
     let w8 = QWeights::quantize(&data(n * k, 4, 1.0), n, k, 8);

@@ -36,7 +36,7 @@ impl std::fmt::Debug for QWeights {
 
 impl QWeights {
     /// Quantize float weights in PyTorch layout `[n, k]`, symmetric per output row, to `bits`
-    /// (7 or 8) bits.
+    /// (6, 7 or 8) bits.
     pub fn quantize(w: &[f32], n: usize, k: usize, bits: u32) -> Self {
         assert_eq!(w.len(), n * k, "weight size");
         assert!(WEIGHT_BITS.contains(&bits), "weight bits {bits}");
@@ -147,7 +147,7 @@ impl QWeights {
 /// Why saved INT8 weights cannot be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum WeightsError {
-    #[error("int8 weights: {0}-bit weights (7 or 8 expected)")]
+    #[error("int8 weights: {0}-bit weights (6, 7 or 8 expected)")]
     Bits(u32),
     #[error("int8 weights: {values} values and {scales} scales for [{n}, {k}]")]
     Shape {
