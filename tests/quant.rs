@@ -214,6 +214,32 @@ fn saved_int8_weights_match_load_time_quantization() {
     assert!(e.to_string().contains("bad.json"), "{e}");
 }
 
+/// Where this host runs 6-bit weights faster (AVX2 without VNNI, or under `SAMP_MAX_ISA=avx2`)
+/// the search tries them, and the plan has them exactly when that trial met the requirement
+/// (`--max-drop 0.05`, the default margin of 2 standard errors); elsewhere it never tries them.
+fn narrower_weights_only_where_faster_and_met(out: &std::path::Path) {
+    use samp::quant::plan::{narrower_weight_bits, preferred_weight_bits};
+    let read = |f: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(out.join(f)).unwrap()).unwrap()
+    };
+    let (report, plan) = (read("report.json"), read("samp-plan.json"));
+    assert_eq!(plan["weight_bits"], report["weight_bits"]);
+    let bits = plan["weight_bits"].as_u64().unwrap() as u32;
+    let trials = report["trials"].as_array().unwrap();
+    let tried = trials.iter().find(|t| t["kind"] == "weights");
+    let host = preferred_weight_bits();
+    assert_eq!(tried.is_some(), narrower_weight_bits(host).is_some());
+    match tried {
+        Some(t) => {
+            assert_eq!(t["name"], "fully-quant (6-bit weights)");
+            let drop = report["float_score"].as_f64().unwrap() - t["score"].as_f64().unwrap();
+            let met = drop + 2.0 * t["drop_se"].as_f64().unwrap() <= 0.05 + 1e-12;
+            assert_eq!(bits == 6, met, "6-bit trial {t}");
+        }
+        None => assert_eq!(bits, host),
+    }
+}
+
 fn samp(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_samp"))
         .args(args)
@@ -271,6 +297,7 @@ fn quantize_then_eval_end_to_end_on_a_fixture() {
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
+    narrower_weights_only_where_faster_and_met(&out);
     let svg = std::fs::read_to_string(out.join("report.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("chosen"));
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();

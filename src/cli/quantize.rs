@@ -48,9 +48,10 @@ pub struct QuantizeArgs {
     pub margin_se: f64,
     /// Width of the INT8 weights: 7 runs at full speed on every CPU tier (AVX2's `vpmaddubsw`
     /// needs 7), 8 is a little more accurate and runs at full speed only with VNNI or AMX
-    /// (elsewhere on an exact, slower kernel); 6 is less accurate and runs ~10-15% faster on
-    /// AVX2-only CPUs (at 7-bit speed elsewhere) [default: what is fastest on this host at 7 or
-    /// 8; the search checks the accuracy requirement with the width given].
+    /// (elsewhere on an exact, slower kernel); 6 is less accurate and runs 10-30% faster per
+    /// GEMM on AVX2-only CPUs (at 7-bit speed elsewhere) [default: 8 with VNNI or AMX, else 7;
+    /// on AVX2-only CPUs the search also tries 6 and keeps it if the fully quantized model with
+    /// it meets the requirement].
     #[arg(long, value_parser = clap::value_parser!(u32).range(6..=8))]
     pub weight_bits: Option<u32>,
     /// Use at most this many calibration texts.
@@ -148,6 +149,16 @@ pub fn run_quantize(a: &QuantizeArgs) -> anyhow::Result<()> {
         weight_bits: a
             .weight_bits
             .unwrap_or_else(crate::quant::plan::preferred_weight_bits),
+        // Only when the width is the host's choice: a width the user gave is kept.
+        narrower_bits:
+            a.weight_bits.map_or_else(
+                || {
+                    crate::quant::plan::narrower_weight_bits(
+                        crate::quant::plan::preferred_weight_bits(),
+                    )
+                },
+                |_| None,
+            ),
         timing_batch: a.timing_batch.max(1),
     };
     let (report, chosen) = search::search(&mut model, &evaluator, &opts)?;

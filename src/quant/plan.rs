@@ -230,6 +230,15 @@ pub fn preferred_weight_bits() -> u32 {
     }
 }
 
+/// A narrower weight width than `bits` that this host runs faster, if any: 6 bits where the
+/// fastest exact kernel for them is not the one for `bits` (AVX2 without VNNI, whose 6-bit kernel
+/// adds two groups' `vpmaddubsw` sums before widening). `samp quantize` tries it against the
+/// requirement; it costs accuracy, so it is never used untried.
+pub fn narrower_weight_bits(bits: u32) -> Option<u32> {
+    use crate::kernels::int8::Int8Kernel;
+    (bits > 6 && Int8Kernel::detect(6) != Int8Kernel::detect(bits)).then_some(6)
+}
+
 impl Plan {
     pub fn float(layers: usize) -> Self {
         Plan {

@@ -3,7 +3,53 @@
 
 use std::path::Path;
 
-use super::search::{Report, Requirement};
+use serde::Serialize;
+
+use super::search::{Requirement, SearchMode, Trial, MODES};
+use crate::quant::observer::Calibration;
+use crate::quant::plan::ActMode;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Measured {
+    pub name: String,
+    pub layers: String,
+    pub texts_per_s: f64,
+    pub ratio_to_float: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub model: String,
+    pub task: &'static str,
+    pub metric: String,
+    pub eval_examples: usize,
+    pub calib_texts: usize,
+    pub requirement: Requirement,
+    pub mode: SearchMode,
+    pub activations: ActMode,
+    pub calibration: Option<Calibration>,
+    /// Width of the chosen plan's INT8 weights.
+    pub weight_bits: u32,
+    /// Bootstrap standard errors a plan's drop had to stay within the requirement by.
+    pub margin_se: f64,
+    pub float_score: f64,
+    /// Milliseconds per timing batch for each layer in each mode of [`MODES`] (float, bf16,
+    /// FFN-only, FFN-only with bf16 attention, fully-quant); modes not timed on this host (bf16
+    /// without a fast kernel) are infinite (`null` in JSON).
+    pub layer_ms: Vec<[f64; MODES.len()]>,
+    /// Milliseconds per timing batch outside the encoder layers (tokenizer, embeddings, head).
+    pub other_ms: f64,
+    pub timing_batch: usize,
+    pub timing_tokens: usize,
+    pub trials: Vec<Trial>,
+    /// Indices into `trials` of the frontier, float first.
+    pub frontier: Vec<usize>,
+    pub chosen: usize,
+    pub met: bool,
+    /// End-to-end throughput of the presets and the chosen plan, measured after the search.
+    pub measured: Vec<Measured>,
+    pub seconds: f64,
+}
 
 /// report.json, report.md and report.svg in `dir`.
 pub fn write_report(dir: &Path, report: &Report) -> std::io::Result<()> {
@@ -40,8 +86,8 @@ pub fn markdown(r: &Report) -> String {
         r.activations
     );
     s += &format!(
-        "Requirement: {req}. Search mode {:?}. Took {:.0} s.\n\n",
-        r.mode, r.seconds
+        "Requirement: {req}. Search mode {:?}; INT8 weights {} bits. Took {:.0} s.\n\n",
+        r.mode, r.weight_bits, r.seconds
     );
     let c = &r.trials[r.chosen];
     s += &format!(

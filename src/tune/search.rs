@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::eval::{Evaluator, Scores};
+pub use super::report::{Measured, Report};
 use super::timing::{throughput, time_layers};
 use crate::error::Result;
 use crate::model::Model;
@@ -76,6 +77,10 @@ pub struct SearchOptions {
     /// Width of the plans' INT8 weights (7 runs at full speed on every tier; 8 only where
     /// VNNI or AMX does): see [`crate::quant::plan::preferred_weight_bits`].
     pub weight_bits: u32,
+    /// A narrower width to try where this host runs it faster (see
+    /// [`crate::quant::plan::narrower_weight_bits`]): the rest of the search uses it when the
+    /// fully quantized model with it meets the requirement.
+    pub narrower_bits: Option<u32>,
     /// Texts per timing batch (taken from the calibration data).
     pub timing_batch: usize,
 }
@@ -96,46 +101,6 @@ pub struct Trial {
     pub est_texts_per_s: f64,
     #[serde(skip)]
     pub modes: Vec<LayerMode>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Measured {
-    pub name: String,
-    pub layers: String,
-    pub texts_per_s: f64,
-    pub ratio_to_float: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    pub model: String,
-    pub task: &'static str,
-    pub metric: String,
-    pub eval_examples: usize,
-    pub calib_texts: usize,
-    pub requirement: Requirement,
-    pub mode: SearchMode,
-    pub activations: ActMode,
-    pub calibration: Option<Calibration>,
-    /// Bootstrap standard errors a plan's drop had to stay within the requirement by.
-    pub margin_se: f64,
-    pub float_score: f64,
-    /// Milliseconds per timing batch for each layer in each mode of [`MODES`] (float, bf16,
-    /// FFN-only, FFN-only with bf16 attention, fully-quant); modes not timed on this host (bf16
-    /// without a fast kernel) are infinite (`null` in JSON).
-    pub layer_ms: Vec<[f64; MODES.len()]>,
-    /// Milliseconds per timing batch outside the encoder layers (tokenizer, embeddings, head).
-    pub other_ms: f64,
-    pub timing_batch: usize,
-    pub timing_tokens: usize,
-    pub trials: Vec<Trial>,
-    /// Indices into `trials` of the frontier, float first.
-    pub frontier: Vec<usize>,
-    pub chosen: usize,
-    pub met: bool,
-    /// End-to-end throughput of the presets and the chosen plan, measured after the search.
-    pub measured: Vec<Measured>,
-    pub seconds: f64,
 }
 
 /// Progress on stderr: a bar, a counter and what is being evaluated.
@@ -206,6 +171,7 @@ pub fn search(model: &mut Model, eval: &Evaluator, opts: &SearchOptions) -> Resu
     let mut s = Search::start(model, eval, opts, candidates.len())?;
     s.evaluate_float()?;
     s.pick_activations(&candidates)?;
+    s.try_narrower_weights()?;
     s.evaluate_presets()?;
     let drop = s.sensitivity()?;
     let frontier = s.frontier(&drop)?;
@@ -223,6 +189,7 @@ pub fn search(model: &mut Model, eval: &Evaluator, opts: &SearchOptions) -> Resu
         requirement: opts.requirement,
         mode: opts.mode,
         activations: s.act,
+        weight_bits: s.weight_bits,
         calibration: s.calibration,
         margin_se: opts.margin_se,
         float_score: s.float_score,
@@ -260,6 +227,8 @@ struct Search<'a> {
     act: ActMode,
     calibration: Option<Calibration>,
     scales: Vec<[f32; 4]>,
+    /// The INT8 weights' width: the option's, or the narrower one once it met the requirement.
+    weight_bits: u32,
 }
 
 impl<'a> Search<'a> {
@@ -274,8 +243,14 @@ impl<'a> Search<'a> {
         let layers = model.cfg.layers;
         let modes = opts.mode.modes();
         let mut progress = Progress {
-            // calibration, timing, float, presets + calibration trials, sensitivities, frontier
-            total: 2 + 1 + 2 + candidates.saturating_sub(1) + 2 * layers * modes.len(),
+            // calibration, timing, float, presets + calibration trials, narrower weights,
+            // sensitivities, frontier
+            total: 2
+                + 1
+                + 2
+                + candidates.saturating_sub(1)
+                + usize::from(narrower(opts).is_some())
+                + 2 * layers * modes.len(),
             done: 0,
             start,
         };
@@ -289,7 +264,8 @@ impl<'a> Search<'a> {
 
         let timing_inputs: Vec<Input> =
             opts.calib.iter().take(opts.timing_batch).cloned().collect();
-        let (layer_ms, other_ms, timing_tokens) = time_layers(model, &timing_inputs)?;
+        let (layer_ms, other_ms, timing_tokens) =
+            time_layers(model, &timing_inputs, opts.weight_bits)?;
         progress.step(&format!(
             "timed each layer in each precision on {} texts ({} tokens): float {:.1} ms, fully-quant {:.1} ms per batch",
             timing_inputs.len(),
@@ -315,6 +291,7 @@ impl<'a> Search<'a> {
             act: ActMode::Dynamic,
             calibration: None,
             scales: Vec::new(),
+            weight_bits: opts.weight_bits,
         })
     }
 
@@ -376,7 +353,7 @@ impl<'a> Search<'a> {
                     format!("{c} calibration")
                 });
                 let plan = Plan::from_modes("fully-quant", &all_full, &self.scales_for(c), a, c)
-                    .with_weight_bits(self.opts.weight_bits);
+                    .with_weight_bits(self.weight_bits);
                 self.model.apply_plan(&plan)?;
                 let name = format!("fully-quant ({what})");
                 let v = self.trial(&name, "calibration", &all_full)?;
@@ -394,9 +371,52 @@ impl<'a> Search<'a> {
         Ok(())
     }
 
+    /// With a narrower weight width to try: the fully quantized model with it, evaluated; if it
+    /// meets the requirement, the rest of the search uses that width, with the layers timed
+    /// again in it.
+    fn try_narrower_weights(&mut self) -> Result<()> {
+        let Some(bits) = narrower(self.opts) else {
+            return Ok(());
+        };
+        let all_full = vec![LayerMode::Full; self.layers];
+        let plan = self
+            .plan_of("fully-quant", &all_full)
+            .with_weight_bits(bits);
+        self.model.apply_plan(&plan)?;
+        let v = self.trial(
+            &format!("fully-quant ({bits}-bit weights)"),
+            "weights",
+            &all_full,
+        )?;
+        let kept = self.trials.last().is_some_and(|t| self.meets(t));
+        if kept {
+            self.weight_bits = bits;
+            (self.layer_ms, self.other_ms, self.timing_tokens) =
+                time_layers(self.model, &self.timing_inputs, bits)?;
+            let est = self.est(&all_full);
+            if let Some(t) = self.trials.last_mut() {
+                t.est_texts_per_s = est;
+            }
+        }
+        let line = format!(
+            "fully-quant, {bits}-bit weights: {} {v:.4}: {}",
+            self.eval.metric(),
+            if kept {
+                format!("meets the requirement; the search goes on with {bits}-bit weights")
+            } else {
+                format!(
+                    "misses the requirement; {}-bit weights kept",
+                    self.weight_bits
+                )
+            }
+        );
+        self.progress.step(&line);
+        Ok(())
+    }
+
     fn plan_of(&self, name: &str, m: &[LayerMode]) -> Plan {
         Plan::from_modes(name, m, &self.scales, self.act, self.calibration)
-            .with_weight_bits(self.opts.weight_bits)
+            .with_weight_bits(self.weight_bits)
     }
 
     fn presets(&self) -> [(&'static str, Vec<LayerMode>); 2] {
@@ -492,16 +512,9 @@ impl<'a> Search<'a> {
 
     /// The trial chosen, and whether it meets the requirement.
     fn choose(&self, frontier: &[usize]) -> (usize, bool) {
-        use Requirement::*;
         let trials = &self.trials;
-        let z = self.opts.margin_se;
-        let float_score = self.float_score;
-        let meets = |t: &Trial| match self.opts.requirement {
-            MaxDrop(d) => float_score - t.score + z * t.drop_se <= d + 1e-12,
-            MinScore(s) => t.score - z * t.drop_se >= s,
-            Knee => true,
-        };
-        if self.opts.requirement == Knee {
+        let meets = |t: &Trial| self.meets(t);
+        if self.opts.requirement == Requirement::Knee {
             return (knee(trials, frontier), true);
         }
         // Candidates: the frontier up to (not including) its first step that misses the
@@ -520,6 +533,16 @@ impl<'a> Search<'a> {
             Some(i) => (i, true),
             // Nothing meets it (not even float, for MinScore): the float plan, flagged.
             None => (0, false),
+        }
+    }
+
+    /// Whether a trial meets the requirement, with the margin (always, for the knee).
+    fn meets(&self, t: &Trial) -> bool {
+        let z = self.opts.margin_se;
+        match self.opts.requirement {
+            Requirement::MaxDrop(d) => self.float_score - t.score + z * t.drop_se <= d + 1e-12,
+            Requirement::MinScore(s) => t.score - z * t.drop_se >= s,
+            Requirement::Knee => true,
         }
     }
 
@@ -559,6 +582,13 @@ impl<'a> Search<'a> {
         }
         Ok(measured)
     }
+}
+
+/// The narrower weight width the search tries: none for the knee (no requirement to check it
+/// against).
+fn narrower(opts: &SearchOptions) -> Option<u32> {
+    opts.narrower_bits
+        .filter(|_| opts.requirement != Requirement::Knee)
 }
 
 /// The frontier point farthest from the straight line between its ends, in coordinates

@@ -27,10 +27,11 @@ fn time_ms(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 }
 
 /// Per layer, milliseconds in float, FFN-only and fully-quant (static scales of 1/127: timing
-/// only), and the time outside the layers.
+/// only; `weight_bits`-bit INT8 weights), and the time outside the layers.
 pub(super) fn time_layers(
     model: &mut Model,
     inputs: &[Input],
+    weight_bits: u32,
 ) -> Result<(Vec<[f64; MODES.len()]>, f64, usize)> {
     let layers = model.cfg.layers;
     let before = model.plan().clone();
@@ -53,13 +54,10 @@ pub(super) fn time_layers(
         .collect();
     for _round in 0..5 {
         for &mode in &timed {
-            model.apply_plan(&Plan::from_modes(
-                "timing",
-                &vec![mode; layers],
-                &ones,
-                ActMode::Static,
-                None,
-            ))?;
+            model.apply_plan(
+                &Plan::from_modes("timing", &vec![mode; layers], &ones, ActMode::Static, None)
+                    .with_weight_bits(weight_bits),
+            )?;
             for (i, o) in out.iter_mut().enumerate() {
                 let mut x = x0.clone();
                 model.encoder().forward_layer(i, &mut x, &batch);
