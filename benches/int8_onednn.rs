@@ -6,11 +6,14 @@
 //! Run: `cargo bench --bench int8_onednn -- [rows k n [reps [weight bits]]]`
 //! (default: BERT-base's four GEMMs at 2,048 rows, 20 turns, the weight width plans use here),
 //! or `cargo bench --bench int8_onednn -- model [rows [k n reps [bits]]]`: BERT-base's 48 GEMMs
-//! in a row, each with its own weights (cold in cache, as in a forward pass; default 128 rows).
+//! in a row, each with its own weights (cold in cache, as in a forward pass; default 128 rows),
+//! or `cargo bench --bench int8_onednn -- widths [rows [reps]]`: samp's fastest kernel for 6-bit
+//! weights against its fastest for 7-bit ones, on the same 6-bit weights (exact for both),
+//! BERT-base's four GEMMs (default 2,048 rows; no oneDNN involved).
 
 use std::time::Instant;
 
-use samp::kernels::int8::{self, ActScale, QActs, QWeights};
+use samp::kernels::int8::{self, ActScale, Int8Kernel, QActs, QWeights};
 use samp::kernels::packed::Epilogue;
 
 fn main() {
@@ -36,6 +39,16 @@ fn main() {
         .get(4)
         .map(|&b| b as u32)
         .unwrap_or_else(samp::quant::plan::preferred_weight_bits);
+    if std::env::args().any(|a| a == "widths") {
+        let m = args.first().copied().unwrap_or(2048);
+        let reps = if timing {
+            args.get(1).copied().unwrap_or(15)
+        } else {
+            1
+        };
+        widths(m, reps);
+        return;
+    }
     if !samp::kernels::onednn::usable(samp::kernels::onednn::Kind::Int8) {
         eprintln!("oneDNN is not loaded (run scripts/fetch_models.sh): nothing to compare");
         return;
@@ -183,6 +196,34 @@ fn turns(m: usize, k: usize, n: usize, reps: usize, bits: u32) -> (f64, f64) {
         }));
     }
     (own, dnnl)
+}
+
+/// samp's 6-bit kernel against its 7-bit one on BERT-base's four GEMMs, the same 6-bit weights,
+/// taking turns call by call.
+fn widths(m: usize, reps: usize) {
+    let (k6, k7) = (Int8Kernel::detect(6), Int8Kernel::detect(7));
+    println!("{m} rows, best of {reps} turns: {k6:?} (6-bit) against {k7:?} (7-bit)");
+    for (k, n) in [(768, 2304), (768, 768), (768, 3072), (3072, 768)] {
+        let w = weights(n, k, 6, 0);
+        let mut q = QActs::new();
+        q.quantize(&acts(m, k), m, k, ActScale::Dynamic);
+        let mut y = vec![0.0f32; m * n];
+        let mut best = [f64::INFINITY; 2];
+        for _ in 0..reps {
+            for (b, kernel) in best.iter_mut().zip([k6, k7]) {
+                let t = Instant::now();
+                int8::matmul_with(&q, &w, &mut y, Epilogue::default(), kernel);
+                *b = b.min(t.elapsed().as_secs_f64());
+            }
+        }
+        let gops = |s: f64| 2.0 * (m * k * n) as f64 / s / 1e9;
+        println!(
+            "{m} x {k} -> {n}: 6-bit {:.0} Gop/s, 7-bit {:.0} Gop/s, 7-bit time / 6-bit time {:.3}",
+            gops(best[0]),
+            gops(best[1]),
+            best[1] / best[0]
+        );
+    }
 }
 
 /// `m × k` activations spread over ±1.3.
