@@ -215,9 +215,10 @@ fn saved_int8_weights_match_load_time_quantization() {
 }
 
 /// Where this host runs 6-bit weights faster (AVX2 without VNNI, or under `SAMP_MAX_ISA=avx2`)
-/// the search tries them, and the plan has them exactly when that trial met the requirement
+/// the search tries them on the mode's most quantized plan (`tried`: its name; `None`: a width
+/// was given, so never), and the plan has them exactly when that trial met the requirement
 /// (`--max-drop 0.05`, the default margin of 2 standard errors); elsewhere it never tries them.
-fn narrower_weights_only_where_faster_and_met(out: &std::path::Path) {
+fn narrower_weights_only_where_faster_and_met(out: &std::path::Path, tried_as: Option<&str>) {
     use samp::quant::plan::{narrower_weight_bits, preferred_weight_bits};
     let read = |f: &str| -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(out.join(f)).unwrap()).unwrap()
@@ -228,15 +229,52 @@ fn narrower_weights_only_where_faster_and_met(out: &std::path::Path) {
     let trials = report["trials"].as_array().unwrap();
     let tried = trials.iter().find(|t| t["kind"] == "weights");
     let host = preferred_weight_bits();
-    assert_eq!(tried.is_some(), narrower_weight_bits(host).is_some());
+    assert_eq!(
+        tried.is_some(),
+        tried_as.is_some() && narrower_weight_bits(host).is_some()
+    );
     match tried {
         Some(t) => {
-            assert_eq!(t["name"], "fully-quant (6-bit weights)");
+            let name = tried_as.unwrap_or_default();
+            assert_eq!(t["name"], format!("{name} (6-bit weights)").as_str());
             let drop = report["float_score"].as_f64().unwrap() - t["score"].as_f64().unwrap();
             let met = drop + 2.0 * t["drop_se"].as_f64().unwrap() <= 0.05 + 1e-12;
             assert_eq!(bits == 6, met, "6-bit trial {t}");
         }
-        None => assert_eq!(bits, host),
+        None => assert!(bits == host || tried_as.is_none()),
+    }
+}
+
+#[test]
+fn quantize_tries_narrower_weights_on_the_modes_plan_and_never_past_a_given_width() {
+    let dir = tempfile::tempdir().unwrap();
+    let calib = dir.path().join("calib.jsonl");
+    let texts: Vec<String> = (0..24)
+        .map(|i| format!("{{\"text\": \"text {i} says {} things\"}}", i % 5))
+        .collect();
+    std::fs::write(&calib, texts.join("\n")).unwrap();
+    let model = root().join("tests/fixtures/tiny-roberta-cls");
+    for (extra, tried_as, layers) in [
+        (["--mode", "ffn-only"], Some("ffn-only"), "qq"),
+        (["--weight-bits", "7"], None, ""),
+    ] {
+        let out = dir.path().join(extra[1]);
+        let mut args = vec!["quantize", "--model", model.to_str().unwrap()];
+        args.extend(["--calib", calib.to_str().unwrap(), "--max-drop", "0.05"]);
+        args.extend(["--timing-batch", "8", "--out", out.to_str().unwrap()]);
+        args.extend(extra);
+        let o = samp(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        narrower_weights_only_where_faster_and_met(&out, tried_as);
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+        for t in report["trials"].as_array().unwrap() {
+            assert!(t["kind"] != "weights" || t["layers"] == layers, "{t}");
+        }
+        if tried_as.is_none() {
+            let plan = std::fs::read_to_string(out.join("samp-plan.json")).unwrap();
+            assert!(plan.contains("\"weight_bits\": 7"), "{plan}");
+        }
     }
 }
 
@@ -297,7 +335,7 @@ fn quantize_then_eval_end_to_end_on_a_fixture() {
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
-    narrower_weights_only_where_faster_and_met(&out);
+    narrower_weights_only_where_faster_and_met(&out, Some("fully-quant"));
     let svg = std::fs::read_to_string(out.join("report.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("chosen"));
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();

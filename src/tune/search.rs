@@ -372,35 +372,35 @@ impl<'a> Search<'a> {
         Ok(())
     }
 
-    /// With a narrower weight width to try: the fully quantized model with it, evaluated; if it
-    /// meets the requirement, the rest of the search uses that width, with the layers timed
-    /// again in it.
+    /// With a narrower weight width to try: the search mode's most quantized model with it
+    /// (fully quantized; every FFN in INT8 for `--mode ffn-only`), evaluated; if it meets the
+    /// requirement, the rest of the search uses that width, with the layers timed again in it.
     fn try_narrower_weights(&mut self) -> Result<()> {
         let Some(bits) = narrower(self.opts) else {
             return Ok(());
         };
-        let all_full = vec![LayerMode::Full; self.layers];
-        let plan = self
-            .plan_of("fully-quant", &all_full)
-            .with_weight_bits(bits);
-        self.model.apply_plan(&plan)?;
-        let v = self.trial(
-            &format!("fully-quant ({bits}-bit weights)"),
-            "weights",
-            &all_full,
-        )?;
+        let mode = *self.modes.last().expect("every search mode has a mode");
+        let name = if mode == LayerMode::FfnOnly {
+            "ffn-only"
+        } else {
+            "fully-quant"
+        };
+        let all = vec![mode; self.layers];
+        self.model
+            .apply_plan(&self.plan_of(name, &all).with_weight_bits(bits))?;
+        let v = self.trial(&format!("{name} ({bits}-bit weights)"), "weights", &all)?;
         let kept = self.trials.last().is_some_and(|t| self.meets(t));
         if kept {
             self.weight_bits = bits;
             (self.layer_ms, self.other_ms, self.timing_tokens) =
                 time_layers(self.model, &self.timing_inputs, bits)?;
-            let est = self.est(&all_full);
+            let est = self.est(&all);
             if let Some(t) = self.trials.last_mut() {
                 t.est_texts_per_s = est;
             }
         }
         let line = format!(
-            "fully-quant, {bits}-bit weights: {} {v:.4}: {}",
+            "{name}, {bits}-bit weights: {} {v:.4}: {}",
             self.eval.metric(),
             if kept {
                 format!("meets the requirement; the search goes on with {bits}-bit weights")
