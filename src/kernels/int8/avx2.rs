@@ -1,6 +1,7 @@
 //! 256-bit INT8 micro-kernels, 6 rows × one 16-column panel (two ymm per row): AVX2
 //! `vpmaddubsw` (exact for 7-bit weights), the same with two groups' `vpmaddubsw` results added
-//! in 16 bits before one `vpmaddwd` (exact for 6-bit weights: a quarter fewer multiplies), AVX2
+//! in 16 bits before one `vpmaddwd` (exact for 6-bit weights: a quarter fewer multiplies; 4
+//! rows, `PAIRS_MR`), AVX2
 //! widened to i16 with `vpmaddwd` (exact for 8-bit weights, about half the speed), and AVX-VNNI
 //! `vpdpbusd` (exact for 8-bit weights).
 
