@@ -50,8 +50,8 @@ pub struct QuantizeArgs {
     /// needs 7), 8 is a little more accurate and runs at full speed only with VNNI or AMX
     /// (elsewhere on an exact, slower kernel); 6 is less accurate and runs 10-30% faster per
     /// GEMM on AVX2-only CPUs (at 7-bit speed elsewhere) [default: 8 with VNNI or AMX, else 7;
-    /// on AVX2-only CPUs the search also tries 6 and keeps it if the fully quantized model with
-    /// it meets the requirement].
+    /// on AVX2-only CPUs the search also tries 6 and keeps it if the mode's most quantized plan
+    /// with it meets the requirement].
     #[arg(long, value_parser = clap::value_parser!(u32).range(6..=8))]
     pub weight_bits: Option<u32>,
     /// Use at most this many calibration texts.
@@ -139,6 +139,7 @@ pub fn run_quantize(a: &QuantizeArgs) -> anyhow::Result<()> {
         evaluator.len(),
         calib.len()
     );
+    let host_bits = crate::quant::plan::preferred_weight_bits();
     let opts = search::SearchOptions {
         calib,
         requirement,
@@ -146,19 +147,13 @@ pub fn run_quantize(a: &QuantizeArgs) -> anyhow::Result<()> {
         calibration,
         activations,
         margin_se: a.margin_se,
-        weight_bits: a
-            .weight_bits
-            .unwrap_or_else(crate::quant::plan::preferred_weight_bits),
+        weight_bits: a.weight_bits.unwrap_or(host_bits),
         // Only when the width is the host's choice: a width the user gave is kept.
-        narrower_bits:
-            a.weight_bits.map_or_else(
-                || {
-                    crate::quant::plan::narrower_weight_bits(
-                        crate::quant::plan::preferred_weight_bits(),
-                    )
-                },
-                |_| None,
-            ),
+        narrower_bits: a
+            .weight_bits
+            .is_none()
+            .then(|| crate::quant::plan::narrower_weight_bits(host_bits))
+            .flatten(),
         timing_batch: a.timing_batch.max(1),
     };
     let (report, chosen) = search::search(&mut model, &evaluator, &opts)?;

@@ -80,7 +80,7 @@ pub struct SearchOptions {
     pub weight_bits: u32,
     /// A narrower width to try where this host runs it faster (see
     /// [`crate::quant::plan::narrower_weight_bits`]): the rest of the search uses it when the
-    /// fully quantized model with it meets the requirement.
+    /// mode's most quantized plan with it meets the requirement.
     pub narrower_bits: Option<u32>,
     /// Texts per timing batch (taken from the calibration data).
     pub timing_batch: usize,
