@@ -48,7 +48,7 @@ pub struct QuantizeArgs {
     pub margin_se: f64,
     /// Width of the INT8 weights: 7 runs at full speed on every CPU tier (AVX2's `vpmaddubsw`
     /// needs 7), 8 is a little more accurate and runs at full speed only with VNNI or AMX
-    /// (elsewhere on an exact, slower kernel); 6 is less accurate and runs 10-30% faster per
+    /// (elsewhere on an exact, slower kernel); 6 is less accurate and runs ~10-20% faster per
     /// GEMM on AVX2-only CPUs (at 7-bit speed elsewhere) [default: 8 with VNNI or AMX, else 7;
     /// on AVX2-only CPUs the search also tries 6 and keeps it if the mode's most quantized plan
     /// with it meets the requirement].
