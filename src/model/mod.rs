@@ -175,24 +175,28 @@ impl Model {
         let int8 = path.with_file_name(artifact::INT8_FILE);
         if int8.is_file() {
             let mut saved = artifact::read(&int8)?;
-            if let Some(q) = saved.values().find(|q| q.bits != plan.weight_bits) {
-                return Err(SampError::malformed(
-                    &int8,
-                    format!(
-                        "holds {}-bit weights, the plan {} says weight_bits = {}",
-                        q.bits,
-                        path.display(),
-                        plan.weight_bits
-                    ),
-                ));
-            }
             for (i, layer) in self.encoder.layers_mut().iter_mut().enumerate() {
                 for g in Gemm::ALL {
-                    if let Some(q) = saved.remove(&artifact::tensor_name(i, g.name())) {
-                        layer.linear_mut(g).set_qweights(q).map_err(|e| {
-                            SampError::malformed(&int8, format!("layers.{i}.{}: {e}", g.name()))
-                        })?;
+                    let Some(q) = saved.remove(&artifact::tensor_name(i, g.name())) else {
+                        continue;
+                    };
+                    let want = plan.bits(i, g);
+                    if q.bits != want {
+                        // A preset written beside a plan with narrowed layers: its own width
+                        // is made from the float weights (the same integers a file of that
+                        // width would hold).
+                        tracing::debug!(
+                            layer = i,
+                            gemm = g.name(),
+                            saved = q.bits,
+                            plan = want,
+                            "INT8 weights of another width in the file; made from the float ones"
+                        );
+                        continue;
                     }
+                    layer.linear_mut(g).set_qweights(q).map_err(|e| {
+                        SampError::malformed(&int8, format!("layers.{i}.{}: {e}", g.name()))
+                    })?;
                 }
             }
             // Weights for a layer or GEMM this model does not have: not this model's file.
@@ -214,7 +218,13 @@ impl Model {
         plan.validate(self.cfg.layers)
             .and_then(|()| plan.check_precisions("CPU", encoder::CPU_PRECISIONS))
             .map_err(|e| SampError::invalid("plan", e.to_string()))?;
-        for (layer, lp) in self.encoder.layers_mut().iter_mut().zip(&plan.layers) {
+        for (i, (layer, lp)) in self
+            .encoder
+            .layers_mut()
+            .iter_mut()
+            .zip(&plan.layers)
+            .enumerate()
+        {
             for g in Gemm::ALL {
                 let gp = lp.get(g);
                 let act = match (gp.precision, plan.activations) {
@@ -224,7 +234,7 @@ impl Model {
                     }
                     _ => None,
                 };
-                layer.linear_mut(g).set_weight_bits(plan.weight_bits);
+                layer.linear_mut(g).set_weight_bits(plan.bits(i, g));
                 layer.linear_mut(g).set_int8(act);
                 layer
                     .linear_mut(g)

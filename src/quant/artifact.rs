@@ -1,7 +1,9 @@
 //! The INT8 weights of a plan, saved beside the original model files as a safetensors file
 //! (`layers.{i}.{gemm}.weight`: I8 `[n, k]`; `layers.{i}.{gemm}.scale`: F32 `[n]`). The format
 //! is small enough to write and read here: an 8-byte little-endian header length, a JSON
-//! header of names → dtype, shape and byte offsets, then the bytes.
+//! header of names → dtype, shape and byte offsets, then the bytes. The metadata's
+//! `weight_bits` is the width of most tensors; `weight_bits.{name}` that of a tensor whose
+//! width differs (a plan's narrowed GEMMs).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -34,17 +36,7 @@ pub fn write(path: &Path, tensors: &[(String, &QWeights)]) -> Result<()> {
         let scales: Vec<u8> = q.scales.iter().flat_map(|s| s.to_le_bytes()).collect();
         put(format!("{name}.scale"), "F32", vec![q.n], &scales);
     }
-    let bits = tensors.first().map_or(7, |(_, q)| q.bits);
-    if let Some((name, q)) = tensors.iter().find(|(_, q)| q.bits != bits) {
-        return Err(SampError::invalid(
-            "int8 artifact",
-            format!("{name} has {}-bit weights, the others {bits}", q.bits),
-        ));
-    }
-    header.insert(
-        "__metadata__".into(),
-        serde_json::json!({"format": "samp-int8/1", "weight_bits": bits.to_string()}),
-    );
+    header.insert("__metadata__".into(), metadata(tensors).into());
     let mut head = serde_json::to_vec(&header).expect("header serializes");
     while !head.len().is_multiple_of(8) {
         head.push(b' ');
@@ -57,6 +49,25 @@ pub fn write(path: &Path, tensors: &[(String, &QWeights)]) -> Result<()> {
         path: path.to_path_buf(),
         source: e,
     })
+}
+
+/// The file's metadata: its format, the most common weight width, and each tensor's own
+/// where it differs.
+fn metadata(tensors: &[(String, &QWeights)]) -> serde_json::Map<String, serde_json::Value> {
+    let count = |b: u32| tensors.iter().filter(|(_, q)| q.bits == b).count();
+    let bits = crate::kernels::int8::WEIGHT_BITS
+        .into_iter()
+        .rev()
+        .max_by_key(|&b| count(b))
+        .filter(|&b| count(b) > 0)
+        .unwrap_or(7);
+    let mut meta = serde_json::Map::new();
+    meta.insert("format".into(), "samp-int8/1".into());
+    meta.insert("weight_bits".into(), bits.to_string().into());
+    for (name, q) in tensors.iter().filter(|(_, q)| q.bits != bits) {
+        meta.insert(format!("weight_bits.{name}"), q.bits.to_string().into());
+    }
+    meta
 }
 
 /// The INT8 weights in a file, by name (without the `.weight`/`.scale` suffix).
@@ -84,16 +95,17 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<BTreeMap<String, QWeights>> {
         serde_json::from_slice(&bytes[8..8 + hlen]).map_err(|e| bad(format!("header: {e}")))?;
     let data = &bytes[8 + hlen..];
     // Artifacts written before the width was recorded hold 7-bit weights.
-    let bits: u32 = match header
-        .get("__metadata__")
-        .and_then(|m| m.get("weight_bits"))
-    {
-        None => 7,
-        Some(v) => v
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad(format!("__metadata__.weight_bits: {v} is not a bit count")))?,
+    let meta = header.get("__metadata__");
+    let width = |key: &str, default: u32| -> Result<u32> {
+        match meta.and_then(|m| m.get(key)) {
+            None => Ok(default),
+            Some(v) => v
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| bad(format!("__metadata__.{key}: {v} is not a bit count"))),
+        }
     };
+    let bits = width("weight_bits", 7)?;
     let tensor = |name: &str, dtype: &str| -> Result<(Vec<usize>, &[u8])> {
         let t = header
             .get(name)
@@ -141,6 +153,7 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<BTreeMap<String, QWeights>> {
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
             .collect();
+        let bits = width(&format!("weight_bits.{name}"), bits)?;
         let qw = QWeights::from_parts(&q, scales, n, k, bits)
             .map_err(|e| bad(format!("{name}: {e}")))?;
         out.insert(name.to_string(), qw);
@@ -166,7 +179,33 @@ mod tests {
             assert_eq!(got.scales, q.scales);
             assert_eq!(got.bits, bits);
         }
+        // Mixed widths: the most common one is the file's, the other tensor names its own.
+        let (q7, q6) = (
+            QWeights::quantize(&w, 5, 7, 7),
+            QWeights::quantize(&w, 5, 7, 6),
+        );
+        let names = ["qkv", "attn_out", "ffn_up"].map(|g| tensor_name(2, g));
+        let tensors = [
+            (names[0].clone(), &q7),
+            (names[1].clone(), &q6),
+            (names[2].clone(), &q7),
+        ];
+        write(&path, &tensors).unwrap();
+        let back = read(&path).unwrap();
+        for (name, q) in &tensors {
+            assert_eq!(
+                (back[name].bits, back[name].rows()),
+                (q.bits, q.rows()),
+                "{name}"
+            );
+        }
         let bytes = std::fs::read(&path).unwrap();
+        let head = String::from_utf8_lossy(&bytes[8..]);
+        assert!(head.contains(r#""weight_bits":"7""#), "{head}");
+        assert!(
+            head.contains(r#""weight_bits.layers.2.attn_out":"6""#),
+            "{head}"
+        );
         std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
         let e = read(&path).unwrap_err().to_string();
         assert!(e.contains("data_offsets"), "{e}");

@@ -77,6 +77,12 @@ pub enum PlanError {
     Layers { entries: usize, layers: usize },
     #[error("weight_bits is {0}; INT8 weights are 6, 7 or 8 bits")]
     WeightBits(u32),
+    #[error("layers[{layer}].{gemm}.weight_bits: {why}")]
+    GemmWeightBits {
+        layer: usize,
+        gemm: &'static str,
+        why: String,
+    },
     #[error("layers[{layer}].{gemm}.input_scale: {scale} is not a positive number")]
     BadScale {
         layer: usize,
@@ -113,12 +119,17 @@ pub struct GemmPlan {
     /// Static activation scale (`clip / 127`) of an INT8 GEMM's input.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_scale: Option<f32>,
+    /// This INT8 GEMM's weight width where it differs from the plan's `weight_bits` (`samp
+    /// quantize` narrows the layers that tolerate it: [`narrower_weight_bits`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_bits: Option<u32>,
 }
 
 impl GemmPlan {
     pub const FLOAT: GemmPlan = GemmPlan {
         precision: Precision::Float32,
         input_scale: None,
+        weight_bits: None,
     };
 }
 
@@ -283,6 +294,7 @@ impl Plan {
                         *lp.get_mut(g) = GemmPlan {
                             precision: Precision::Int8,
                             input_scale: (activations == ActMode::Static).then_some(sc[gi]),
+                            weight_bits: None,
                         };
                     }
                 }
@@ -307,6 +319,62 @@ impl Plan {
     pub fn with_weight_bits(mut self, bits: u32) -> Self {
         self.weight_bits = bits;
         self
+    }
+
+    /// The weight width of one GEMM: its own where it has one, else the plan's.
+    pub fn bits(&self, layer: usize, g: Gemm) -> u32 {
+        self.layers[layer]
+            .get(g)
+            .weight_bits
+            .unwrap_or(self.weight_bits)
+    }
+
+    /// The same plan with every INT8 GEMM of the `layers` given at `bits`-bit weights; when
+    /// that is every INT8 GEMM, `bits` becomes the plan's width instead.
+    pub fn with_layer_bits(mut self, layers: &[usize], bits: u32) -> Self {
+        for &i in layers {
+            for g in Gemm::ALL {
+                let gp = self.layers[i].get_mut(g);
+                if gp.precision == Precision::Int8 {
+                    gp.weight_bits = (bits != self.weight_bits).then_some(bits);
+                }
+            }
+        }
+        let int8 = || {
+            self.layers
+                .iter()
+                .flat_map(|l| Gemm::ALL.map(|g| *l.get(g)))
+                .filter(|gp| gp.precision == Precision::Int8)
+        };
+        if int8().count() > 0 && int8().all(|gp| gp.weight_bits == Some(bits)) {
+            for l in &mut self.layers {
+                for g in Gemm::ALL {
+                    l.get_mut(g).weight_bits = None;
+                }
+            }
+            self.weight_bits = bits;
+        }
+        self
+    }
+
+    /// INT8 GEMMs whose weights are narrower or wider than the plan's `weight_bits`, as
+    /// (width, count) pairs.
+    pub fn own_widths(&self) -> Vec<(u32, usize)> {
+        let mut out: Vec<(u32, usize)> = Vec::new();
+        for gp in self
+            .layers
+            .iter()
+            .flat_map(|l| Gemm::ALL.map(|g| *l.get(g)))
+        {
+            if let Some(b) = gp.weight_bits {
+                match out.iter_mut().find(|(w, _)| *w == b) {
+                    Some((_, n)) => *n += 1,
+                    None => out.push((b, 1)),
+                }
+            }
+        }
+        out.sort_unstable();
+        out
     }
 
     pub fn read(path: &Path) -> Result<Self> {
@@ -348,6 +416,22 @@ impl Plan {
         for (layer, l) in self.layers.iter().enumerate() {
             for g in Gemm::ALL {
                 let gp = l.get(g);
+                if let Some(bits) = gp.weight_bits {
+                    let why = if gp.precision != Precision::Int8 {
+                        format!(
+                            "{bits} on a {} GEMM (only INT8 weights have a width)",
+                            gp.precision.name()
+                        )
+                    } else if !crate::kernels::int8::WEIGHT_BITS.contains(&bits) {
+                        format!("{bits}; INT8 weights are 6, 7 or 8 bits")
+                    } else {
+                        String::new()
+                    };
+                    if !why.is_empty() {
+                        let gemm = g.name();
+                        return Err(PlanError::GemmWeightBits { layer, gemm, why });
+                    }
+                }
                 if gp.precision != Precision::Int8 || self.activations != ActMode::Static {
                     continue;
                 }
@@ -427,86 +511,4 @@ pub fn resolve(model_dir: &Path, arg: Option<&str>) -> Option<std::path::PathBuf
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn presets_round_trip_and_validate() {
-        let scales = vec![[0.1, 0.2, 0.3, 0.4]; 3];
-        let modes = [LayerMode::Full, LayerMode::FfnOnly, LayerMode::Float];
-        let p = Plan::from_modes(
-            "samp",
-            &modes,
-            &scales,
-            ActMode::Static,
-            Some(Calibration::Mse),
-        );
-        assert_eq!(p.summary(), "QqF");
-        assert_eq!(p.int8_gemms(), 6);
-        p.validate(3).unwrap();
-        let json = serde_json::to_string(&p).unwrap();
-        let back: Plan = serde_json::from_str(&json).unwrap();
-        assert_eq!(back, p);
-        assert!(p.validate(4).unwrap_err().to_string().contains("3 entries"));
-    }
-
-    #[test]
-    fn bf16_modes_round_trip_and_float16_stays_refused_on_cpu() {
-        let modes = [
-            LayerMode::Bf16,
-            LayerMode::FfnOnlyBf16,
-            LayerMode::FfnOnly,
-            LayerMode::Float,
-        ];
-        let p = Plan::from_modes("m", &modes, &[[0.1; 4]; 4], ActMode::Static, None);
-        assert_eq!(p.summary(), "bpqF");
-        assert_eq!((p.bf16_gemms(), p.int8_gemms()), (6, 4));
-        assert_eq!(p.layers[1].qkv.precision, Precision::Bfloat16);
-        assert_eq!(p.layers[1].ffn_up.precision, Precision::Int8);
-        p.validate(4).unwrap();
-        let back: Plan = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
-        assert_eq!(back, p);
-        let mut six = p.clone();
-        six.weight_bits = 6;
-        six.validate(4).unwrap();
-        let mut bad = p.clone();
-        bad.weight_bits = 5;
-        assert!(bad
-            .validate(4)
-            .unwrap_err()
-            .to_string()
-            .contains("weight_bits"));
-        // Plans written before the field existed hold 7-bit weights.
-        let old: Plan =
-            serde_json::from_str(r#"{"format":"samp-plan/1","name":"x","layers":[]}"#).unwrap();
-        assert_eq!(old.weight_bits, 7);
-    }
-
-    #[test]
-    fn bad_entries_are_named() {
-        let mut p = Plan::from_modes("x", &[LayerMode::Full], &[[0.1; 4]], ActMode::Static, None);
-        p.layers[0].ffn_up.input_scale = None;
-        assert!(p
-            .validate(1)
-            .unwrap_err()
-            .to_string()
-            .contains("layers[0].ffn_up.input_scale"));
-        p.layers[0].ffn_up = GemmPlan {
-            precision: Precision::Float16,
-            input_scale: None,
-        };
-        // Which precisions run is the engine's to say: the CPU's list refuses float16.
-        let cpu = [Precision::Float32, Precision::Bfloat16, Precision::Int8];
-        p.validate(1).unwrap();
-        let e = p.check_precisions("CPU", &cpu).unwrap_err().to_string();
-        assert!(e.contains("layers[0].ffn_up.precision"), "{e}");
-        assert!(
-            e.contains("float16 is not available on the CPU backend (float32, bfloat16 or int8)"),
-            "{e}"
-        );
-        let e = serde_json::from_str::<Plan>(
-            r#"{"format":"samp-plan/1","name":"x","layers":[],"extra":1}"#,
-        );
-        assert!(e.unwrap_err().to_string().contains("extra"));
-    }
-}
+mod tests;

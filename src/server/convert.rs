@@ -240,10 +240,14 @@ pub fn precision_summary(plan: &Plan) -> String {
     match (plan.int8_gemms(), plan.bf16_gemms()) {
         (0, 0) => format!("float32 (all {n} layers)"),
         (k, b) => format!(
-            "int8 GEMMs {k}/{all}, bf16 GEMMs {b}/{all}, layers {} (F float32, b bf16, q Quant-FFN-Only, p Quant-FFN-Only with bf16 attention, Q Fully-Quant; {:?} activations, {}-bit weights)",
+            "int8 GEMMs {k}/{all}, bf16 GEMMs {b}/{all}, layers {} (F float32, b bf16, q Quant-FFN-Only, p Quant-FFN-Only with bf16 attention, Q Fully-Quant; {:?} activations, {}-bit weights{})",
             plan.summary(),
             plan.activations,
             plan.weight_bits,
+            plan.own_widths()
+                .iter()
+                .map(|(b, c)| format!(", {b}-bit in {c} GEMMs"))
+                .collect::<String>(),
             all = 4 * n,
         ),
     }
