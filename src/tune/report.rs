@@ -30,6 +30,9 @@ pub struct Report {
     pub calibration: Option<Calibration>,
     /// Width of the chosen plan's INT8 weights.
     pub weight_bits: u32,
+    /// Width of each layer's INT8 weights in the chosen plan: `weight_bits`, or narrower
+    /// where the search narrowed that layer (`samp quantize`'s last step).
+    pub layer_weight_bits: Vec<u32>,
     /// Bootstrap standard errors a plan's drop had to stay within the requirement by.
     pub margin_se: f64,
     pub float_score: f64,
@@ -85,9 +88,20 @@ pub fn markdown(r: &Report) -> String {
         r.calibration.map_or("none".into(), |c| c.to_string()),
         r.activations
     );
+    let narrowed: Vec<String> = (r.layer_weight_bits.iter().enumerate())
+        .filter(|(_, &b)| b != r.weight_bits)
+        .map(|(i, b)| format!("layer {i}: {b}"))
+        .collect();
     s += &format!(
-        "Requirement: {req}. Search mode {:?}; INT8 weights {} bits. Took {:.0} s.\n\n",
-        r.mode, r.weight_bits, r.seconds
+        "Requirement: {req}. Search mode {:?}; INT8 weights {} bits{}. Took {:.0} s.\n\n",
+        r.mode,
+        r.weight_bits,
+        if narrowed.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", narrowed.join(", "))
+        },
+        r.seconds
     );
     let c = &r.trials[r.chosen];
     s += &format!(

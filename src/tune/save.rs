@@ -74,7 +74,8 @@ pub fn save(
             .with_weight_bits(chosen.weight_bits);
         p.write(&out.join(format!("samp-plan.{name}.json")))?;
     }
-    // INT8 weights of every GEMM (the presets use them all), at the chosen plan's width.
+    // INT8 weights of every GEMM (the presets use them all), at the chosen plan's widths (a
+    // preset's GEMM of another width makes its own from the float weights on loading).
     model.apply_plan(chosen)?;
     let q: Vec<(String, Arc<QWeights>)> = model
         .encoder()

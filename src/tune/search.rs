@@ -2,7 +2,9 @@
 //! each precision on this machine, measure each layer's sensitivity, then walk a greedy
 //! frontier from float to fully quantized — the upgrade with the most speed per accuracy lost
 //! first, the whole plan re-evaluated at every step — and pick the fastest plan that meets the
-//! requirement (without one, the knee of the frontier).
+//! requirement (without one, the knee of the frontier); last, where this host runs narrower
+//! INT8 weights faster and the whole model at that width missed, narrow the chosen plan's
+//! layers one by one while it still meets the requirement (`narrow.rs`).
 
 use crate::kernels::bf16::Bf16Kernel;
 use std::collections::BTreeMap;
@@ -19,6 +21,10 @@ use crate::model::Model;
 use crate::quant::observer::{Calibration, Observer};
 use crate::quant::plan::{ActMode, LayerMode, Plan};
 use crate::tokenize::{Input, Truncation};
+use progress::Progress;
+
+mod narrow;
+mod progress;
 
 /// What the chosen plan must achieve on the evaluation data.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -100,31 +106,11 @@ pub struct Trial {
     pub scores: BTreeMap<String, f64>,
     /// Estimated from the measured per-layer latencies (texts/s at the timing batch).
     pub est_texts_per_s: f64,
+    /// Layers whose INT8 weights are at the narrower width ([`SearchOptions::narrower_bits`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub narrowed: Vec<usize>,
     #[serde(skip)]
     pub modes: Vec<LayerMode>,
-}
-
-/// Progress on stderr: a bar, a counter and what is being evaluated.
-struct Progress {
-    total: usize,
-    done: usize,
-    start: Instant,
-}
-
-impl Progress {
-    fn step(&mut self, what: &str) {
-        self.done += 1;
-        let width = 24;
-        let filled = (self.done * width / self.total.max(1)).min(width);
-        eprintln!(
-            "[{}{}] {:>3}/{} {:>6.1}s  {what}",
-            "#".repeat(filled),
-            ".".repeat(width - filled),
-            self.done,
-            self.total,
-            self.start.elapsed().as_secs_f64()
-        );
-    }
 }
 
 /// The layer modes the search times, in the order the greedy frontier may move through them
@@ -177,6 +163,11 @@ pub fn search(model: &mut Model, eval: &Evaluator, opts: &SearchOptions) -> Resu
     let drop = s.sensitivity()?;
     let frontier = s.frontier(&drop)?;
     let (chosen, met) = s.choose(&frontier);
+    let chosen = if met {
+        s.narrow_layers(chosen)?
+    } else {
+        chosen
+    };
     let chosen_plan = s.chosen_plan(chosen);
     let measured = s.measure(&chosen_plan)?;
     s.model.apply_plan(&Plan::float(s.layers))?;
@@ -190,7 +181,10 @@ pub fn search(model: &mut Model, eval: &Evaluator, opts: &SearchOptions) -> Resu
         requirement: opts.requirement,
         mode: opts.mode,
         activations: s.act,
-        weight_bits: s.weight_bits,
+        weight_bits: chosen_plan.weight_bits,
+        layer_weight_bits: (0..s.layers)
+            .map(|i| chosen_plan.bits(i, crate::quant::plan::Gemm::FfnUp))
+            .collect(),
         calibration: s.calibration,
         margin_se: opts.margin_se,
         float_score: s.float_score,
@@ -230,6 +224,8 @@ struct Search<'a> {
     scales: Vec<[f32; 4]>,
     /// The INT8 weights' width: the option's, or the narrower one once it met the requirement.
     weight_bits: u32,
+    /// `layer_ms` at the narrower width, once per-layer narrowing times it.
+    narrow_ms: Vec<[f64; MODES.len()]>,
 }
 
 impl<'a> Search<'a> {
@@ -293,6 +289,7 @@ impl<'a> Search<'a> {
             calibration: None,
             scales: Vec::new(),
             weight_bits: opts.weight_bits,
+            narrow_ms: Vec::new(),
         })
     }
 
@@ -318,6 +315,7 @@ impl<'a> Search<'a> {
             drop_se: s.drop_se,
             scores: s.all,
             est_texts_per_s: self.est(m),
+            narrowed: Vec::new(),
             modes: m.to_vec(),
         };
         self.trials.push(t);
@@ -552,10 +550,10 @@ impl<'a> Search<'a> {
         if modes.iter().all(|m| *m == LayerMode::Float) {
             Plan {
                 name: "samp".into(),
-                ..Plan::float(self.layers)
+                ..Plan::float(self.layers).with_weight_bits(self.weight_bits)
             }
         } else {
-            self.plan_of("samp", modes)
+            self.narrowed_plan("samp", modes, &self.trials[chosen].narrowed)
         }
     }
 
