@@ -114,12 +114,7 @@ fn float_plan_is_exactly_the_float_model_and_int8_plans_stay_close_and_finite() 
 
 #[test]
 fn saved_int8_weights_match_load_time_quantization() {
-    let dir = tempfile::tempdir().unwrap();
-    let src = root().join("tests/fixtures/tiny-roberta-cls");
-    for f in std::fs::read_dir(&src).unwrap() {
-        let f = f.unwrap();
-        std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
-    }
+    let dir = fixture_copy();
     let mut m = Model::load(dir.path(), &LoadOptions::default()).unwrap();
     let plan = calibrated(&mut m, LayerMode::Full, ActMode::Static);
     let plan_path = dir.path().join("samp-plan.json");
@@ -134,20 +129,7 @@ fn saved_int8_weights_match_load_time_quantization() {
     )
     .unwrap();
     // With it.
-    let tensors: Vec<(String, std::sync::Arc<samp::kernels::int8::QWeights>)> = m
-        .encoder()
-        .layers()
-        .iter()
-        .enumerate()
-        .flat_map(|(i, l)| {
-            samp::quant::plan::Gemm::ALL.map(|g| {
-                (
-                    samp::quant::artifact::tensor_name(i, g.name()),
-                    l.linear(g).qweights(),
-                )
-            })
-        })
-        .collect();
+    let tensors = int8_tensors(&m);
     let refs: Vec<_> = tensors
         .iter()
         .map(|(n, q)| (n.clone(), q.as_ref()))
@@ -214,24 +196,37 @@ fn saved_int8_weights_match_load_time_quantization() {
     assert!(e.to_string().contains("bad.json"), "{e}");
 }
 
+/// The tiny classifier fixture, copied into a temporary directory.
+fn fixture_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let src = root().join("tests/fixtures/tiny-roberta-cls");
+    for f in std::fs::read_dir(&src).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
+    }
+    dir
+}
+
+/// The INT8 weights of every GEMM as the model holds them now, named as the artifact names them.
+fn int8_tensors(m: &Model) -> Vec<(String, std::sync::Arc<samp::kernels::int8::QWeights>)> {
+    use samp::quant::{artifact, plan::Gemm};
+    let layers = m.encoder().layers().iter().enumerate();
+    layers
+        .flat_map(|(i, l)| {
+            Gemm::ALL.map(|g| (artifact::tensor_name(i, g.name()), l.linear(g).qweights()))
+        })
+        .collect()
+}
+
 /// The INT8 weights of every GEMM as the model holds them now, written as the artifact.
 fn write_artifact(m: &Model, dir: &std::path::Path) {
-    use samp::quant::artifact;
-    let tensors: Vec<(String, std::sync::Arc<samp::kernels::int8::QWeights>)> = m
-        .encoder()
-        .layers()
-        .iter()
-        .enumerate()
-        .flat_map(|(i, l)| {
-            samp::quant::plan::Gemm::ALL
-                .map(|g| (artifact::tensor_name(i, g.name()), l.linear(g).qweights()))
-        })
-        .collect();
+    let tensors = int8_tensors(m);
     let refs: Vec<_> = tensors
         .iter()
         .map(|(n, q)| (n.clone(), q.as_ref()))
         .collect();
-    artifact::write(&dir.join(artifact::INT8_FILE), &refs).unwrap();
+    let path = dir.join(samp::quant::artifact::INT8_FILE);
+    samp::quant::artifact::write(&path, &refs).unwrap();
 }
 
 /// A plan with one layer's weights narrowed (as `samp quantize` writes it) runs the same from
@@ -240,12 +235,7 @@ fn write_artifact(m: &Model, dir: &std::path::Path) {
 #[test]
 fn per_layer_weight_widths_load_from_a_mixed_artifact() {
     use samp::quant::plan::Gemm;
-    let dir = tempfile::tempdir().unwrap();
-    let src = root().join("tests/fixtures/tiny-roberta-cls");
-    for f in std::fs::read_dir(&src).unwrap() {
-        let f = f.unwrap();
-        std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
-    }
+    let dir = fixture_copy();
     let load = |plan: &std::path::Path| {
         let opts = LoadOptions {
             plan: Some(plan.to_path_buf()),

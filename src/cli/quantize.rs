@@ -51,7 +51,8 @@ pub struct QuantizeArgs {
     /// (elsewhere on an exact, slower kernel); 6 is less accurate and runs ~10-20% faster per
     /// GEMM on AVX2-only CPUs (at 7-bit speed elsewhere) [default: 8 with VNNI or AMX, else 7;
     /// on AVX2-only CPUs the search also tries 6 and keeps it if the mode's most quantized plan
-    /// with it meets the requirement].
+    /// with it meets the requirement, or else narrows the chosen plan to 6 layer by layer while
+    /// it still does]. A width given here is never narrowed.
     #[arg(long, value_parser = clap::value_parser!(u32).range(6..=8))]
     pub weight_bits: Option<u32>,
     /// Use at most this many calibration texts.
