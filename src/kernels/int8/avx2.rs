@@ -78,8 +78,9 @@ macro_rules! fused_entry {
 #[inline(always)]
 unsafe fn fused_kernel<const R: usize, const MODE: u8>(c: &FusedCall<u8, i8>, ep: &FusedEp) {
     use crate::kernels::packed::avx2::store_row;
-    let mut acc = [[_mm256_setzero_si256(); 2]; R];
     // SAFETY (whole function): the caller vouches for the extents (see `fused`).
+    crate::kernels::packed::avx2::prefetch_out(c.y, c.ldy, R, c.cols_last, ep.to_int8);
+    let mut acc = [[_mm256_setzero_si256(); 2]; R];
     dots::<R, MODE>(&mut acc, c.k, c.a, c.lda, c.b);
     let cols = c.cols_last;
     let half = |p: *const f32| [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))];
