@@ -92,13 +92,14 @@ pub(super) unsafe fn finish_rows(
 /// Ask for the lines a fused tile's epilogue will store to, before its depth loop: `rows` rows
 /// of `cols` floats at stride `ldy` from `y`, or their bytes where the epilogue writes the next
 /// INT8 layer's input instead. Wide outputs (1024 × 2304 floats) miss every cache, and the
-/// stores of a tile whose lines were not asked for waited on them: on the Zen 3 the 6-bit INT8
-/// kernel ran 1024 × 768 → 2304 ~15% faster with them asked for (BENCHMARKS.md). `prefetcht0`
-/// (SSE, every x86-64) rather than `prefetchw`, which not every AVX2 CPU has.
+/// stores of a tile whose lines were not asked for waited on them: on the Zen 3 the INT8
+/// kernels ran the 1024-row QKV and FFN-up products 1.2-1.3× faster with them asked for
+/// (BENCHMARKS.md). `prefetcht0` (SSE, every x86-64) rather than `prefetchw`, which not every
+/// AVX2 CPU has.
 ///
 /// # Safety
-/// None beyond the arguments describing the output: prefetches never fault, and the addresses
-/// are only formed with wrapping arithmetic.
+/// With `to_int8`, the `rows` rows from `y` must lie in the output it was made for (its byte
+/// address is an offset from that output's start). Otherwise none: prefetches never fault.
 #[inline(always)]
 pub(crate) unsafe fn prefetch_out(
     y: *const f32,
