@@ -31,10 +31,10 @@ use std::sync::{Mutex, OnceLock};
 #[cfg(test)]
 use super::packed::{Epilogue, NR};
 use ffi::{api, DT_BF16, DT_F32, DT_S32, DT_S8, DT_U8};
-#[cfg(test)]
-use gemm::block_rows;
 pub(super) use gemm::bytes_of;
 pub use gemm::Gemm;
+#[cfg(test)]
+use gemm::{block_cap, block_rows};
 pub(super) use walk::{strip_tile, strips, tiles};
 
 mod ffi;
@@ -54,7 +54,7 @@ pub enum Kind {
 
 /// Where an INT8 product's outputs go, which its race against samp's kernel times ([`prefer`]):
 /// floats, or a next INT8 layer with dynamic (per-row) scales — each path quantizing them its
-/// own way (samp's kernel in row blocks of a few rows, oneDNN's in its blocks of up to 128).
+/// own way (samp's kernel in row blocks of a few rows, oneDNN's in its blocks of up to 128 or 1,024 rows: `gemm::block_cap`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Output {
     Floats,

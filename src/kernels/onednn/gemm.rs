@@ -24,6 +24,8 @@ pub struct Gemm {
     n: usize,
     parts: Vec<Part>,
     name: String,
+    /// Most rows per block ([`block_cap`]).
+    max_rows: usize,
 }
 
 /// The primitive of columns `c0..c0 + n` and its reordered weights.
@@ -333,6 +335,7 @@ impl Gemm {
             k,
             n,
             parts,
+            max_rows: block_cap(&name, Isa::detect()),
             name,
         })
     }
@@ -472,7 +475,8 @@ impl Gemm {
             "oneDNN matmul: source too small"
         );
         let parts = self.parts.len();
-        let block = block_rows(m, rayon::current_num_threads().div_ceil(parts));
+        let threads = rayon::current_num_threads().div_ceil(parts);
+        let block = block_rows(m, threads, self.max_rows);
         let body = |t: usize| {
             let (r0, part) = ((t / parts) * block, &self.parts[t % parts]);
             let rows = block.min(m - r0);
@@ -534,14 +538,27 @@ impl Gemm {
     }
 }
 
-/// Rows per block: up to 128 (where oneDNN's AMX and AVX-512 kernels ran fastest, one thread
-/// each, at the MiniLM shapes), split evenly into a multiple of the threads' count of blocks (so
-/// that the pool ends together) while each keeps at least a 16-row tile.
-pub(super) fn block_rows(m: usize, threads: usize) -> usize {
-    const MAX: usize = 128;
+/// Most rows per block for oneDNN's implementation `name` on a host whose kernels run at `isa`.
+/// 128 where oneDNN's brgemm kernels serve (AVX-512, AMX: fastest there, one thread each, at the
+/// MiniLM shapes on the Sapphire Rapids-class host). 1,024 where its plain `gemm:jit` serves an
+/// AVX2-level host: at 128-row blocks the Zen 3 ran BERT-base's FFN up projection (768 → 3,072)
+/// 1.5× slower and BERT-base's f32 passes 1.15× slower (BENCHMARKS.md, "oneDNN's blocks on the
+/// AVX2 tier") — a cost per call, most likely that GEMM packing its operands again each time.
+/// Only measured there, so AVX-512 hosts keep 128 whatever the name.
+pub(super) fn block_cap(name: &str, isa: Isa) -> usize {
+    if name.starts_with("gemm:") && isa != Isa::Avx512 {
+        1024
+    } else {
+        128
+    }
+}
+
+/// Rows per block: up to `max` ([`block_cap`]), split evenly into a multiple of the threads'
+/// count of blocks (so that the pool ends together) while each keeps at least a 16-row tile.
+pub(super) fn block_rows(m: usize, threads: usize, max: usize) -> usize {
     const TILE: usize = 16;
     let blocks = m
-        .div_ceil(MAX)
+        .div_ceil(max)
         .next_multiple_of(threads.max(1))
         .min(m.div_ceil(TILE))
         .max(1);

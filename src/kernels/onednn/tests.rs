@@ -6,7 +6,7 @@ use super::*;
 use crate::kernels::bf16::{self, Bf16Acts, Bf16Weights};
 use crate::kernels::int8::{self, ActScale, QActs, QWeights};
 use crate::kernels::packed::{self, PackedWeights};
-use crate::kernels::Activation;
+use crate::kernels::{Activation, Isa};
 
 fn library() -> bool {
     let loaded = api().is_some();
@@ -55,25 +55,41 @@ fn epilogues(bias: &[f32]) -> Vec<Epilogue<'_>> {
 }
 
 #[test]
-fn blocks_are_at_most_128_rows_and_shared_evenly() {
-    for threads in [1, 2, 8] {
-        for m in [1, 15, 16, 17, 100, 128, 129, 255, 256, 843, 1000, 4096] {
-            let b = block_rows(m, threads);
-            let blocks = m.div_ceil(b);
-            assert!((1..=128).contains(&b), "m {m} -> {b}");
-            // A multiple of the threads while every block keeps a tile's worth of rows.
-            if m >= 16 * threads && m > 128 {
-                assert!(
-                    blocks.is_multiple_of(threads),
-                    "m {m} threads {threads} -> {b}"
-                );
+fn blocks_are_at_most_the_cap_and_shared_evenly() {
+    for max in [128, 1024] {
+        for threads in [1, 2, 8] {
+            for m in [
+                1, 15, 16, 17, 100, 128, 129, 255, 256, 843, 1000, 1025, 4096, 9000,
+            ] {
+                let b = block_rows(m, threads, max);
+                let blocks = m.div_ceil(b);
+                assert!((1..=max).contains(&b), "m {m} max {max} -> {b}");
+                // A multiple of the threads while every block keeps a tile's worth of rows.
+                if m >= 16 * threads && m > max {
+                    assert!(
+                        blocks.is_multiple_of(threads),
+                        "m {m} threads {threads} max {max} -> {b}"
+                    );
+                }
             }
         }
     }
-    assert_eq!(block_rows(1024, 2), 128);
-    assert_eq!(block_rows(843, 2), 106); // 8 blocks, not 7 of 128
-    assert_eq!(block_rows(100, 2), 50); // 2 blocks of 50, not 64 + 36
-    assert_eq!(block_rows(5, 2), 5);
+    assert_eq!(block_rows(1024, 2, 128), 128);
+    assert_eq!(block_rows(843, 2, 128), 106); // 8 blocks, not 7 of 128
+    assert_eq!(block_rows(100, 2, 128), 50); // 2 blocks of 50, not 64 + 36
+    assert_eq!(block_rows(5, 2, 128), 5);
+    assert_eq!(block_rows(4096, 1, 1024), 1024);
+    assert_eq!(block_rows(4096, 2, 1024), 1024);
+    assert_eq!(block_rows(1024, 2, 1024), 512); // still one block per thread
+}
+
+#[test]
+fn only_the_plain_gemm_below_avx512_gets_big_blocks() {
+    assert_eq!(block_cap("gemm:jit:f32", Isa::Avx2), 1024);
+    assert_eq!(block_cap("gemm:jit", Isa::Avx2), 1024);
+    assert_eq!(block_cap("gemm:jit:f32", Isa::Avx512), 128);
+    assert_eq!(block_cap("brg:avx512_core", Isa::Avx512), 128);
+    assert_eq!(block_cap("brg:avx2", Isa::Avx2), 128);
 }
 
 #[test]
