@@ -54,7 +54,8 @@ pub enum Kind {
 
 /// Where an INT8 product's outputs go, which its race against samp's kernel times ([`prefer`]):
 /// floats, or a next INT8 layer with dynamic (per-row) scales — each path quantizing them its
-/// own way (samp's kernel in row blocks of a few rows, oneDNN's in its blocks of up to 128 or 1,024 rows: `gemm::block_cap`).
+/// own way (samp's kernel in row blocks of a few rows, oneDNN's in its blocks of up to 128 or
+/// 1,024 rows: `gemm::block_cap`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Output {
     Floats,

@@ -132,8 +132,8 @@ pub fn matmul_onednn_dynamic(
     check_onednn(x, w, g, ep);
     let isa = Isa::detect();
     let sink = next.row_sink(m, n);
-    // A block of oneDNN's (up to 128 or 1,024 rows) is finished and quantized a strip of rows at a
-    // time, so the floats stay in L2 between the two (a whole block's did not on Zen 3).
+    // A block of oneDNN's (up to 128 or 1,024 rows) is finished and quantized a strip of rows
+    // at a time, so the floats stay in L2 between the two (a whole block's did not on Zen 3).
     let strip = block_rows(n, STRIP);
     g.run::<i32>(&x.data[..m * x.kp], m, |r0, rows, product| {
         FLOATS.with_borrow_mut(|buf| {
