@@ -137,7 +137,9 @@ def main():
         return next(((p, peaks[p]) for p in names if peaks.get(p)), ("none", 0))
     fma_name, fma = best_probe("vfmadd231ps-zmm", "vfmadd231ps-ymm")
     int8_name, vnni = best_probe("tdpbusd", "vpdpbusd-zmm", "vpdpbusd-ymm", "vpmaddubsw-ymm")
-    bf16_name, bpeak = best_probe("tdpbf16ps", "vdpbf16ps-zmm")
+    # Without a bf16 instruction samp widens bf16 to f32 and multiplies with FMA: that is the
+    # peak of its bf16 kernel there.
+    bf16_name, bpeak = best_probe("tdpbf16ps", "vdpbf16ps-zmm", "vfmadd231ps-zmm", "vfmadd231ps-ymm")
     lines = [
         f"CPU: {cpu}; ISA flags: {flags}; {THREADS} threads; {a.rows} rows; torch {torch.__version__}, onnxruntime {ort.__version__}",
         "",

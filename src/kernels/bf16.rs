@@ -9,8 +9,10 @@
 //! of the f32 sums may differ (`vdpbf16ps` also flushes denormals), hence bound-checked, not
 //! bit-exact, agreement.
 //!
-//! Kernels: AVX512_BF16 (8 rows × 3 panels, measured on a Zen 5 host) and a portable one over
-//! the same layout; a table entry per ISA, each with a self-check against the portable kernel.
+//! Kernels: AMX-BF16, AVX512_BF16 (8 rows × 3 panels, measured on a Zen 5 host), AVX2+FMA
+//! (widens the pairs to f32 in registers, for hosts without a bf16 instruction) and a portable
+//! one over the same layout; a table entry per ISA, each with a self-check against the
+//! portable kernel.
 
 use rayon::prelude::*;
 
@@ -124,6 +126,9 @@ impl Bf16Acts {
                 // SAFETY: AVX-512 was detected at run time.
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512 => unsafe { avx512::round_row(src, &mut dst[..k]) },
+                // SAFETY: AVX2 was detected at run time.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { avx2::round_row(src, &mut dst[..k]) },
                 _ => dst.iter_mut().zip(src).for_each(|(d, &v)| *d = round(v)),
             }
             dst[k..].fill(0);
@@ -163,6 +168,9 @@ pub struct Bf16Kernel {
     /// Depth per pass (even).
     kc: usize,
     pub isa: Isa,
+    /// Whether it multiplies with a bf16 instruction (faster than f32 FMA); the AVX2 entry
+    /// widens to f32 in registers instead, so bf16 never pays there.
+    dot: bool,
     supported: fn() -> bool,
     tile: Bf16Tile,
     /// A whole-depth call with the epilogue in registers, where the entry has one.
@@ -195,6 +203,7 @@ pub static BF16_KERNELS: &[Bf16Kernel] = &[
         np: super::amx::NP,
         kc: 512,
         isa: Isa::Avx512,
+        dot: true,
         supported: super::amx::supported_bf16,
         tile: super::amx::bf16,
         fused: None,
@@ -207,9 +216,24 @@ pub static BF16_KERNELS: &[Bf16Kernel] = &[
         np: avx512::NP,
         kc: 256,
         isa: Isa::Avx512,
+        dot: true,
         supported: avx512::supported,
         tile: avx512::tile,
         fused: Some(avx512::fused),
+        task: None,
+    },
+    // Hosts without a bf16 instruction run plans made on hosts with one at f32 FMA speed.
+    #[cfg(target_arch = "x86_64")]
+    Bf16Kernel {
+        name: "bf16-avx2-6x16",
+        mr: avx2::MR,
+        np: 1,
+        kc: 256,
+        isa: Isa::Avx2,
+        dot: false,
+        supported: avx2::supported,
+        tile: avx2::tile,
+        fused: None,
         task: None,
     },
     Bf16Kernel {
@@ -218,6 +242,7 @@ pub static BF16_KERNELS: &[Bf16Kernel] = &[
         np: 1,
         kc: 256,
         isa: Isa::Portable,
+        dot: false,
         supported: || true,
         tile: portable_tile,
         #[cfg(target_arch = "x86_64")]
@@ -235,10 +260,11 @@ impl Bf16Kernel {
         BF16_KERNELS.last().expect("the portable kernel")
     }
 
-    /// Whether this CPU has a BF16 kernel faster than the portable one (plans should only
-    /// choose bf16 where it pays; the search measures that).
+    /// Whether this CPU multiplies bf16 with a bf16 instruction, the only case where a bf16
+    /// layer can beat a float32 one (the search times bf16 only there). Elsewhere the AVX2
+    /// entry runs plans made on such hosts, at about the speed of samp's own f32 kernel.
     pub fn accelerated() -> bool {
-        Self::detect() != Self::portable()
+        Self::detect().dot
     }
 
     /// The fastest entry this CPU runs that passes its self-check; decided once per process.
@@ -403,6 +429,9 @@ unsafe fn portable_tile(c: &TileCall<u16, u16, f32>) {
         }
     }
 }
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;

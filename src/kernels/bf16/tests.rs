@@ -36,6 +36,66 @@ fn every_row_rounding_path_agrees_with_the_scalar_one() {
     }
 }
 
+/// Each vector rounding (not only the host's widest) against the scalar one, on values that
+/// cover ties, NaN, infinity, overflow and denormals, and on a tail shorter than a step.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_avx2_rounding_agrees_with_the_scalar_one() {
+    if !super::avx2::supported() {
+        eprintln!("SKIPPED: no AVX2 here");
+        return;
+    }
+    let mut x: Vec<f32> = (0..77).map(|i| (i as f32 * 0.37).sin() * 1e3).collect();
+    x[3] = f32::NAN;
+    x[4] = f32::from_bits(0x3f80_8000);
+    x[5] = f32::from_bits(0x3f81_8000);
+    x[6] = 1e-40;
+    x[7] = f32::MAX;
+    x[8] = f32::NEG_INFINITY;
+    x[9] = -0.0;
+    let mut got = vec![0u16; x.len()];
+    // SAFETY: AVX2 was detected above.
+    unsafe { super::avx2::round_row(&x, &mut got) };
+    for (i, (&g, &v)) in got.iter().zip(&x).enumerate() {
+        let want = round(v);
+        assert!(
+            g == want || (widen(g).is_nan() && widen(want).is_nan()),
+            "{i}: {v}"
+        );
+    }
+}
+
+/// The AVX2 entry adds the same exact products in the same order as the portable kernel (per
+/// pair the odd one first, the same depth per pass), so it gives the same floats bit for bit —
+/// a stronger check than the bound every entry meets.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_avx2_entry_gives_the_portable_kernels_floats() {
+    let avx2 = BF16_KERNELS
+        .iter()
+        .find(|k| k.name == "bf16-avx2-6x16")
+        .expect("the AVX2 entry");
+    if !avx2.supported() {
+        eprintln!("SKIPPED: no AVX2 here");
+        return;
+    }
+    for (m, n, k) in [(13, 3 * NR + 5, 600), (7, 2 * NR, 77), (1, NR, 2)] {
+        let (x, w, bias) = crate::kernels::tests::float_problem(m, n, k);
+        let pw = Bf16Weights::from_rows(&w, n, k);
+        let mut q = Bf16Acts::new();
+        q.round(&x, m, k);
+        let ep = Epilogue {
+            bias: Some(&bias),
+            ..Default::default()
+        };
+        let (mut a, mut b) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
+        matmul_with(&q, &pw, &mut a, ep, Bf16Kernel::portable());
+        matmul_with(&q, &pw, &mut b, ep, avx2);
+        let differ = a.iter().zip(&b).filter(|(a, b)| a.to_bits() != b.to_bits());
+        assert_eq!(differ.count(), 0, "{m}x{n}x{k}");
+    }
+}
+
 /// The AMX-BF16 schedule through the software tile model (any CPU), against the f64
 /// reference like every other entry.
 #[cfg(target_arch = "x86_64")]
@@ -46,6 +106,7 @@ fn amx_emulated() -> Bf16Kernel {
         np: crate::kernels::amx::NP,
         kc: 512,
         isa: Isa::Portable,
+        dot: true,
         supported: || true,
         tile: crate::kernels::amx::bf16_emulated,
         fused: None,
