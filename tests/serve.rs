@@ -311,8 +311,12 @@ async fn a_deadline_the_queue_cannot_meet_is_refused_at_once() {
     let st = c.embed(req).await.unwrap_err();
     assert_eq!(st.code(), Code::ResourceExhausted, "{st:?}");
     assert!(st.message().contains("deadline"), "{st:?}");
+    // The code proves the refusal beat the 50 ms deadline on the server (tonic's own timer
+    // would have answered CANCELLED). The client's clock also counts the trip back, which took
+    // 52 ms once in CI while the busy request held both cores: so the bound here only rules out
+    // waiting on the queue, which holds seconds of work.
     assert!(
-        t0.elapsed() < Duration::from_millis(50),
+        t0.elapsed() < Duration::from_millis(1000),
         "{:?}",
         t0.elapsed()
     );
