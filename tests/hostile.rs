@@ -300,7 +300,9 @@ async fn a_long_tag_job_stops_when_its_client_leaves_or_its_deadline_passes() {
         matches!(st.code(), Code::ResourceExhausted | Code::DeadlineExceeded),
         "{st:?}"
     );
-    assert!(took < Duration::from_millis(2100), "{took:?}");
+    // 500 ms over the deadline for the trip back on a busy 2-core VM (a client clock that
+    // counted 52 ms for a 50 ms refusal once failed CI in tests/serve.rs).
+    assert!(took < Duration::from_millis(2500), "{took:?}");
     let t0 = Instant::now();
     c.tag(proto::TagRequest {
         texts: vec!["Bob works in Berlin".into()],
