@@ -54,15 +54,22 @@ def onnx_matmul(path, k, n, w):
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 
+WIDENED = "bf16-on-onednn-f32"
+
+
 def used_by_samp(row, rates):
     """Whether a layer of this precision would run on the kernel of this `samp kernels` rate
     (kernels/onednn.rs `prefer`): float32 on oneDNN wherever it loaded, INT8 on the faster of
-    samp's kernel and oneDNN (a race), bf16 on samp's kernel unless SAMP_ONEDNN=always."""
+    samp's kernel and oneDNN (a race), bf16 on samp's kernel unless SAMP_ONEDNN=always, or on
+    oneDNN's f32 matmul over the rounded values where the host has no bf16 instruction."""
     onednn = row["kernel"].startswith("onednn")
     if row["precision"] == "float32":
         loaded = any(r["kernel"].startswith("onednn") and r["precision"] == "float32" for r in rates)
         return onednn or not loaded
     if row["precision"] == "bfloat16":
+        # Without a bf16 instruction the layers run bf16 on oneDNN's f32 matmul (bf16/widened.rs).
+        if any(r["kernel"] == WIDENED and r["shape"] == row["shape"] for r in rates):
+            return row["kernel"] == WIDENED
         return onednn == (os.environ.get("SAMP_ONEDNN") == "always")
     return True
 

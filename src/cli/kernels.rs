@@ -92,6 +92,16 @@ pub fn run_kernels(a: &KernelsArgs) -> anyhow::Result<()> {
             "detected": std::ptr::eq(*k, bf16_detected),
         }));
     }
+    // Without a bf16 instruction, layers large enough for oneDNN run bf16 on its f32 matmul.
+    let widened = !Bf16Kernel::accelerated() && onednn::usable(Kind::F32);
+    if widened {
+        // Not a table entry (the table's detected one still serves the small products); the
+        // self-check is oneDNN's f32 one.
+        kernels.push(serde_json::json!({
+            "precision": "bfloat16", "kernel": WIDENED, "library": onednn::version(),
+            "self_check": true, "detected": false, "usable": true,
+        }));
+    }
     let int8 = int8_entries(a, &mut kernels);
     let (library, dnnl) = onednn_entries(&mut kernels);
     let mut rates = Vec::new();
@@ -128,6 +138,9 @@ pub fn run_kernels(a: &KernelsArgs) -> anyhow::Result<()> {
             );
             rates.push(serde_json::json!({"shape": shape, "m": m, "k": k, "n": n,
                 "precision": "bfloat16", "kernel": kern.name, "gops": r / 1e9}));
+        }
+        if widened && bf16::widened::serves(k, n, m) {
+            rates.push(widened_rate(shape, &x, &w, (m, k, n), a.seconds, &mut y)?);
         }
         for (bits, kern) in &int8 {
             let qw = QWeights::quantize(&w, n, k, *bits);
@@ -169,6 +182,31 @@ pub fn run_kernels(a: &KernelsArgs) -> anyhow::Result<()> {
     });
     println!("{out}");
     Ok(())
+}
+
+/// The bf16 layers' path on CPUs without a bf16 instruction: oneDNN's f32 matmul over the
+/// rounded values (`kernels::bf16::widened`).
+const WIDENED: &str = "bf16-on-onednn-f32";
+
+/// The rate of bf16 on oneDNN's f32 matmul (incl. rounding the input), as a row of the table.
+fn widened_rate(
+    shape: &str,
+    x: &[f32],
+    w: &[f32],
+    (m, k, n): (usize, usize, usize),
+    seconds: f64,
+    y: &mut [f32],
+) -> anyhow::Result<serde_json::Value> {
+    let g = bf16::widened::gemm(w, n, k).map_err(|e| anyhow::anyhow!("{WIDENED}: {e}"))?;
+    let r = rate(2.0 * (m * k * n) as f64, seconds, || {
+        bf16::widened::matmul(x, m, &g, y, Epilogue::default())
+    });
+    eprintln!(
+        "{shape:<20} {m}x{k}x{n} {WIDENED:<24} {:>8.1} GFLOP/s (incl. rounding the input)",
+        r / 1e9
+    );
+    Ok(serde_json::json!({"shape": shape, "m": m, "k": k, "n": n,
+        "precision": "bfloat16", "kernel": WIDENED, "gops": r / 1e9}))
 }
 
 fn precision_name(kind: Kind) -> &'static str {

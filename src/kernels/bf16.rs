@@ -12,7 +12,8 @@
 //! Kernels: AMX-BF16, AVX512_BF16 (8 rows × 3 panels, measured on a Zen 5 host), AVX2+FMA
 //! (widens the pairs to f32 in registers, for hosts without a bf16 instruction) and a portable
 //! one over the same layout; a table entry per ISA, each with a self-check against the
-//! portable kernel.
+//! portable kernel. Where there is no bf16 instruction, layers large enough for oneDNN run on
+//! its f32 matmul over the rounded values instead ([`widened`]).
 
 use rayon::prelude::*;
 
@@ -429,6 +430,8 @@ unsafe fn portable_tile(c: &TileCall<u16, u16, f32>) {
         }
     }
 }
+
+pub mod widened;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;

@@ -5,7 +5,8 @@
 //! Products of two bf16 are exact in f32, so each `vfmadd231ps` adds exactly the product the
 //! portable kernel adds; per pair the odd product goes first, as there. With the same depth per
 //! pass the two kernels give the same floats (bit for bit, where no product is subnormal).
-//! Also the AVX2 row rounding (integer arithmetic, the same as [`super::round`]).
+//! Also the AVX2 row rounding (integer arithmetic, the same as [`super::round`]), to bf16 and
+//! to the f32 of the rounded value.
 
 use super::KG;
 use crate::kernels::packed::NR;
@@ -38,6 +39,25 @@ pub unsafe fn round_row(src: &[f32], dst: &mut [u16]) {
     }
     for (d, &v) in dst[body..n].iter_mut().zip(&src[body..n]) {
         *d = super::round(v);
+    }
+}
+
+/// `dst[i] = widen(round(src[i]))`, 8 per step: the f32 of the rounded bf16, as oneDNN's f32
+/// matmul multiplies it for bf16 layers on hosts without a bf16 instruction.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub unsafe fn round_wide_row(src: &[f32], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let body = n / 8 * 8;
+    for i in (0..body).step_by(8) {
+        // SAFETY: i + 8 <= body <= both lengths.
+        let r = _mm256_slli_epi32::<16>(round8(_mm256_loadu_ps(src.as_ptr().add(i))));
+        _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_castsi256_ps(r));
+    }
+    for (d, &v) in dst[body..n].iter_mut().zip(&src[body..n]) {
+        *d = super::widen(super::round(v));
     }
 }
 

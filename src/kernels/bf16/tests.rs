@@ -51,6 +51,13 @@ fn every_row_rounding_path_agrees_with_the_scalar_one() {
             assert!(same(g, v), "avx2 {i}: {v}");
         }
     }
+    // Rounded into f32 (the widened path's input): this host's path, and the scalar one.
+    let mut wide = vec![0.0f32; x.len()];
+    widened::round_widened(&x, &mut wide);
+    let scalar: Vec<f32> = x.iter().map(|&v| widen(round(v))).collect();
+    for (i, (&g, &v)) in wide.iter().zip(&x).enumerate() {
+        assert_eq!(g.to_bits(), scalar[i].to_bits(), "widened {i}: {v}");
+    }
 }
 
 /// The AVX2 entry adds the same exact products in the same order as the portable kernel (per

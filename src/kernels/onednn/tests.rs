@@ -188,6 +188,8 @@ fn float_kinds_on_onednn_match_samps_kernels_within_rounding() {
             packed::onednn_gemm(&pw).expect("f32"),
             bf16::onednn_gemm(&wf, N, k).ok(),
         );
+        // bf16 on oneDNN's f32 matmul (hosts without a bf16 instruction; made on any host).
+        let gw = bf16::widened::gemm(&wf, N, k).expect("bf16 widened to f32");
         let bw = Bf16Weights::from_rows(&wf, N, k);
         let mut xb = Bf16Acts::new();
         xb.round(&x, m, k);
@@ -202,6 +204,15 @@ fn float_kinds_on_onednn_match_samps_kernels_within_rounding() {
             assert!(
                 worst <= tol,
                 "f32 {m}x{k} act {:?}: {worst} > {tol}",
+                ep.act
+            );
+            let (mut a, mut b) = (start.clone(), start.clone());
+            bf16::matmul(&xb, &bw, &mut a, ep);
+            bf16::widened::matmul(&x, m, &gw, &mut b, ep);
+            let worst = worst_diff(&a, &b);
+            assert!(
+                worst <= tol,
+                "bf16 widened {m}x{k} act {:?}: {worst} > {tol}",
                 ep.act
             );
             let Some(gb) = &gb else {
