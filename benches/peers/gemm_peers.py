@@ -147,6 +147,11 @@ def main():
     # Without a bf16 instruction samp widens bf16 to f32 and multiplies with FMA: that is the
     # peak of its bf16 kernel there.
     bf16_name, bpeak = best_probe("tdpbf16ps", "vdpbf16ps-zmm", "vfmadd231ps-zmm", "vfmadd231ps-ymm")
+    # The width new plans get here (quant/plan.rs `preferred_weight_bits`): 8 where the 8-bit
+    # weights run on the 7-bit ones' kernel (VNNI, AMX), else 7.
+    detected = {k.get("weight_bits"): k["kernel"] for k in kernels
+                if k["precision"] == "int8" and k.get("detected")}
+    plan_bits = 8 if detected.get(8) == detected.get(7) else 7
     lines = [
         f"CPU: {cpu}; ISA flags: {flags}; {THREADS} threads; {a.rows} rows; torch {torch.__version__}, onnxruntime {ort.__version__}",
         "",
@@ -156,20 +161,24 @@ def main():
         "",
         "Kernels samp uses here (f32 runs on oneDNN where the library loaded, INT8 on the faster of the two per shape): " + ", ".join(f"{k['precision']}{' ' + str(k['weight_bits']) + '-bit' if 'weight_bits' in k else ''}: {k['kernel']}" for k in kernels),
         "",
-        "| shape (k→n) | samp f32 | torch f32 (MKL) | ORT f32 | samp/best f32 | % f32 peak | samp bf16 | torch bf16 (oneDNN) | samp/torch bf16 | % bf16 peak | samp int8 8-bit | samp int8 7-bit | torch int8 | ORT int8 | samp 8-bit/best int8 | % int8 peak |",
+        f"INT8 ratio and % of peak: samp's {plan_bits}-bit weights, the width `samp quantize` gives plans on this host"
+        + (" (no VNNI: 8-bit weights run on a slower exact kernel here)." if plan_bits == 7 else "."),
+        "",
+        f"| shape (k→n) | samp f32 | torch f32 (MKL) | ORT f32 | samp/best f32 | % f32 peak | samp bf16 | torch bf16 (oneDNN) | samp/torch bf16 | % bf16 peak | samp int8 8-bit | samp int8 7-bit | torch int8 | ORT int8 | samp {plan_bits}-bit/best int8 | % int8 peak |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, k, n in SHAPES:
         sf = best_samp.get((name, "float32"), 0)
         s8 = best_samp.get((name, "int8 8-bit"), 0)
         s7 = best_samp.get((name, "int8 7-bit"), 0)
+        sp = s8 if plan_bits == 8 else s7
         tf, of = best_peer[(name, "torch f32")], best_peer[(name, "ort f32")]
         ti, oi = best_peer[(name, "torch int8")], best_peer[(name, "ort int8")]
         tb = best_peer[(name, "torch bf16")]
         sb = best_samp.get((name, "bfloat16"), 0)
         lines.append(
             f"| {name} ({k}→{n}) | {sf:.0f} | {tf:.0f} | {of:.0f} | {sf / max(tf, of):.2f}× | {100 * sf / fma if fma else 0:.0f}% "
-            f"| {sb:.0f} | {tb:.0f} | {sb / tb:.2f}× | {100 * sb / bpeak if bpeak else 0:.0f}% | {s8:.0f} | {s7:.0f} | {ti:.0f} | {oi:.0f} | {s8 / max(ti, oi):.2f}× | {100 * s8 / vnni if vnni else 0:.0f}% |")
+            f"| {sb:.0f} | {tb:.0f} | {sb / tb:.2f}× | {100 * sb / bpeak if bpeak else 0:.0f}% | {s8:.0f} | {s7:.0f} | {ti:.0f} | {oi:.0f} | {sp / max(ti, oi):.2f}× | {100 * sp / vnni if vnni else 0:.0f}% |")
     text = "\n".join(lines) + "\n"
     if a.out:
         open(a.out, "w").write(text)

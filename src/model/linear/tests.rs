@@ -133,7 +133,7 @@ fn a_bf16_layer_multiplies_bf16_numbers_on_whichever_path_serves_it() {
         widened,
         "bf16 weights only where used"
     );
-    for m in [1, 5, 70] {
+    for m in [1, 5, 70, 1100] {
         let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
         let (mut got, mut want) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
         l.forward(&x, m, &mut got, false, Some(Activation::Gelu));
