@@ -60,6 +60,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=0.3, help="per kernel and shape")
     ap.add_argument("--shape", help="only shapes whose name contains this")
+    ap.add_argument("--rows", type=int, help="rows of the activations (`samp kernels`: 1024)")
     ap.add_argument("--precision", default="int8", help="int8, float32, bfloat16 or all")
     ap.add_argument(
         "--bench", nargs=argparse.REMAINDER, help="time `samp bench` with these arguments instead"
@@ -68,6 +69,8 @@ def main() -> int:
     extra = ["--seconds", str(args.seconds)]
     if args.shape:
         extra += ["--shape", args.shape]
+    if args.rows:
+        extra += ["--rows", str(args.rows)]
     sides = {"baseline": args.baseline, "candidate": args.candidate}
     seen: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in range(args.rounds):

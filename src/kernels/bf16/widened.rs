@@ -37,25 +37,14 @@ thread_local! {
     static WIDE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Rows rounded and multiplied at a time: the rounded copy stays within a few MiB (and in
-/// cache for the product) however large the batch; oneDNN takes at most 1,024 rows per call
-/// on AVX2 anyway (`onednn::gemm`'s blocks).
-const CHUNK_ROWS: usize = 1024;
-
 /// `y[m, n] = epilogue(bf16(x) · W)`, `g` made by [`gemm`] from weights `[n, k]`.
 pub fn matmul(x: &[f32], m: usize, g: &onednn::Gemm, y: &mut [f32], ep: Epilogue<'_>) {
-    let (k, n) = g.dims();
+    let (k, _) = g.dims();
     assert!(x.len() >= m * k, "bf16 matmul: input too small");
-    assert!(y.len() >= m * n, "bf16 matmul: output too small");
     WIDE.with_borrow_mut(|wide| {
-        for r0 in (0..m).step_by(CHUNK_ROWS) {
-            let rows = CHUNK_ROWS.min(m - r0);
-            wide.resize(rows * k, 0.0);
-            round_widened(&x[r0 * k..(r0 + rows) * k], &mut wide[..rows * k]);
-            // The epilogue's pointers (bias by column, the INT8 hand-over by the output's
-            // address) hold for any run of whole rows of `y`.
-            packed::matmul_onednn(&wide[..rows * k], rows, g, &mut y[r0 * n..], ep)
-        }
+        wide.resize(m * k, 0.0);
+        round_widened(&x[..m * k], wide);
+        packed::matmul_onednn(wide, m, g, y, ep)
     })
 }
 
