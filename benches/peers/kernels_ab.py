@@ -17,10 +17,13 @@ texts/s: the same pairing end to end, e.g. `--bench --model DIR --plan P --input
 --batch 32 --tokens 128 --limit 64 --seconds 3`.
 
 A baseline binary copied out of target/ finds oneDNN only where `onednn/lib` lies beside one of
-its parent directories (or with SAMP_ONEDNN=path); without it its oneDNN rows are missing.
+its parent directories (or with SAMP_ONEDNN=path); without it its oneDNN rows are missing, and
+with `--bench` it would run its layers without oneDNN against a candidate with it. So where
+SAMP_ONEDNN is unset and this checkout has the library, both sides are given this checkout's.
 """
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -66,6 +69,10 @@ def main() -> int:
         "--bench", nargs=argparse.REMAINDER, help="time `samp bench` with these arguments instead"
     )
     args = ap.parse_args()
+    lib = ROOT / "target" / "onednn" / "lib" / "libdnnl.so.3"
+    if "SAMP_ONEDNN" not in os.environ and lib.exists():
+        os.environ["SAMP_ONEDNN"] = str(lib)
+        print(f"SAMP_ONEDNN={lib} for both sides", file=sys.stderr)
     extra = ["--seconds", str(args.seconds)]
     if args.shape:
         extra += ["--shape", args.shape]
