@@ -9,6 +9,13 @@ fn rows(outputs: usize, inputs: usize, seed: usize) -> Vec<f32> {
         .collect()
 }
 
+fn worst_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max)
+}
+
 fn layer(outputs: usize, inputs: usize, seed: usize) -> Linear {
     let b = (0..outputs).map(|j| (j % 7) as f32 * 0.1 - 0.3).collect();
     Linear::from_rows(&rows(outputs, inputs, seed), b, outputs, inputs)
@@ -33,11 +40,7 @@ fn where_onednn_runs_every_float_product_its_copy_is_the_only_one() {
     l.forward(&x, m, &mut got, false, None);
     let packed = PackedWeights::from_rows(&w, n, k);
     packed::matmul(&x, m, &packed, &mut want, l.epilogue(false, None));
-    let worst = got
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let worst = worst_diff(&got, &want);
     // |x| ≤ 1, |w| ≤ 0.1: k bounds each sum of magnitudes (as the oneDNN tests' bound).
     assert!(worst <= 8.0 * k as f32 * f32::EPSILON, "{worst}");
     let small = layer(2, k, 4);
@@ -141,22 +144,14 @@ fn a_bf16_layer_multiplies_bf16_numbers_on_whichever_path_serves_it() {
         xb.round(&x, m, k);
         let ep = l.epilogue(false, Some(Activation::Gelu));
         bf16::matmul(&xb, &Bf16Weights::from_rows(&w, n, k), &mut want, ep);
-        let worst = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let worst = worst_diff(&got, &want);
         // |x| ≤ 1, |w| ≤ 0.1: k bounds each sum of magnitudes.
         assert!(worst <= 8.0 * k as f32 * f32::EPSILON, "{m} rows: {worst}");
         // Not the f32 product: bf16 rounding moves these sums by far more than f32's.
         let mut f32_out = vec![0.0f32; m * n];
         let packed = PackedWeights::from_rows(&w, n, k);
         packed::matmul(&x, m, &packed, &mut f32_out, ep);
-        let apart = got
-            .iter()
-            .zip(&f32_out)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let apart = worst_diff(&got, &f32_out);
         assert!(apart > 64.0 * k as f32 * f32::EPSILON, "{m} rows: {apart}");
     }
 }
