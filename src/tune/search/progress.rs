@@ -12,6 +12,11 @@ pub(super) struct Progress {
 impl Progress {
     pub fn step(&mut self, what: &str) {
         self.done += 1;
+        self.note(what);
+    }
+
+    /// A line at the current count, for what is decided rather than evaluated.
+    pub fn note(&self, what: &str) {
         let width = 24;
         let filled = (self.done * width / self.total.max(1)).min(width);
         eprintln!(
